@@ -1,0 +1,3 @@
+from dfbatch.cli import main
+
+raise SystemExit(main())
