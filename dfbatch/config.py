@@ -1,0 +1,112 @@
+"""The one configuration object of a scoring job (built from CLI flags, a YAML file, or code)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_MODEL_URI = "models:/dfbatch-detector@champion"
+VIDEO_EXTENSIONS = frozenset(
+    ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .mts .m2ts .wmv .flv .3gp .ogv".split()
+)
+TRACK_AGGREGATIONS = ("max", "mean", "median")
+FRAME_AGGREGATIONS = ("mean", "max", "median", "model")
+
+
+@dataclass
+class SamplingConfig:
+    """Which frames are decoded: `frames` evenly spaced over the considered duration."""
+
+    frames: int | None = None  # None: the model spec's sequence length
+    backend: str = "decord"  # decord | pyav
+    decode_threads: int = 1  # decord num_threads (>2 is reported to error)
+
+
+@dataclass
+class FaceConfig:
+    """MTCNN detection on downscaled frames, IoU tracking, crops with a margin."""
+
+    detect_max_side: int = 640  # frames are downscaled so their longest side is at most this for MTCNN
+    detect_every: int = 1  # run MTCNN on every k-th sampled frame; boxes are interpolated in between
+    min_face_prob: float = 0.90
+    min_face_px: int = 24  # minimum face size in full-resolution pixels
+    margin: float = 0.25  # fraction of the box size added on each side before cropping
+    iou_threshold: float = 0.3  # link detections in consecutive frames into one track
+    max_tracks: int = 4  # score at most this many tracks (largest first)
+    min_track_frames: int = 2  # a track seen in fewer sampled frames is dropped (unless it is the only one)
+
+
+@dataclass
+class LimitsConfig:
+    """Inputs over a limit get a `failed` row naming the limit instead of stalling the job."""
+
+    max_duration_s: float = 6 * 3600.0  # longer videos are refused
+    max_pixels: int = 8192 * 4320  # width*height above this is refused
+    max_bytes: int = 20 * 1024**3
+    time_budget_s: float = 600.0  # per video, decode + detection (checked between steps)
+    min_frames: int = 1
+
+
+@dataclass
+class ScoreConfig:
+    """Everything a scoring job needs; `pipeline.run_score(cfg)` runs it."""
+
+    sources: list[str]
+    output: str
+    model_uri: str = DEFAULT_MODEL_URI
+    tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI, else MLflow's default (sqlite:///mlflow.db)
+    experiment: str = "dfbatch-score"
+    s3_endpoint_url: str | None = None  # None: AWS_ENDPOINT_URL
+    rescore: bool = False
+    track_aggregation: str = "max"
+    frame_aggregation: str = "mean"
+    threshold: float | None = None  # None: the registered model's threshold
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast)
+    score_batch_size: int = 16  # track sequences per forward pass
+    videos_per_score_batch: int = 8  # videos handed to one scoring call
+    face_workers: int | None = None  # CPU face-stage actors; None: one per CPU (min 1)
+    score_workers: int | None = None  # model actors; None: one per GPU, else 1
+    cpus_per_face_worker: float = 1.0
+    cpus_per_score_worker: float = 1.0
+    torch_threads: int | None = None  # None: cpus of the actor
+    listing_chunk: int = 10_000  # listing rows per Parquet chunk (driver memory stays bounded)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    faces: FaceConfig = field(default_factory=FaceConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+    def __post_init__(self) -> None:
+        from dfbatch.errors import UserError
+
+        if self.track_aggregation not in TRACK_AGGREGATIONS:
+            raise UserError(f"unknown track aggregation {self.track_aggregation!r} (choose from {', '.join(TRACK_AGGREGATIONS)})")
+        if self.frame_aggregation not in FRAME_AGGREGATIONS:
+            raise UserError(f"unknown frame aggregation {self.frame_aggregation!r} (choose from {', '.join(FRAME_AGGREGATIONS)})")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise UserError(f"unknown precision {self.precision!r} (fp32, bf16 or fp16)")
+        if self.sampling.frames is not None and self.sampling.frames < 1:
+            raise UserError("--frames must be at least 1")
+        if self.sampling.backend not in ("decord", "pyav"):
+            raise UserError(f"unknown decode backend {self.sampling.backend!r} (decord or pyav)")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise UserError("--threshold must be within [0, 1]")
+        if not self.sources:
+            raise UserError("no SOURCE given")
+
+    @property
+    def endpoint_url(self) -> str | None:
+        return self.s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ScoreConfig":
+        data = dict(data)
+        nested = {"sampling": SamplingConfig, "faces": FaceConfig, "limits": LimitsConfig}
+        for key, typ in nested.items():
+            if isinstance(data.get(key), dict):
+                data[key] = typ(**data[key])
+        return cls(**data)

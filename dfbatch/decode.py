@@ -1,0 +1,240 @@
+"""Decode N evenly spaced frames of one video (decord; PyAV probes metadata and rotation).
+
+Only the sampled frames are ever held, each downscaled to at most `max_side`, so a 4K or very long file costs
+no more memory than N small frames. Failures raise DecodeError with a one-line reason (the row's `error`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from dfbatch.config import LimitsConfig, SamplingConfig
+from dfbatch.storage import Storage, is_s3, redact
+
+
+class DecodeError(Exception):
+    """The video cannot be decoded or is over a limit; str(exc) is the row's one-line error."""
+
+
+@dataclass
+class VideoInfo:
+    n_frames: int
+    fps: float
+    duration_s: float
+    width: int  # as displayed (after rotation)
+    height: int
+    rotation: int  # degrees counterclockwise applied to decoded frames
+    codec: str
+
+
+@dataclass
+class DecodedVideo:
+    info: VideoInfo
+    indices: np.ndarray  # sampled frame indices (int)
+    frames: np.ndarray  # (K, h, w, 3) uint8 RGB, rotated, downscaled by `scale`
+    scale: float  # frames pixels per original (displayed) pixel
+
+
+def sample_indices(n_frames: int, k: int) -> np.ndarray:
+    """k evenly spaced indices over [0, n_frames), all frames when the video is shorter."""
+    if n_frames <= 0:
+        return np.zeros(0, dtype=np.int64)
+    if n_frames <= k:
+        return np.arange(n_frames, dtype=np.int64)
+    return np.unique(np.round(np.linspace(0, n_frames - 1, k)).astype(np.int64))
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    # decord's messages carry a C++ backtrace; the useful part is the first line that names the problem
+    msg = next((ln for ln in lines if "Error" in ln or "error" in ln or "cannot" in ln.lower()), lines[0] if lines else "")
+    return redact(f"{type(exc).__name__}: {msg}"[:300])
+
+
+def probe(path: str) -> VideoInfo:
+    """Read container metadata and the first frame's display rotation with PyAV."""
+    import av
+
+    try:
+        with av.open(path, metadata_errors="ignore") as container:
+            if not container.streams.video:
+                kinds = sorted({s.type for s in container.streams}) or ["no streams"]
+                raise DecodeError(f"no video stream (found: {', '.join(kinds)})")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+            fps = float(rate) if rate else 0.0
+            duration = 0.0
+            if stream.duration and stream.time_base:
+                duration = float(stream.duration * stream.time_base)
+            elif container.duration:
+                duration = container.duration / 1_000_000
+            n_frames = int(stream.frames or 0) or int(round(duration * fps))
+            width, height = stream.codec_context.width, stream.codec_context.height
+            rotation = 0
+            for frame in container.decode(stream):
+                rotation = int(round((frame.rotation or 0) / 90.0)) * 90 % 360
+                width, height = frame.width, frame.height
+                break
+            else:
+                raise DecodeError("no decodable video frame")
+    except DecodeError:
+        raise
+    except Exception as exc:
+        raise DecodeError(f"cannot open video: {_one_line(exc)}") from None
+    if rotation in (90, 270):
+        width, height = height, width
+    return VideoInfo(n_frames, fps, duration, width, height, rotation, stream.codec_context.name)
+
+
+def _check_limits(info: VideoInfo, limits: LimitsConfig) -> None:
+    if info.duration_s > limits.max_duration_s:
+        raise DecodeError(f"over limit max_duration_s: video is {info.duration_s:.0f} s long (limit {limits.max_duration_s:.0f} s)")
+    if info.width * info.height > limits.max_pixels:
+        raise DecodeError(f"over limit max_pixels: {info.width}x{info.height} (limit {limits.max_pixels} pixels)")
+    if info.width < 8 or info.height < 8:
+        raise DecodeError(f"frame size {info.width}x{info.height} is too small to hold a face")
+
+
+def _fit(frame: np.ndarray, rotation: int, max_side: int) -> tuple[np.ndarray, float]:
+    import cv2
+
+    if rotation:
+        frame = np.rot90(frame, k=rotation // 90)
+    h, w = frame.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    if scale < 1.0:
+        frame = cv2.resize(np.ascontiguousarray(frame), (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(frame), scale
+
+
+def _decode_decord(path: str, want: int, threads: int, rotation: int, max_side: int, deadline: float) -> tuple[np.ndarray, list[np.ndarray], float]:
+    import decord
+
+    vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=max(1, min(threads, 2)))
+    try:
+        indices = sample_indices(len(vr), want)
+        frames: list[np.ndarray] = []
+        kept: list[int] = []
+        scale = 1.0
+        for start in range(0, len(indices), 8):  # chunks bound peak memory for 4K input
+            chunk = indices[start : start + 8]
+            try:
+                batch = vr.get_batch(chunk.tolist()).asnumpy()
+                pairs = list(zip(chunk.tolist(), batch))
+            except Exception:  # a damaged region: keep the frames that do decode
+                pairs = []
+                for idx in chunk.tolist():
+                    try:
+                        pairs.append((idx, vr[idx].asnumpy()))
+                    except Exception:
+                        continue
+            for idx, frame in pairs:
+                small, scale = _fit(frame, rotation, max_side)
+                frames.append(small)
+                kept.append(idx)
+            if time.monotonic() > deadline:
+                raise DecodeError("over limit time_budget_s while decoding")
+        return np.asarray(kept, dtype=np.int64), frames, scale
+    finally:
+        del vr  # decord keeps native buffers until the reader is released (dmlc/decord#157)
+
+
+def _decode_pyav(path: str, want: int, n_frames: int, rotation: int, max_side: int, deadline: float) -> tuple[np.ndarray, list[np.ndarray], float]:
+    """Sequential decode keeping only the sampled frames (robust fallback, e.g. when decord fails)."""
+    import av
+
+    targets = set(sample_indices(n_frames, want).tolist()) if n_frames > 0 else None
+    frames: list[np.ndarray] = []
+    kept: list[int] = []
+    scale = 1.0
+    with av.open(path, metadata_errors="ignore") as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for idx, frame in enumerate(container.decode(stream)):
+            if targets is not None and idx > max(targets):
+                break
+            if targets is None or idx in targets:
+                small, scale = _fit(frame.to_ndarray(format="rgb24"), rotation, max_side)
+                frames.append(small)
+                kept.append(idx)
+                if targets is None and len(frames) >= want:
+                    break
+            if time.monotonic() > deadline:
+                raise DecodeError("over limit time_budget_s while decoding")
+    return np.asarray(kept, dtype=np.int64), frames, scale
+
+
+def read_frames(path: str, sampling: SamplingConfig, limits: LimitsConfig, *, frames: int, max_side: int = 1920, deadline: float | None = None) -> DecodedVideo:
+    """Decode `frames` evenly spaced frames of a local video file."""
+    deadline = deadline or (time.monotonic() + limits.time_budget_s)
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise DecodeError(f"cannot read file: {exc.strerror or exc}") from None
+    if size == 0:
+        raise DecodeError("empty file (0 bytes)")
+    if size > limits.max_bytes:
+        raise DecodeError(f"over limit max_bytes: {size} bytes (limit {limits.max_bytes})")
+    info = probe(path)
+    _check_limits(info, limits)
+    errors = []
+    backends = [sampling.backend] + [b for b in ("decord", "pyav") if b != sampling.backend]
+    for backend in backends:
+        try:
+            if backend == "decord":
+                indices, decoded, scale = _decode_decord(path, frames, sampling.decode_threads, info.rotation, max_side, deadline)
+            else:
+                indices, decoded, scale = _decode_pyav(path, frames, info.n_frames, info.rotation, max_side, deadline)
+        except DecodeError:
+            raise
+        except Exception as exc:
+            errors.append(f"{backend}: {_one_line(exc)}")
+            continue
+        if decoded:
+            if not info.n_frames:
+                info.n_frames = int(indices.max()) + 1
+            return DecodedVideo(info, indices, np.stack(decoded), scale)
+        errors.append(f"{backend}: no frame decoded")
+    raise DecodeError("cannot decode video: " + "; ".join(errors))
+
+
+@contextlib.contextmanager
+def local_copy(uri: str, storage: Storage, max_bytes: int) -> Iterator[str]:
+    """A local path for `uri`: the file itself, or a temporary download of an S3 object."""
+    if not is_s3(uri):
+        yield uri
+        return
+    fs = storage.fs(uri)
+    suffix = os.path.splitext(uri)[1][:10]
+    fd, tmp = tempfile.mkstemp(prefix="dfbatch-", suffix=suffix)
+    try:
+        try:
+            with os.fdopen(fd, "wb") as out, fs.open(storage.path(uri), "rb", block_size=8 * 1024 * 1024) as src:
+                copied = 0
+                while chunk := src.read(8 * 1024 * 1024):
+                    copied += len(chunk)
+                    if copied > max_bytes:
+                        raise DecodeError(f"over limit max_bytes: more than {max_bytes} bytes")
+                    out.write(chunk)
+        except DecodeError:
+            raise
+        except FileNotFoundError:
+            raise DecodeError("object not found (deleted after listing?)") from None
+        except PermissionError:
+            raise DecodeError("access denied reading object") from None
+        except Exception as exc:
+            raise DecodeError(f"cannot read object: {_one_line(exc)}") from None
+        yield tmp
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+__all__ = ["DecodeError", "DecodedVideo", "VideoInfo", "local_copy", "probe", "read_frames", "sample_indices"]

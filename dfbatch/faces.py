@@ -1,0 +1,269 @@
+"""Faces: MTCNN on downscaled frames, IoU tracks across frames, square crops with a margin.
+
+`process_video` is the CPU stage's core (decode + detect + track + crop for one video, errors become the
+row's status); `FaceStage` is its thin Ray Data adapter (one MTCNN per actor). Only small crops leave the
+stage, never full frames.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from dfbatch.config import FaceConfig, LimitsConfig, SamplingConfig
+from dfbatch.decode import DecodeError, local_copy, read_frames
+from dfbatch.storage import Storage, redact
+
+
+# one row per video between the face stage and the score stage (crops: uint8 (sum of track lengths, S, S, 3))
+FACE_ROWS_SCHEMA = pa.schema(
+    [
+        ("video_uri", pa.string()),
+        ("video_id", pa.string()),
+        ("size_bytes", pa.int64()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("duration_s", pa.float64()),
+        ("fps", pa.float64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("n_frames", pa.int32()),
+        ("frame_indices", pa.list_(pa.int32())),
+        ("n_faces", pa.int32()),
+        ("n_tracks", pa.int32()),
+        ("tracks", pa.string()),
+        ("crops", pa.binary()),
+        ("crop_size", pa.int32()),
+    ]
+)
+
+
+@dataclass
+class Track:
+    """One face followed across sampled frames. Boxes are x1,y1,x2,y2 in full-resolution pixels."""
+
+    frame_pos: list[int] = field(default_factory=list)  # positions into the sampled frames
+    boxes: list[list[float]] = field(default_factory=list)
+    probs: list[float] = field(default_factory=list)  # NaN where the box was interpolated
+
+    @property
+    def area(self) -> float:
+        return float(np.mean([(b[2] - b[0]) * (b[3] - b[1]) for b in self.boxes])) if self.boxes else 0.0
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of boxes a (N,4) and b (M,4)."""
+    a, b = np.asarray(a, float).reshape(-1, 4), np.asarray(b, float).reshape(-1, 4)
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def link_tracks(detections: list[tuple[int, np.ndarray, np.ndarray]], iou_threshold: float, max_gap: int = 2) -> list[Track]:
+    """Greedy IoU linking of per-frame detections [(frame_pos, boxes (n,4), probs (n,))] into tracks."""
+    tracks: list[Track] = []
+    active: list[tuple[Track, int]] = []  # (track, detection step of its last hit)
+    for step, (pos, boxes, probs) in enumerate(detections):
+        active = [(t, s) for t, s in active if step - s <= max_gap]
+        free = list(range(len(boxes)))
+        if active and len(boxes):
+            scores = iou(np.array([t.boxes[-1] for t, _ in active]), boxes)
+            pairs = sorted(((scores[i, j], i, j) for i in range(len(active)) for j in range(len(boxes))), reverse=True)
+            used_t: set[int] = set()
+            for score, i, j in pairs:
+                if score < iou_threshold or i in used_t or j not in free:
+                    continue
+                track = active[i][0]
+                track.frame_pos.append(pos)
+                track.boxes.append(boxes[j].tolist())
+                track.probs.append(float(probs[j]))
+                active[i] = (track, step)
+                used_t.add(i)
+                free.remove(j)
+        for j in free:
+            track = Track([pos], [boxes[j].tolist()], [float(probs[j])])
+            tracks.append(track)
+            active.append((track, step))
+    return tracks
+
+
+def fill_track(track: Track, n_positions: int) -> Track:
+    """Interpolate boxes linearly for sampled frames between a track's first and last detection."""
+    if len(track.frame_pos) < 2:
+        return track
+    pos = np.array(track.frame_pos)
+    boxes = np.array(track.boxes)
+    probs = dict(zip(track.frame_pos, track.probs))
+    full = np.arange(pos[0], min(pos[-1], n_positions - 1) + 1)
+    interp = np.stack([np.interp(full, pos, boxes[:, k]) for k in range(4)], axis=1)
+    return Track(full.tolist(), interp.tolist(), [probs.get(int(p), float("nan")) for p in full])
+
+
+def square_crop(frame: np.ndarray, box: list[float], margin: float, size: int) -> np.ndarray:
+    """A square crop centred on box, grown by `margin` of the box size per side, zero-padded, resized."""
+    import cv2
+
+    x1, y1, x2, y2 = box
+    side = max(x2 - x1, y2 - y1) * (1.0 + 2.0 * margin)
+    cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
+    l, t = int(round(cx - side / 2)), int(round(cy - side / 2))
+    s = max(2, int(round(side)))
+    h, w = frame.shape[:2]
+    pad = max(0, -l, -t, l + s - w, t + s - h)
+    if pad:
+        frame = cv2.copyMakeBorder(frame, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
+        l, t = l + pad, t + pad
+    crop = frame[t : t + s, l : l + s]
+    interp = cv2.INTER_AREA if s > size else cv2.INTER_LINEAR
+    return cv2.resize(np.ascontiguousarray(crop), (size, size), interpolation=interp)
+
+
+class FaceDetector:
+    """facenet-pytorch MTCNN with its shipped weights, batched over a video's frames."""
+
+    def __init__(self, cfg: FaceConfig, device: str = "cpu"):
+        from facenet_pytorch import MTCNN
+
+        self.cfg = cfg
+        self.device = device
+        self._mtcnn: dict[int, object] = {}
+        self._factory = lambda min_size: MTCNN(keep_all=True, device=device, min_face_size=min_size, post_process=False, select_largest=False)
+
+    def detect(self, frames: np.ndarray, scale: float) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Boxes (in `frames` pixels / scale) and probabilities per frame, filtered by prob and size."""
+        import cv2
+
+        h, w = frames.shape[1:3]
+        det_scale = min(1.0, self.cfg.detect_max_side / max(h, w))
+        small = frames
+        if det_scale < 1.0:
+            size = (max(1, round(w * det_scale)), max(1, round(h * det_scale)))
+            small = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames])
+        to_full = 1.0 / (det_scale * scale)
+        min_size = int(max(12, min(self.cfg.min_face_px / to_full, min(small.shape[1:3]) - 1)))
+        mtcnn = self._mtcnn.get(min_size) or self._mtcnn.setdefault(min_size, self._factory(min_size))
+        boxes, probs = mtcnn.detect(small)
+        out = []
+        for b, p in zip(boxes, probs):
+            if b is None:
+                out.append((np.zeros((0, 4)), np.zeros(0)))
+                continue
+            b = np.asarray(b, dtype=float) * to_full
+            p = np.asarray(p, dtype=float)
+            keep = (p >= self.cfg.min_face_prob) & (np.minimum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) >= self.cfg.min_face_px)
+            out.append((b[keep], p[keep]))
+        return out
+
+
+def select_tracks(tracks: list[Track], cfg: FaceConfig) -> list[Track]:
+    """Drop flickers (tracks seen in too few frames, unless nothing else exists); keep the largest tracks."""
+    solid = [t for t in tracks if len(t.frame_pos) >= cfg.min_track_frames] or tracks
+    solid.sort(key=lambda t: (len(t.frame_pos), t.area), reverse=True)
+    return solid[: cfg.max_tracks]
+
+
+def faces_in_frames(frames: np.ndarray, scale: float, detector: FaceDetector, cfg: FaceConfig, crop_size: int) -> tuple[list[Track], np.ndarray, int]:
+    """Detect (every `detect_every`-th frame), track, fill gaps and crop. Returns tracks, crops, n_faces."""
+    step = max(1, cfg.detect_every)
+    positions = list(range(0, len(frames), step))
+    if positions[-1] != len(frames) - 1:
+        positions.append(len(frames) - 1)
+    found = detector.detect(frames[positions], scale)
+    n_faces = int(sum(len(p) for _, p in found))
+    tracks = link_tracks([(pos, b, p) for pos, (b, p) in zip(positions, found)], cfg.iou_threshold, max_gap=max(2, 2 // step + 1))
+    tracks = [fill_track(t, len(frames)) for t in select_tracks(tracks, cfg)]
+    crops = [square_crop(frames[pos], [c * scale for c in box], cfg.margin, crop_size) for t in tracks for pos, box in zip(t.frame_pos, t.boxes)]
+    arr = np.stack(crops) if crops else np.zeros((0, crop_size, crop_size, 3), np.uint8)
+    return tracks, arr, n_faces
+
+
+def empty_result(ref: dict) -> dict:
+    """A face-stage row with nothing measured yet (the listing columns carried through)."""
+    return {
+        "video_uri": ref["video_uri"],
+        "video_id": ref["video_id"],
+        "size_bytes": ref.get("size_bytes"),
+        "status": "failed",
+        "error": None,
+        "duration_s": None,
+        "fps": None,
+        "width": None,
+        "height": None,
+        "n_frames": 0,
+        "frame_indices": [],
+        "n_faces": 0,
+        "n_tracks": 0,
+        "tracks": "[]",
+        "crops": b"",
+        "crop_size": 0,
+    }
+
+
+def process_video(ref: dict, detector: FaceDetector, storage: Storage, sampling: SamplingConfig, limits: LimitsConfig, *, frames: int, crop_size: int) -> dict:
+    """Decode, detect, track and crop one video; every failure becomes status `failed` + a one-line error."""
+    row = empty_result(ref)
+    if ref.get("list_error"):
+        row["error"] = ref["list_error"]
+        return row
+    deadline = time.monotonic() + limits.time_budget_s
+    try:
+        with local_copy(ref["video_uri"], storage, limits.max_bytes) as path:
+            video = read_frames(path, sampling, limits, frames=frames, max_side=1920, deadline=deadline)
+        info = video.info
+        row.update(duration_s=info.duration_s, fps=info.fps, width=info.width, height=info.height, n_frames=len(video.indices), frame_indices=video.indices.tolist())
+        tracks, crops, n_faces = faces_in_frames(video.frames, video.scale, detector, detector.cfg, crop_size)
+        if time.monotonic() > deadline:
+            raise DecodeError(f"over limit time_budget_s ({limits.time_budget_s:.0f} s)")
+    except DecodeError as exc:
+        row["error"] = str(exc)
+        return row
+    except MemoryError:
+        row["error"] = "out of memory while decoding"
+        return row
+    except Exception as exc:  # never let one video take the job down
+        row["error"] = redact(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")[:300]
+        return row
+    row["n_faces"] = n_faces
+    row["n_tracks"] = len(tracks)
+    row["tracks"] = json.dumps(
+        [
+            {
+                "frame_indices": [int(video.indices[p]) for p in t.frame_pos],
+                "boxes": [[round(v, 1) for v in b] for b in t.boxes],
+                "probs": [None if np.isnan(p) else round(p, 5) for p in t.probs],
+            }
+            for t in tracks
+        ]
+    )
+    row["crops"] = crops.tobytes()
+    row["crop_size"] = crop_size
+    if tracks:
+        row["status"] = "ok"
+    else:
+        row["status"] = "no_face"
+        row["error"] = None
+    return row
+
+
+class FaceStage:
+    """Ray Data adapter: `ds.map_batches(FaceStage, fn_constructor_kwargs=..., batch_size=1)` on CPU actors."""
+
+    def __init__(self, *, storage: Storage, sampling: SamplingConfig, faces: FaceConfig, limits: LimitsConfig, frames: int, crop_size: int, threads: int = 1):
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+        self.detector = FaceDetector(faces)
+        self.kw = dict(storage=storage, sampling=sampling, limits=limits, frames=frames, crop_size=crop_size)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = [process_video(ref, self.detector, **self.kw) for ref in batch.to_pylist()]
+        return pa.Table.from_pylist(rows, schema=FACE_ROWS_SCHEMA)

@@ -1,0 +1,217 @@
+"""Assemble and run the scoring job: listing → faces (CPU actors) → score (GPU/CPU actors) → Parquet, in MLflow.
+
+This is the only module that knows the whole flow; each stage's logic lives in its own module.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+
+from dfbatch import __version__
+from dfbatch.config import ScoreConfig
+from dfbatch.errors import UserError
+from dfbatch.storage import Storage, is_s3, redact
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Summary:
+    output: str
+    model_name: str
+    model_version: str
+    model_uri: str
+    mlflow_run_id: str | None
+    job_id: str
+    listed: int = 0
+    skipped: int = 0  # already had a row for this model version (resume)
+    duplicates: int = 0
+    scored: int = 0
+    counts: dict = field(default_factory=dict)  # per status, plus "fake"
+    elapsed_s: float = 0.0
+    videos_per_min: float = 0.0
+    resources: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return redact(f"{type(exc).__name__}: {text[0] if text else ''}")
+
+
+def init_ray() -> None:
+    """Join the cluster named by RAY_ADDRESS (as under `ray job submit`), else start a local Ray."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False, logging_level=logging.WARNING, configure_logging=True)
+
+
+def plan_resources(cfg: ScoreConfig) -> dict:
+    """Actor counts and per-actor resources from the cluster: GPU actors when GPUs exist, else CPU."""
+    import ray
+
+    res = ray.cluster_resources()
+    n_cpu, n_gpu = int(res.get("CPU", 1)), int(res.get("GPU", 0))
+    use_gpu = cfg.device == "cuda" or (cfg.device == "auto" and n_gpu > 0)
+    if cfg.device == "cuda" and n_gpu == 0:
+        raise UserError("--device cuda: the Ray cluster has no GPUs")
+    score_workers = cfg.score_workers or (max(1, n_gpu) if use_gpu else 1)
+    score_cpus = cfg.cpus_per_score_worker
+    free = n_cpu - (score_workers * score_cpus if not use_gpu else min(n_cpu / 2, score_workers * score_cpus))
+    face_workers = cfg.face_workers or max(1, int(free // cfg.cpus_per_face_worker))
+    return {
+        "cluster_cpus": n_cpu,
+        "cluster_gpus": n_gpu,
+        "device": "cuda" if use_gpu else "cpu",
+        "face_workers": face_workers,
+        "face_cpus": cfg.cpus_per_face_worker,
+        "score_workers": score_workers,
+        "score_cpus": score_cpus,
+        "score_gpus": 1 if use_gpu else 0,
+    }
+
+
+def build_dataset(cfg: ScoreConfig, listing_files: list[str], n_videos: int, storage: Storage, bundle, plan: dict, run_id: str | None, frames: int, threshold: float):
+    """The Ray Data graph up to (not including) the write."""
+    import pyarrow.fs as pafs
+    import ray
+
+    from dfbatch.faces import FaceStage
+    from dfbatch.score import ScoreStage
+
+    fs = None
+    if is_s3(listing_files[0]):
+        fs = pafs.PyFileSystem(pafs.FSSpecHandler(storage.fs(listing_files[0])))
+        listing_files = [storage.path(p) for p in listing_files]
+    n_blocks = max(1, min(n_videos, max(4 * plan["face_workers"], math.ceil(n_videos / 16))))
+    ds = ray.data.read_parquet(listing_files, filesystem=fs, override_num_blocks=n_blocks, ray_remote_args={"num_cpus": 0})
+    ds = ds.map_batches(
+        FaceStage,
+        fn_constructor_kwargs=dict(
+            storage=storage,
+            sampling=cfg.sampling,
+            faces=cfg.faces,
+            limits=cfg.limits,
+            frames=frames,
+            crop_size=int(bundle.spec.input_size),
+            threads=max(1, int(plan["face_cpus"])),
+        ),
+        batch_size=1,
+        batch_format="pyarrow",
+        concurrency=plan["face_workers"],
+        num_cpus=plan["face_cpus"],
+    )
+    bundle_ref = ray.put(bundle)
+    ds = ds.map_batches(
+        ScoreStage,
+        fn_constructor_kwargs=dict(
+            bundle_ref=[bundle_ref],
+            device=plan["device"],
+            precision=cfg.precision,
+            batch_size=cfg.score_batch_size,
+            threads=cfg.torch_threads or max(1, int(plan["score_cpus"])),
+            threshold=threshold,
+            track_aggregation=cfg.track_aggregation,
+            frame_aggregation=cfg.frame_aggregation,
+            run_id=run_id,
+        ),
+        batch_size=cfg.videos_per_score_batch,
+        batch_format="pyarrow",
+        concurrency=plan["score_workers"],
+        num_cpus=plan["score_cpus"],
+        num_gpus=plan["score_gpus"],
+    )
+    return ds
+
+
+def run_score(cfg: ScoreConfig) -> Summary:
+    """Score every listed video that has no row yet for the model version; returns the job summary."""
+    import mlflow
+
+    from dfbatch import registry
+    from dfbatch.sink import ResultsDatasink, ResultStore
+    from dfbatch.sources import iter_videos, write_listing
+
+    started = time.time()
+    storage = Storage(cfg.endpoint_url)
+    store = ResultStore(cfg.output, storage)
+    try:
+        store.check_writable()
+    except Exception as exc:
+        raise UserError(f"cannot write to output {redact(cfg.output)}: {_one_line(exc)}") from None
+    if cfg.tracking_uri:
+        mlflow.set_tracking_uri(cfg.tracking_uri)
+    bundle = registry.fetch(cfg.model_uri, cfg.tracking_uri)
+    frames = cfg.sampling.frames or int(bundle.spec.seq_len)
+    threshold = cfg.threshold if cfg.threshold is not None else float(bundle.threshold)
+    store.recover()
+    name, version = bundle.name, str(bundle.version)
+    done = set() if cfg.rescore else store.scored_ids(name, version)
+    replaced = store.parts_for(name, version) if cfg.rescore else []
+    job_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
+    work = storage.join(cfg.output, "_work", job_id)
+    summary = Summary(cfg.output, name, version, bundle.uri, None, job_id)
+    try:
+        counts = write_listing(iter_videos(cfg.sources, storage), storage.join(work, "listing"), storage, skip_ids=done, chunk=cfg.listing_chunk)
+        summary.listed, summary.skipped, summary.duplicates = counts["listed"], counts["skipped"], counts["duplicates"]
+        mlflow.set_experiment(cfg.experiment)
+        with mlflow.start_run(run_name=f"score-{job_id}") as run:
+            summary.mlflow_run_id = run.info.run_id
+            mlflow.log_params(
+                {
+                    "sources": redact(" ".join(cfg.sources))[:5000],
+                    "model_uri": bundle.uri,
+                    "model_name": name,
+                    "model_version": version,
+                    "frames": frames,
+                    "aggregation": f"tracks={cfg.track_aggregation},frames={cfg.frame_aggregation}",
+                    "threshold": threshold,
+                    "precision": cfg.precision,
+                    "rescore": cfg.rescore,
+                    "decode_backend": cfg.sampling.backend,
+                    "detect_max_side": cfg.faces.detect_max_side,
+                    "detect_every": cfg.faces.detect_every,
+                }
+            )
+            mlflow.set_tags({"output": redact(cfg.output), "dfbatch.version": __version__, "dfbatch.job_id": job_id, "model_pinned_uri": bundle.pinned_uri})
+            totals: dict = {}
+            if counts["to_score"]:
+                init_ray()
+                summary.resources = plan_resources(cfg)
+                ds = build_dataset(cfg, counts["files"], counts["to_score"], storage, bundle, summary.resources, run.info.run_id, frames, threshold)
+                sink = ResultsDatasink(cfg.output, storage, job_id=job_id)
+                ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
+                totals = dict(sink.totals)
+            if replaced:
+                store.remove(replaced)
+            summary.counts = {k: int(totals.get(k, 0)) for k in ("ok", "no_face", "failed", "fake")}
+            summary.scored = sum(summary.counts[k] for k in ("ok", "no_face", "failed"))
+            summary.elapsed_s = time.time() - started
+            summary.videos_per_min = 60.0 * summary.scored / summary.elapsed_s if summary.elapsed_s else 0.0
+            mlflow.log_metrics(
+                {
+                    "videos": summary.scored,
+                    **{k: summary.counts[k] for k in ("ok", "no_face", "failed", "fake")},
+                    "videos_per_min": summary.videos_per_min,
+                    "listed": summary.listed,
+                    "skipped_already_scored": summary.skipped,
+                    "elapsed_s": summary.elapsed_s,
+                }
+            )
+            mlflow.log_dict(summary.to_dict(), "summary.json")
+    finally:
+        try:
+            storage.fs(work).rm(storage.path(work), recursive=True)
+        except (FileNotFoundError, OSError):
+            pass
+    log.info("job summary: %s", json.dumps(summary.to_dict()))
+    return summary

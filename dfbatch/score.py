@@ -1,0 +1,144 @@
+"""Score: run the detector over face-track sequences batched across videos, then aggregate per video.
+
+`Scorer` (plain PyTorch) scores sequences; `score_rows` turns face-stage rows into result rows; `ScoreStage`
+is the Ray Data adapter (an actor pool, one model per actor, `num_gpus=1` per actor on a GPU cluster).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+
+from dfbatch.sink import SCORED_SCHEMA
+
+AGGREGATORS = {"max": np.max, "mean": np.mean, "median": np.median}
+
+
+class Scorer:
+    """One model in inference mode; `score` takes uint8 RGB sequences (T,S,S,3) of any lengths."""
+
+    def __init__(self, spec, state_dict, *, device: str = "cpu", precision: str = "fp32", batch_size: int = 16, threads: int | None = None):
+        import torch
+
+        from dfbatch import model as M
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.spec = spec
+        self.batch_size = max(1, batch_size)
+        self.device = torch.device(device)
+        net = M.build_model(spec)
+        net.load_state_dict(state_dict)
+        self.net = M.prepare_for_inference(net, self.device, precision)
+        self.precision = precision
+
+    def score(self, sequences: list[np.ndarray]) -> list[tuple[np.ndarray, float]]:
+        """(per-frame P(fake), sequence P(fake)) for each sequence; equal lengths are batched together."""
+        from dfbatch.model import inference_context, preprocess
+
+        out: list = [None] * len(sequences)
+        by_len: dict[int, list[int]] = defaultdict(list)
+        for i, seq in enumerate(sequences):
+            by_len[len(seq)].append(i)
+        with inference_context(self.device, self.precision):
+            for idx in by_len.values():
+                for start in range(0, len(idx), self.batch_size):
+                    chunk = idx[start : start + self.batch_size]
+                    x = preprocess(np.stack([sequences[i] for i in chunk]), self.spec, device=self.device)
+                    frame_p, seq_p = self.net.predict(x)
+                    frame_p, seq_p = frame_p.float().cpu().numpy(), seq_p.float().cpu().numpy()
+                    for j, i in enumerate(chunk):
+                        out[i] = (frame_p[j].astype(np.float64), float(seq_p[j]))
+        return out
+
+
+def _split_crops(row: dict) -> list[np.ndarray]:
+    tracks = json.loads(row["tracks"])
+    size = int(row["crop_size"])
+    crops = np.frombuffer(row["crops"], dtype=np.uint8).reshape(-1, size, size, 3)
+    seqs, start = [], 0
+    for t in tracks:
+        n = len(t["frame_indices"])
+        seqs.append(crops[start : start + n])
+        start += n
+    if start != len(crops):
+        raise ValueError(f"crops ({len(crops)}) do not match tracks ({start} frames)")
+    return seqs
+
+
+def score_rows(rows: list[dict], scorer: Scorer, *, threshold: float, track_aggregation: str = "max", frame_aggregation: str = "mean", model_info: dict, run_id: str | None) -> list[dict]:
+    """Score every `ok` row's tracks in shared batches; fill the result columns of all rows."""
+    now = datetime.now(timezone.utc)
+    aggregation = f"tracks={track_aggregation},frames={frame_aggregation}"
+    jobs: list[tuple[int, int]] = []
+    seqs: list[np.ndarray] = []
+    for i, row in enumerate(rows):
+        if row["status"] == "ok":
+            try:
+                for j, seq in enumerate(_split_crops(row)):
+                    jobs.append((i, j))
+                    seqs.append(seq)
+            except Exception as exc:
+                row.update(status="failed", error=f"bad face crops: {exc}"[:300])
+    try:
+        results = scorer.score(seqs) if seqs else []
+    except Exception:  # isolate the bad video: score one row at a time
+        results = []
+        for k, (i, _) in enumerate(jobs):
+            try:
+                results.append(scorer.score([seqs[k]])[0])
+            except Exception as exc:
+                rows[i].update(status="failed", error=f"model failed: {type(exc).__name__}: {str(exc)[:200]}")
+                results.append(None)
+    per_row: dict[int, list] = defaultdict(list)
+    for (i, j), res in zip(jobs, results):
+        per_row[i].append(res)
+    for i, row in enumerate(rows):
+        row.update(model_info, mlflow_run_id=run_id, scored_at=now, aggregation=aggregation, threshold=threshold, fake_probability=None, label=None)
+        n = len(row.get("frame_indices") or [])
+        row["frame_scores"] = [None] * n
+        if row["status"] != "ok":
+            continue
+        results_i = per_row.get(i, [])
+        if any(r is None for r in results_i) or not results_i:
+            continue
+        tracks = json.loads(row["tracks"])
+        pos = {f: k for k, f in enumerate(row["frame_indices"])}
+        frame_best = np.full(n, np.nan)
+        track_scores = []
+        for track, (frame_p, seq_p) in zip(tracks, results_i):
+            score = seq_p if frame_aggregation == "model" else float(AGGREGATORS[frame_aggregation](frame_p))
+            track["frame_scores"] = [round(float(p), 6) for p in frame_p]
+            track["fake_probability"] = score
+            track_scores.append(score)
+            for f, p in zip(track["frame_indices"], frame_p):
+                k = pos[f]
+                frame_best[k] = p if np.isnan(frame_best[k]) else max(frame_best[k], p)
+        prob = float(AGGREGATORS[track_aggregation](track_scores))
+        row["tracks"] = json.dumps(tracks)
+        row["frame_scores"] = [None if np.isnan(v) else float(v) for v in frame_best]
+        row["fake_probability"] = prob
+        row["label"] = "FAKE" if prob >= threshold else "REAL"
+    for row in rows:
+        row.pop("crops", None)
+    return rows
+
+
+class ScoreStage:
+    """Ray Data adapter: `ds.map_batches(ScoreStage, batch_size=videos, concurrency=n, num_gpus=...)`."""
+
+    def __init__(self, *, bundle_ref: list, device: str, precision: str, batch_size: int, threads: int | None, threshold: float, track_aggregation: str, frame_aggregation: str, run_id: str | None):
+        import ray
+
+        bundle = ray.get(bundle_ref[0])  # model weights travel through the object store, fetched once per actor
+        self.scorer = Scorer(bundle.spec, bundle.state_dict, device=device, precision=precision, batch_size=batch_size, threads=threads)
+        self.model_info = {"model_name": bundle.name, "model_version": str(bundle.version), "model_uri": bundle.uri}
+        self.kw = dict(threshold=threshold, track_aggregation=track_aggregation, frame_aggregation=frame_aggregation, model_info=self.model_info, run_id=run_id)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = score_rows(batch.to_pylist(), self.scorer, **self.kw)
+        return pa.Table.from_pylist(rows, schema=SCORED_SCHEMA)

@@ -1,0 +1,68 @@
+"""Local and S3 paths behind one fsspec interface. Credentials come from the environment and are never logged."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import fsspec
+
+_S3_SCHEMES = ("s3://", "s3a://", "s3n://")
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith(_S3_SCHEMES)
+
+
+def redact(text: str) -> str:
+    """Remove credentials from a URI or message: user:password@, query strings, key-like tokens."""
+    text = re.sub(r"([a-z][a-z0-9+.-]*://)[^/@\s]+@", r"\1", str(text), flags=re.I)
+    text = re.sub(r"(?i)(X-Amz-[A-Za-z-]+|Signature|AWSAccessKeyId|token|secret|password)=[^&\s'\"]+", r"\1=***", text)
+    for var in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD"):
+        secret = os.environ.get(var)
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
+
+
+def strip_query(uri: str) -> str:
+    parts = urlsplit(uri)
+    if parts.scheme and parts.netloc:
+        return urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path, "", ""))
+    return uri
+
+
+@dataclass(frozen=True)
+class Storage:
+    """Builds filesystems for URIs; picklable (holds only the endpoint, never credentials)."""
+
+    endpoint_url: str | None = None
+
+    def fs(self, uri: str) -> fsspec.AbstractFileSystem:
+        if is_s3(uri):
+            kwargs: dict = {"config_kwargs": {"retries": {"max_attempts": 8, "mode": "adaptive"}}}
+            if self.endpoint_url:
+                kwargs["client_kwargs"] = {"endpoint_url": self.endpoint_url}
+            return fsspec.filesystem("s3", **kwargs)
+        return fsspec.filesystem("file")
+
+    def path(self, uri: str) -> str:
+        """The filesystem-internal path (bucket/key for S3, absolute path for local)."""
+        if is_s3(uri):
+            return uri.split("://", 1)[1]
+        return os.path.abspath(os.path.expanduser(uri))
+
+    def uri(self, like: str, path: str) -> str:
+        """Turns a filesystem path back into a URI of the same kind as `like`."""
+        return f"s3://{path}" if is_s3(like) else path
+
+    def join(self, base: str, *parts: str) -> str:
+        base = base.rstrip("/") if is_s3(base) else os.path.abspath(os.path.expanduser(base))
+        return "/".join([base, *parts]) if is_s3(base) else os.path.join(base, *parts)
+
+    def boto3_client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint_url) if self.endpoint_url else boto3.client("s3")
