@@ -72,7 +72,8 @@ class ScoreConfig:
     cpus_per_face_worker: float = 1.0
     cpus_per_score_worker: float = 1.0
     torch_threads: int | None = None  # None: cpus of the actor
-    listing_chunk: int = 10_000  # listing rows per Parquet chunk (driver memory stays bounded)
+    rows_per_block: int = 8  # listing rows per Ray Data block (the unit handed to one face actor)
+    ray_address: str | None = None  # None: RAY_ADDRESS, else a new local Ray
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     faces: FaceConfig = field(default_factory=FaceConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)

@@ -5,9 +5,9 @@ This is the only module that knows the whole flow; each stage's logic lives in i
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
-import math
 import os
 import time
 import uuid
@@ -47,12 +47,12 @@ def _one_line(exc: BaseException) -> str:
     return redact(f"{type(exc).__name__}: {text[0] if text else ''}")
 
 
-def init_ray() -> None:
-    """Join the cluster named by RAY_ADDRESS (as under `ray job submit`), else start a local Ray."""
+def init_ray(address: str | None = None) -> None:
+    """Join the cluster at `address` / RAY_ADDRESS (set under `ray job submit`), else start a local Ray."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False, logging_level=logging.WARNING, configure_logging=True)
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False, logging_level=logging.WARNING)
 
 
 def plan_resources(cfg: ScoreConfig) -> dict:
@@ -80,20 +80,14 @@ def plan_resources(cfg: ScoreConfig) -> dict:
     }
 
 
-def build_dataset(cfg: ScoreConfig, listing_files: list[str], n_videos: int, storage: Storage, bundle, plan: dict, run_id: str | None, frames: int, threshold: float):
-    """The Ray Data graph up to (not including) the write."""
-    import pyarrow.fs as pafs
+def build_dataset(cfg: ScoreConfig, listing, storage: Storage, bundle, plan: dict, run_id: str | None, frames: int, threshold: float):
+    """The Ray Data graph up to (not including) the write. Listing tables enter the object store one by one."""
     import ray
 
     from dfbatch.faces import FaceStage
     from dfbatch.score import ScoreStage
 
-    fs = None
-    if is_s3(listing_files[0]):
-        fs = pafs.PyFileSystem(pafs.FSSpecHandler(storage.fs(listing_files[0])))
-        listing_files = [storage.path(p) for p in listing_files]
-    n_blocks = max(1, min(n_videos, max(4 * plan["face_workers"], math.ceil(n_videos / 16))))
-    ds = ray.data.read_parquet(listing_files, filesystem=fs, override_num_blocks=n_blocks, ray_remote_args={"num_cpus": 0})
+    ds = ray.data.from_arrow_refs([ray.put(table) for table in listing])
     ds = ds.map_batches(
         FaceStage,
         fn_constructor_kwargs=dict(
@@ -107,7 +101,7 @@ def build_dataset(cfg: ScoreConfig, listing_files: list[str], n_videos: int, sto
         ),
         batch_size=1,
         batch_format="pyarrow",
-        concurrency=plan["face_workers"],
+        compute=ray.data.ActorPoolStrategy(size=plan["face_workers"]),
         num_cpus=plan["face_cpus"],
     )
     bundle_ref = ray.put(bundle)
@@ -126,7 +120,7 @@ def build_dataset(cfg: ScoreConfig, listing_files: list[str], n_videos: int, sto
         ),
         batch_size=cfg.videos_per_score_batch,
         batch_format="pyarrow",
-        concurrency=plan["score_workers"],
+        compute=ray.data.ActorPoolStrategy(size=plan["score_workers"]),
         num_cpus=plan["score_cpus"],
         num_gpus=plan["score_gpus"],
     )
@@ -139,7 +133,7 @@ def run_score(cfg: ScoreConfig) -> Summary:
 
     from dfbatch import registry
     from dfbatch.sink import ResultsDatasink, ResultStore
-    from dfbatch.sources import iter_videos, write_listing
+    from dfbatch.sources import Listing, iter_videos
 
     started = time.time()
     storage = Storage(cfg.endpoint_url)
@@ -158,60 +152,56 @@ def run_score(cfg: ScoreConfig) -> Summary:
     done = set() if cfg.rescore else store.scored_ids(name, version)
     replaced = store.parts_for(name, version) if cfg.rescore else []
     job_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
-    work = storage.join(cfg.output, "_work", job_id)
-    summary = Summary(cfg.output, name, version, bundle.uri, None, job_id)
-    try:
-        counts = write_listing(iter_videos(cfg.sources, storage), storage.join(work, "listing"), storage, skip_ids=done, chunk=cfg.listing_chunk)
+    summary = Summary(cfg.output, name, version, bundle.pinned_uri or bundle.uri, None, job_id)
+    listing = Listing(iter_videos(cfg.sources, storage), skip_ids=done, rows_per_table=cfg.rows_per_block)
+    first = next(iter_first := iter(listing), None)  # lists up to the first block: a bad SOURCE fails before any run starts
+    counts = listing.counts
+    mlflow.set_experiment(cfg.experiment)
+    with mlflow.start_run(run_name=f"score-{job_id}") as run:
+        summary.mlflow_run_id = run.info.run_id
+        mlflow.log_params(
+            {
+                "sources": redact(" ".join(cfg.sources))[:5000],
+                "model_uri": bundle.uri,
+                "model_name": name,
+                "model_version": version,
+                "frames": frames,
+                "aggregation": f"tracks={cfg.track_aggregation},frames={cfg.frame_aggregation}",
+                "threshold": threshold,
+                "precision": cfg.precision,
+                "rescore": cfg.rescore,
+                "decode_backend": cfg.sampling.backend,
+                "detect_max_side": cfg.faces.detect_max_side,
+                "detect_every": cfg.faces.detect_every,
+            }
+        )
+        mlflow.set_tags({"output": redact(cfg.output), "dfbatch.version": __version__, "dfbatch.job_id": job_id})
+        totals: dict = {}
+        if first is not None:
+            init_ray(cfg.ray_address)
+            summary.resources = plan_resources(cfg)
+            tables = itertools.chain([first], iter_first)
+            ds = build_dataset(cfg, tables, storage, bundle, summary.resources, run.info.run_id, frames, threshold)
+            sink = ResultsDatasink(cfg.output, storage, job_id=job_id)
+            ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
+            totals = dict(sink.totals)
         summary.listed, summary.skipped, summary.duplicates = counts["listed"], counts["skipped"], counts["duplicates"]
-        mlflow.set_experiment(cfg.experiment)
-        with mlflow.start_run(run_name=f"score-{job_id}") as run:
-            summary.mlflow_run_id = run.info.run_id
-            mlflow.log_params(
-                {
-                    "sources": redact(" ".join(cfg.sources))[:5000],
-                    "model_uri": bundle.uri,
-                    "model_name": name,
-                    "model_version": version,
-                    "frames": frames,
-                    "aggregation": f"tracks={cfg.track_aggregation},frames={cfg.frame_aggregation}",
-                    "threshold": threshold,
-                    "precision": cfg.precision,
-                    "rescore": cfg.rescore,
-                    "decode_backend": cfg.sampling.backend,
-                    "detect_max_side": cfg.faces.detect_max_side,
-                    "detect_every": cfg.faces.detect_every,
-                }
-            )
-            mlflow.set_tags({"output": redact(cfg.output), "dfbatch.version": __version__, "dfbatch.job_id": job_id, "model_pinned_uri": bundle.pinned_uri})
-            totals: dict = {}
-            if counts["to_score"]:
-                init_ray()
-                summary.resources = plan_resources(cfg)
-                ds = build_dataset(cfg, counts["files"], counts["to_score"], storage, bundle, summary.resources, run.info.run_id, frames, threshold)
-                sink = ResultsDatasink(cfg.output, storage, job_id=job_id)
-                ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
-                totals = dict(sink.totals)
-            if replaced:
-                store.remove(replaced)
-            summary.counts = {k: int(totals.get(k, 0)) for k in ("ok", "no_face", "failed", "fake")}
-            summary.scored = sum(summary.counts[k] for k in ("ok", "no_face", "failed"))
-            summary.elapsed_s = time.time() - started
-            summary.videos_per_min = 60.0 * summary.scored / summary.elapsed_s if summary.elapsed_s else 0.0
-            mlflow.log_metrics(
-                {
-                    "videos": summary.scored,
-                    **{k: summary.counts[k] for k in ("ok", "no_face", "failed", "fake")},
-                    "videos_per_min": summary.videos_per_min,
-                    "listed": summary.listed,
-                    "skipped_already_scored": summary.skipped,
-                    "elapsed_s": summary.elapsed_s,
-                }
-            )
-            mlflow.log_dict(summary.to_dict(), "summary.json")
-    finally:
-        try:
-            storage.fs(work).rm(storage.path(work), recursive=True)
-        except (FileNotFoundError, OSError):
-            pass
+        if replaced:
+            store.remove(replaced)
+        summary.counts = {k: int(totals.get(k, 0)) for k in ("ok", "no_face", "failed", "fake")}
+        summary.scored = sum(summary.counts[k] for k in ("ok", "no_face", "failed"))
+        summary.elapsed_s = time.time() - started
+        summary.videos_per_min = 60.0 * summary.scored / summary.elapsed_s if summary.elapsed_s else 0.0
+        mlflow.log_metrics(
+            {
+                "videos": summary.scored,
+                **{k: summary.counts[k] for k in ("ok", "no_face", "failed", "fake")},
+                "videos_per_min": summary.videos_per_min,
+                "listed": summary.listed,
+                "skipped_already_scored": summary.skipped,
+                "elapsed_s": summary.elapsed_s,
+            }
+        )
+        mlflow.log_dict(summary.to_dict(), "summary.json")
     log.info("job summary: %s", json.dumps(summary.to_dict()))
     return summary

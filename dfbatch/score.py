@@ -31,8 +31,7 @@ class Scorer:
         self.spec = spec
         self.batch_size = max(1, batch_size)
         self.device = torch.device(device)
-        net = M.build_model(spec)
-        net.load_state_dict(state_dict)
+        net = M.load_weights(M.build_model(spec), state_dict)
         self.net = M.prepare_for_inference(net, self.device, precision)
         self.precision = precision
 
@@ -136,7 +135,7 @@ class ScoreStage:
 
         bundle = ray.get(bundle_ref[0])  # model weights travel through the object store, fetched once per actor
         self.scorer = Scorer(bundle.spec, bundle.state_dict, device=device, precision=precision, batch_size=batch_size, threads=threads)
-        self.model_info = {"model_name": bundle.name, "model_version": str(bundle.version), "model_uri": bundle.uri}
+        self.model_info = {"model_name": bundle.name, "model_version": str(bundle.version), "model_uri": bundle.pinned_uri or bundle.uri}
         self.kw = dict(threshold=threshold, track_aggregation=track_aggregation, frame_aggregation=frame_aggregation, model_info=self.model_info, run_id=run_id)
 
     def __call__(self, batch: pa.Table) -> pa.Table:

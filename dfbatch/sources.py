@@ -1,7 +1,7 @@
 """List the videos of an archive (local dir, glob, file, s3:// prefix, manifest) as a stream of VideoRefs.
 
-The listing never materialises on the driver: `write_listing` streams it into Parquet chunks that Ray Data
-reads, skipping videos that already have a result (resume).
+The listing never materialises on the driver: `Listing` streams it as small Arrow tables that the pipeline
+hands to the object store one by one as Ray Data blocks, skipping videos that already have a result (resume).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.parquet as pq  # manifests
 
 from dfbatch.config import VIDEO_EXTENSIONS
 from dfbatch.errors import UserError
@@ -231,44 +231,31 @@ def iter_videos(sources: Iterable[str], storage: Storage) -> Iterator[VideoRef]:
             raise UserError(f"{src}: no such file or directory")
 
 
-def write_listing(
-    refs: Iterable[VideoRef], listing_dir: str, storage: Storage, *, skip_ids: set[str] | frozenset = frozenset(), chunk: int = 10_000
-) -> dict:
-    """Stream refs into Parquet chunks under listing_dir, dropping duplicates and ids in skip_ids.
+class Listing:
+    """Streams refs as small Arrow tables (the Ray Data blocks of the job), dropping duplicates and ids in
+    skip_ids (already scored). Counts fill in while it is consumed: listed, skipped, duplicates, to_score."""
 
-    Returns counts: listed, skipped (already scored), duplicates, to_score, files (chunk paths).
-    """
-    fs = storage.fs(listing_dir)
-    root = storage.path(listing_dir)
-    fs.makedirs(root, exist_ok=True)
-    seen: set[str] = set()
-    counts = {"listed": 0, "skipped": 0, "duplicates": 0, "to_score": 0, "files": []}
-    buf: list[dict] = []
+    def __init__(self, refs: Iterable[VideoRef], *, skip_ids: set[str] | frozenset = frozenset(), rows_per_table: int = 8):
+        self.refs, self.skip_ids, self.rows = refs, skip_ids, max(1, rows_per_table)
+        self.counts = {"listed": 0, "skipped": 0, "duplicates": 0, "to_score": 0}
 
-    def flush() -> None:
-        if not buf:
-            return
-        name = f"{root}/part-{len(counts['files']):06d}.parquet"
-        with fs.open(name, "wb") as f:
-            pq.write_table(pa.Table.from_pylist(buf, schema=LISTING_SCHEMA), f)
-        counts["files"].append(storage.uri(listing_dir, name))
-        buf.clear()
-
-    for ref in refs:
-        counts["listed"] += 1
-        vid = ref.video_id
-        if vid in seen:
-            counts["duplicates"] += 1
-            continue
-        seen.add(vid)
-        if vid in skip_ids:
-            counts["skipped"] += 1
-            continue
-        row = asdict(ref)
-        row["video_id"] = vid
-        buf.append(row)
-        counts["to_score"] += 1
-        if len(buf) >= chunk:
-            flush()
-    flush()
-    return counts
+    def __iter__(self) -> Iterator[pa.Table]:
+        seen: set[str] = set()
+        buf: list[dict] = []
+        for ref in self.refs:
+            self.counts["listed"] += 1
+            vid = ref.video_id
+            if vid in seen:
+                self.counts["duplicates"] += 1
+                continue
+            seen.add(vid)
+            if vid in self.skip_ids:
+                self.counts["skipped"] += 1
+                continue
+            buf.append(asdict(ref) | {"video_id": vid})
+            self.counts["to_score"] += 1
+            if len(buf) >= self.rows:
+                yield pa.Table.from_pylist(buf, schema=LISTING_SCHEMA)
+                buf = []
+        if buf:
+            yield pa.Table.from_pylist(buf, schema=LISTING_SCHEMA)

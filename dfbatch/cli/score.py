@@ -28,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else MLflow's default)")
     p.add_argument("--experiment", default="dfbatch-score", help="MLflow experiment name")
     p.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint (default: AWS_ENDPOINT_URL)")
+    p.add_argument("--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else start a local Ray)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast precision of the model (bf16/fp16 on GPU)")
     p.add_argument("--batch-size", type=int, default=16, help="face sequences per forward pass")
@@ -59,6 +60,7 @@ def config_from_args(args: argparse.Namespace) -> ScoreConfig:
         frame_aggregation=args.frame_aggregation,
         threshold=args.threshold,
         device=args.device,
+        ray_address=args.ray_address,
         precision=args.precision,
         score_batch_size=args.batch_size,
         face_workers=args.face_workers,
