@@ -68,6 +68,8 @@ def probe(path: str) -> VideoInfo:
                 kinds = sorted({s.type for s in container.streams}) or ["no streams"]
                 raise DecodeError(f"no video stream (found: {', '.join(kinds)})")
             stream = container.streams.video[0]
+            if container.format.name.endswith("_pipe") or container.format.name.startswith("image2"):
+                raise DecodeError(f"not a video: a still image ({stream.codec_context.name})")
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
             fps = float(rate) if rate else 0.0
             duration = 0.0
