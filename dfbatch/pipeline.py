@@ -5,6 +5,7 @@ This is the only module that knows the whole flow; each stage's logic lives in i
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -45,6 +46,20 @@ class Summary:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return redact(f"{type(exc).__name__}: {text[0] if text else ''}")
+
+
+def model_identity(bundle) -> tuple[str, str]:
+    """(name, version) of a bundle; a checkpoint file or a run gets its file/run name and a content hash."""
+    import hashlib
+
+    if bundle.name and bundle.version:
+        return bundle.name, str(bundle.version)
+    digest = hashlib.sha256()
+    for key, tensor in bundle.state_dict.items():
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    name = bundle.name or (f"run-{bundle.run_id}" if bundle.pinned_uri.startswith("runs:/") else os.path.basename(bundle.pinned_uri or bundle.uri))
+    return name, "sha256-" + digest.hexdigest()[:12]
 
 
 def init_ray(address: str | None = None) -> None:
@@ -145,10 +160,11 @@ def run_score(cfg: ScoreConfig) -> Summary:
     if cfg.tracking_uri:
         mlflow.set_tracking_uri(cfg.tracking_uri)
     bundle = registry.fetch(cfg.model_uri, cfg.tracking_uri)
+    name, version = model_identity(bundle)
+    bundle = dataclasses.replace(bundle, name=name, version=version)
     frames = cfg.sampling.frames or int(bundle.spec.seq_len)
     threshold = cfg.threshold if cfg.threshold is not None else float(bundle.threshold)
     store.recover()
-    name, version = bundle.name, str(bundle.version)
     done = set() if cfg.rescore else store.scored_ids(name, version)
     replaced = store.parts_for(name, version) if cfg.rescore else []
     job_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]

@@ -76,7 +76,7 @@ def format_summary(s) -> str:
     videos = os.path.join(s.output, "videos") if "://" not in s.output else s.output.rstrip("/") + "/videos"
     lines = [
         "",
-        f"dfbatch score — model {s.model_name} v{s.model_version} — MLflow run {s.mlflow_run_id}",
+        f"dfbatch score — model {s.model_name} version {s.model_version} — MLflow run {s.mlflow_run_id}",
         f"  listed {s.listed:>8}   already scored (skipped) {s.skipped}   duplicates {s.duplicates}",
         f"  scored {s.scored:>8}   ok {c.get('ok', 0)}   no_face {c.get('no_face', 0)}   failed {c.get('failed', 0)}   FAKE {c.get('fake', 0)}",
         f"  time   {s.elapsed_s:>8.1f} s   {s.videos_per_min:.1f} videos/min",
