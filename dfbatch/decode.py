@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -52,6 +53,8 @@ def sample_indices(n_frames: int, k: int) -> np.ndarray:
 
 
 def _one_line(exc: BaseException) -> str:
+    if isinstance(getattr(exc, "strerror", None), str) and getattr(exc, "filename", None):
+        return redact(f"{type(exc).__name__}: {exc.strerror}"[:300])  # the path (maybe a temp copy) is in the row already
     lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
     # decord's messages carry a C++ backtrace; the useful part is the first line that names the problem
     msg = next((ln for ln in lines if "Error" in ln or "error" in ln or "cannot" in ln.lower()), lines[0] if lines else "")
@@ -97,7 +100,7 @@ def probe(path: str) -> VideoInfo:
 
 def _check_limits(info: VideoInfo, limits: LimitsConfig) -> None:
     if info.duration_s > limits.max_duration_s:
-        raise DecodeError(f"over limit max_duration_s: video is {info.duration_s:.0f} s long (limit {limits.max_duration_s:.0f} s)")
+        raise DecodeError(f"over limit max_duration_s: video is {info.duration_s:.1f} s long (limit {limits.max_duration_s:g} s)")
     if info.width * info.height > limits.max_pixels:
         raise DecodeError(f"over limit max_pixels: {info.width}x{info.height} (limit {limits.max_pixels} pixels)")
     if info.width < 8 or info.height < 8:
@@ -138,6 +141,8 @@ def _decode_decord(path: str, want: int, threads: int, rotation: int, max_side: 
                     except Exception:
                         continue
             for idx, frame in pairs:
+                if frame.ndim != 3 or frame.shape[2] != 3:  # decord bug at some widths (16, 24, 48): garbage channels
+                    raise ValueError(f"decord returned a frame of shape {frame.shape}")
                 small, scale = _fit(frame, rotation, max_side)
                 frames.append(small)
                 kept.append(idx)
@@ -177,9 +182,12 @@ def read_frames(path: str, sampling: SamplingConfig, limits: LimitsConfig, *, fr
     """Decode `frames` evenly spaced frames of a local video file."""
     deadline = deadline or (time.monotonic() + limits.time_budget_s)
     try:
-        size = os.path.getsize(path)
+        st = os.stat(path)
     except OSError as exc:
         raise DecodeError(f"cannot read file: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
+        raise DecodeError("not a regular file")
+    size = st.st_size
     if size == 0:
         raise DecodeError("empty file (0 bytes)")
     if size > limits.max_bytes:
@@ -191,7 +199,8 @@ def read_frames(path: str, sampling: SamplingConfig, limits: LimitsConfig, *, fr
     for backend in backends:
         try:
             if backend == "decord":
-                indices, decoded, scale = _decode_decord(path, frames, sampling.decode_threads, info.rotation, max_side, deadline)
+                # decord applies the display rotation itself (rotating again turned phone videos sideways)
+                indices, decoded, scale = _decode_decord(path, frames, sampling.decode_threads, 0, max_side, deadline)
             else:
                 indices, decoded, scale = _decode_pyav(path, frames, info.n_frames, info.rotation, max_side, deadline)
         except DecodeError:

@@ -220,7 +220,10 @@ def process_video(ref: dict, detector: FaceDetector, storage: Storage, sampling:
             video = read_frames(path, sampling, limits, frames=frames, max_side=1920, deadline=deadline)
         info = video.info
         row.update(duration_s=info.duration_s, fps=info.fps, width=info.width, height=info.height, n_frames=len(video.indices), frame_indices=video.indices.tolist())
-        tracks, crops, n_faces = faces_in_frames(video.frames, video.scale, detector, detector.cfg, crop_size)
+        if min(video.frames.shape[1:3]) < max(12, detector.cfg.min_face_px * video.scale):  # no face fits (MTCNN raises below 12 px)
+            tracks, crops, n_faces = [], np.zeros((0, crop_size, crop_size, 3), np.uint8), 0
+        else:
+            tracks, crops, n_faces = faces_in_frames(video.frames, video.scale, detector, detector.cfg, crop_size)
         if time.monotonic() > deadline:
             raise DecodeError(f"over limit time_budget_s ({limits.time_budget_s:.0f} s)")
     except DecodeError as exc:
