@@ -592,12 +592,15 @@ def _fractions(fractions) -> dict[str, float]:
 
 
 def assign_splits(df: pd.DataFrame, fractions: Mapping[str, float] | Sequence[float] | None = None, *, seed: int = 0,
-                  official: bool = True, link_sources: bool | str = "auto") -> pd.DataFrame:
+                  official: bool = True, link_sources: bool | str = "auto",
+                  pin: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Return a copy with every row's ``split`` set so that no component (see `components`) straddles splits.
 
     ``fractions``: ``{"train": .8, "val": .1, "test": .1}`` (default) or a (train, val, test) tuple; normalised.
-    Official splits (the incoming ``split`` column) win when ``official``. Adds column ``split_group`` (the
-    component key) and ``split_source`` (``official`` | ``hash``).
+    Official splits (the incoming ``split`` column) win when ``official``. ``pin`` maps group keys to the split
+    an earlier run gave them (resume: a group already written to shards never moves); pins rank below official
+    splits. Adds column ``split_group`` (the component key) and ``split_source`` (``official`` | ``pinned`` |
+    ``hash``).
     """
     fr = _fractions(fractions)
     index = df.index
@@ -619,12 +622,19 @@ def assign_splits(df: pd.DataFrame, fractions: Mapping[str, float] | Sequence[fl
                             dataset, key, prev, s)
                 s = max(prev, s, key=_SPLIT_PRIORITY.get)
             comp_official[key] = s
+        comp_pinned: dict[str, str] = {}
+        for key, g in zip(part["split_group"], part["group"]):
+            s = _norm_split((pin or {}).get(g))
+            if s is not None and key not in comp_official:
+                comp_pinned[key] = max(comp_pinned.get(key, s), s, key=_SPLIT_PRIORITY.get)
         draw = {s: v for s, v in fr.items() if v > 0 and s not in present} or {s: v for s, v in fr.items() if v > 0}
-        free = sorted(set(part["split_group"]) - set(comp_official))
-        chosen = _draw(free, draw, seed, part)
+        free = sorted(set(part["split_group"]) - set(comp_official) - set(comp_pinned))
+        chosen = _draw(free, draw, seed, part) if not comp_pinned else _draw_hash(free, draw, seed)
         for idx, key in zip(part.index, part["split_group"]):
             if key in comp_official:
                 split[idx], source[idx] = comp_official[key], "official"
+            elif key in comp_pinned:
+                split[idx], source[idx] = comp_pinned[key], "pinned"
             else:
                 split[idx] = chosen[key]
     out["split"] = split
@@ -633,19 +643,22 @@ def assign_splits(df: pd.DataFrame, fractions: Mapping[str, float] | Sequence[fl
     return out
 
 
-def _draw(keys: list[str], fractions: dict[str, float], seed: int, part: pd.DataFrame) -> dict[str, str]:
-    """Hash each component key into a split; if a wanted split comes out empty although there are enough
-    components, fall back to allocating components in hash order by their video counts."""
+def _draw_hash(keys: list[str], fractions: dict[str, float], seed: int) -> dict[str, str]:
     names = list(fractions)
     total = sum(fractions.values())
     cum, acc = [], 0.0
     for s in names:
         acc += fractions[s] / total
         cum.append(acc)
-    chosen = {}
-    for k in keys:
-        u = _unit_hash(seed, k)
-        chosen[k] = next((s for s, c in zip(names, cum) if u < c), names[-1])
+    return {k: next((s for s, c in zip(names, cum) if _unit_hash(seed, k) < c), names[-1]) for k in keys}
+
+
+def _draw(keys: list[str], fractions: dict[str, float], seed: int, part: pd.DataFrame) -> dict[str, str]:
+    """Hash each component key into a split; if a wanted split comes out empty although there are enough
+    components, fall back to allocating components in hash order by their video counts."""
+    names = list(fractions)
+    total = sum(fractions.values())
+    chosen = _draw_hash(keys, fractions, seed)
     if len(keys) >= len(names) and set(chosen.values()) != set(names):
         sizes = part["split_group"].value_counts()
         order = sorted(keys, key=lambda k: _unit_hash(seed, k))

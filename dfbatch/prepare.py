@@ -1,0 +1,499 @@
+"""`dfbatch prepare`: labelled videos -> face-sequence shards for training (a Ray Data job).
+
+The job runs the scoring pipeline's own decode + face stages (`faces.FaceStage` / `process_video`: the same
+frame sampling, MTCNN, tracking and crops that scoring feeds the model) over the labelled videos, so a model
+trains on exactly the crops it will later score. Each face track becomes one shard row holding its crops as
+JPEG frames.
+
+Output under OUT (local path or s3://):
+
+    _prepare.json                 the parameters the shards were made with (checked on every rerun)
+    split.parquet                 the label table (datasets.load_labels + assign_splits) with video ids
+    videos/part-*.parquet         one row per processed video (status ok | no_face | failed, error, n_tracks):
+                                  the commit record, and the resume set
+    shards/{train,val,test}/part-*.parquet
+                                  one row per face track: video_id, video_uri, label, group, split, dataset,
+                                  track, n_frames, frame_indices, crop_size, fps, frames (list of JPEG bytes)
+
+Commit protocol (as the score sink): a write task writes its shard parts, then the videos part with the same
+name (the commit point). A rerun first removes shard parts without a committed videos part, then skips every
+video id already in videos/ (failed ones too, unless `retry_failed`). Splits are pinned across reruns: a group
+that already has a split keeps it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dfbatch import __version__
+from dfbatch.config import FaceConfig, LimitsConfig, SamplingConfig
+from dfbatch.errors import UserError
+from dfbatch.storage import Storage, is_s3, redact
+
+log = logging.getLogger(__name__)
+
+PREPARE_FORMAT = "dfbatch-shards/1"
+SPLIT_DIRS = ("train", "val", "test")
+LABEL_COLUMNS = ("label", "group", "split", "dataset", "original")
+LISTING_SCHEMA = pa.schema([
+    ("video_uri", pa.string()), ("video_id", pa.string()), ("size_bytes", pa.int64()), ("mtime", pa.string()),
+    ("list_error", pa.string()),
+    ("label", pa.string()), ("group", pa.string()), ("split", pa.string()), ("dataset", pa.string()),
+    ("original", pa.string()),
+])
+# PrepareStage output: one row per video, tracks nested
+PREPARED_SCHEMA = pa.schema([
+    ("video_uri", pa.string()), ("video_id", pa.string()), ("label", pa.string()), ("group", pa.string()),
+    ("split", pa.string()), ("dataset", pa.string()), ("original", pa.string()),
+    ("status", pa.string()), ("error", pa.string()), ("n_frames", pa.int32()), ("n_faces", pa.int32()),
+    ("n_tracks", pa.int32()), ("crop_size", pa.int32()), ("fps", pa.float64()), ("duration_s", pa.float64()),
+    ("track_frame_indices", pa.list_(pa.list_(pa.int32()))), ("track_frames", pa.list_(pa.list_(pa.binary()))),
+])
+VIDEOS_SCHEMA = pa.schema([f for f in PREPARED_SCHEMA if not f.name.startswith("track_")]
+                          + [pa.field("prepared_at", pa.string()), pa.field("job_id", pa.string())])
+SHARD_SCHEMA = pa.schema([
+    ("video_id", pa.string()), ("video_uri", pa.string()), ("label", pa.string()), ("group", pa.string()),
+    ("split", pa.string()), ("dataset", pa.string()), ("track", pa.int32()), ("n_frames", pa.int32()),
+    ("frame_indices", pa.list_(pa.int32())), ("crop_size", pa.int32()), ("fps", pa.float64()),
+    ("frames", pa.list_(pa.binary())),
+])
+# parameters that must not change between runs writing into one OUT
+_PINNED_PARAMS = ("frames", "crop_size", "margin", "fractions", "split_seed", "official")
+
+
+@dataclass
+class PrepareConfig:
+    sources: list[str]  # dataset roots / label CSVs (see datasets.load_labels)
+    output: str
+    layout: str = "auto"
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train, val, test
+    split_seed: int = 0
+    official: bool = True  # official dataset splits win
+    frames: int = 32  # frames sampled per video (evenly; training picks seq_len of them)
+    crop_size: int = 128  # square face crops, pixels (the model resizes to its input_size)
+    jpeg_quality: int = 92
+    retry_failed: bool = False
+    limit: int | None = None  # at most this many videos (first ones of the label table), for trials
+    face_workers: int | None = None  # None: one per CPU
+    cpus_per_face_worker: float = 1.0
+    s3_endpoint_url: str | None = None
+    reader_options: dict = field(default_factory=dict)  # e.g. {"compression": "c23"} for FF++
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    faces: FaceConfig = field(default_factory=FaceConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise UserError("no labelled dataset given")
+        if self.frames < 1 or self.crop_size < 16:
+            raise UserError("--frames must be >= 1 and --crop-size >= 16")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise UserError("--jpeg-quality must be within 1..100")
+        self.fractions = tuple(float(f) for f in self.fractions)
+        if len(self.fractions) != 3 or any(f < 0 for f in self.fractions) or sum(self.fractions) <= 0:
+            raise UserError("split fractions: three non-negative numbers (train, val, test)")
+
+    @property
+    def endpoint_url(self) -> str | None:
+        return self.s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+    def pinned(self) -> dict[str, Any]:
+        return {"frames": self.frames, "crop_size": self.crop_size, "margin": self.faces.margin,
+                "fractions": list(self.fractions), "split_seed": self.split_seed, "official": self.official}
+
+
+@dataclass
+class PrepareSummary:
+    output: str
+    job_id: str
+    labelled: int = 0
+    skipped: int = 0  # already prepared (resume)
+    processed: int = 0
+    counts: dict = field(default_factory=dict)  # ok / no_face / failed
+    tracks: dict = field(default_factory=dict)  # shard rows per split written by this run
+    split_counts: dict = field(default_factory=dict)  # videos per split x label (whole table)
+    elapsed_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------------------------ the stage
+def encode_jpeg(crop: np.ndarray, quality: int) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:  # pragma: no cover
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    """JPEG bytes -> uint8 (H, W, 3) RGB."""
+    import cv2
+
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError("undecodable JPEG frame")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def prepared_row(ref: dict, face_row: dict, jpeg_quality: int) -> dict:
+    """A FaceStage row (+ the label columns of its listing row) -> a PREPARED_SCHEMA row (tracks as JPEGs)."""
+    out = {k: face_row.get(k) for k in ("video_uri", "video_id", "status", "error", "n_frames", "n_faces",
+                                        "n_tracks", "crop_size", "fps", "duration_s")}
+    out.update({k: ref.get(k) for k in LABEL_COLUMNS})
+    tracks = json.loads(face_row.get("tracks") or "[]")
+    size = int(face_row.get("crop_size") or 0)
+    crops = np.frombuffer(face_row.get("crops") or b"", np.uint8)
+    idx_lists, frame_lists = [], []
+    if tracks and size:
+        crops = crops.reshape(-1, size, size, 3)
+        pos = 0
+        for t in tracks:
+            n = len(t["frame_indices"])
+            idx_lists.append([int(i) for i in t["frame_indices"]])
+            frame_lists.append([encode_jpeg(c, jpeg_quality) for c in crops[pos:pos + n]])
+            pos += n
+        if pos != len(crops):
+            out.update(status="failed", error=f"crop count {len(crops)} does not match tracks ({pos})")
+            idx_lists, frame_lists = [], []
+    out["track_frame_indices"], out["track_frames"] = idx_lists, frame_lists
+    return out
+
+
+def _face_stage_base():
+    from dfbatch.faces import FaceStage
+
+    return FaceStage
+
+
+class PrepareStage:
+    """Ray Data adapter: the scoring job's `FaceStage` (decode + MTCNN + tracks + crops), then JPEG-encode
+    each track and carry the label columns through. One row per video."""
+
+    def __init__(self, *, jpeg_quality: int = 92, **face_stage_kwargs):
+        self.inner = _face_stage_base()(**face_stage_kwargs)
+        self.jpeg_quality = jpeg_quality
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        listing = [c for c in ("video_uri", "video_id", "size_bytes", "mtime", "list_error") if c in batch.column_names]
+        faces = self.inner(batch.select(listing))
+        rows = [prepared_row(ref, face, self.jpeg_quality) for ref, face in zip(batch.to_pylist(), faces.to_pylist())]
+        return pa.Table.from_pylist(rows, schema=PREPARED_SCHEMA)
+
+
+# ----------------------------------------------------------------------------------------------- the store
+class ShardStore:
+    """Reads and writes the prepared data under OUT (local or s3://)."""
+
+    def __init__(self, output: str, storage: Storage | None = None):
+        self.output = output
+        self.storage = storage or Storage()
+        self.fs = self.storage.fs(output)
+        self.root = self.storage.path(output).rstrip("/")
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def uri(self, *parts: str) -> str:
+        return self.storage.uri(self.output, self.path(*parts))
+
+    def _ls(self, sub: str) -> list[str]:
+        try:
+            return sorted(p for p in self.fs.ls(self.path(sub), detail=False) if p.endswith(".parquet"))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def check_writable(self) -> None:
+        for sub in ("videos", "_staging", *(f"shards/{s}" for s in SPLIT_DIRS)):
+            self.fs.makedirs(self.path(sub), exist_ok=True)
+        probe = self.path("_staging", f".probe-{uuid.uuid4().hex}")
+        with self.fs.open(probe, "wb") as f:
+            f.write(b"ok")
+        self.fs.rm(probe)
+
+    # -- parameters
+    def read_params(self) -> dict | None:
+        p = self.path("_prepare.json")
+        if not self.fs.exists(p):
+            return None
+        with self.fs.open(p, "rb") as f:
+            return json.loads(f.read().decode("utf-8"))
+
+    def write_params(self, params: dict) -> None:
+        with self.fs.open(self.path("_prepare.json"), "wb") as f:
+            f.write(json.dumps(params, indent=2, sort_keys=True).encode("utf-8"))
+
+    # -- commit protocol
+    def write_part(self, rows: list[dict], job_id: str) -> dict:
+        """Shard parts first (one per split present), then the videos part (commit). Returns counts."""
+        if not rows:
+            return {}
+        digest = hashlib.sha1("\n".join([job_id, *sorted(r["video_id"] for r in rows)]).encode()).hexdigest()[:16]
+        name = f"part-{digest}.parquet"
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        shards: dict[str, list[dict]] = {}
+        for r in rows:
+            for t, (idx, frames) in enumerate(zip(r.get("track_frame_indices") or [], r.get("track_frames") or [])):
+                split = r.get("split") if r.get("split") in SPLIT_DIRS else "train"
+                shards.setdefault(split, []).append({
+                    "video_id": r["video_id"], "video_uri": r["video_uri"], "label": r["label"], "group": r["group"],
+                    "split": split, "dataset": r.get("dataset"), "track": t, "n_frames": len(frames),
+                    "frame_indices": idx, "crop_size": r.get("crop_size"), "fps": r.get("fps"), "frames": frames})
+        videos = [{**{k: r.get(k) for k in VIDEOS_SCHEMA.names}, "prepared_at": now, "job_id": job_id} for r in rows]
+        tables = [(f"shards/{s}", pa.Table.from_pylist(v, schema=SHARD_SCHEMA)) for s, v in sorted(shards.items())]
+        tables.append(("videos", pa.Table.from_pylist(videos, schema=VIDEOS_SCHEMA)))
+        for sub, table in tables:  # videos last: the commit point
+            final = self.path(sub, name)
+            if not is_s3(self.output):
+                staging = self.path("_staging", f"{uuid.uuid4().hex}-{name}")
+                pq.write_table(table, staging)
+                os.replace(staging, final)
+            else:
+                with self.fs.open(final, "wb") as f:
+                    pq.write_table(table, f)
+        counts = Counter(r["status"] for r in rows)
+        counts.update({f"tracks_{s}": len(v) for s, v in shards.items()})
+        return dict(counts)
+
+    def recover(self) -> int:
+        """Remove staging leftovers and shard parts whose videos part never committed."""
+        committed = {p.rsplit("/", 1)[-1] for p in self._ls("videos")}
+        removed = 0
+        for s in SPLIT_DIRS:
+            for p in self._ls(f"shards/{s}"):
+                if p.rsplit("/", 1)[-1] not in committed:
+                    self.fs.rm(p)
+                    removed += 1
+        try:
+            for p in self.fs.ls(self.path("_staging"), detail=False):
+                self.fs.rm(p)
+                removed += 1
+        except FileNotFoundError:
+            pass
+        return removed
+
+    # -- reading
+    def videos(self, columns: list[str] | None = None):
+        """The videos table (pandas; empty with the schema's columns before anything was written)."""
+        parts = self._ls("videos")
+        if not parts:
+            return VIDEOS_SCHEMA.empty_table().to_pandas()
+        import pyarrow.dataset as pads
+
+        df = pads.dataset(parts, schema=VIDEOS_SCHEMA, format="parquet", filesystem=self.fs).to_table().to_pandas()
+        # a retried video has several rows: the latest wins
+        df = df.sort_values("prepared_at", kind="stable").drop_duplicates("video_id", keep="last").reset_index(drop=True)
+        return df[columns] if columns else df
+
+    def prepared_ids(self, include_failed: bool = True) -> set[str]:
+        v = self.videos(columns=["video_id", "status"])
+        if not include_failed:
+            v = v[v["status"] != "failed"]
+        return set(v["video_id"])
+
+    def shard_files(self, split: str) -> list[str]:
+        """URIs of the shard parts of one split."""
+        return [self.storage.uri(self.output, p) for p in self._ls(f"shards/{split}")]
+
+    def split_table(self):
+        from dfbatch.datasets import load_split
+
+        p = self.uri("split.parquet")
+        if not self.fs.exists(self.path("split.parquet")):
+            return None
+        return load_split(p, storage_options=_storage_options(self.output, self.storage.endpoint_url))
+
+
+def read_shards(output: str, split: str | None = None, storage: Storage | None = None):
+    """Shard rows (pandas) of one split or all — for inspection and small tests; training reads with Ray Data."""
+    store = ShardStore(output, storage)
+    files = [f for s in ([split] if split else SPLIT_DIRS) for f in store._ls(f"shards/{s}")]
+    if not files:
+        return SHARD_SCHEMA.empty_table().to_pandas()
+    import pyarrow.dataset as pads
+
+    return pads.dataset(files, schema=SHARD_SCHEMA, format="parquet", filesystem=store.fs).to_table().to_pandas()
+
+
+class ShardDatasink:
+    """Ray Data datasink: each write task commits one part (see ShardStore.write_part)."""
+
+    def __new__(cls, *args, **kwargs):  # build the subclass lazily so importing this module does not import Ray
+        from ray.data import Datasink
+
+        class _Sink(Datasink):
+            def __init__(self, output: str, storage: Storage, job_id: str):
+                self.output, self.storage, self.job_id = output, storage, job_id
+                self.totals: Counter = Counter()
+
+            def write(self, blocks, ctx) -> dict:
+                rows = []
+                for block in blocks:
+                    rows.extend(block.to_pylist() if isinstance(block, pa.Table) else pa.Table.from_pandas(block).to_pylist())
+                return ShardStore(self.output, self.storage).write_part(rows, self.job_id)
+
+            def on_write_complete(self, write_result) -> None:
+                for counts in write_result.write_returns:
+                    self.totals.update(counts or {})
+
+            @property
+            def min_rows_per_write(self) -> int:
+                return 32
+
+        return _Sink(*args, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------- job
+def _storage_options(uri: str, endpoint: str | None) -> dict:
+    return {"client_kwargs": {"endpoint_url": endpoint}} if (is_s3(uri) and endpoint) else {}
+
+
+def label_table(cfg: PrepareConfig, pin: dict[str, str] | None = None):
+    """Labels of every source, with leak-free splits (pinned to an earlier run's groups)."""
+    from dfbatch import datasets
+
+    opts = {}
+    for src in cfg.sources:
+        opts = _storage_options(src, cfg.endpoint_url) or opts
+    df = datasets.load_labels(cfg.sources, cfg.layout, storage_options=opts or None, **cfg.reader_options)
+    df = datasets.assign_splits(df, dict(zip(datasets.SPLITS, cfg.fractions)), seed=cfg.split_seed,
+                                official=cfg.official, pin=pin)
+    datasets.check_splits(df)
+    if cfg.limit:
+        df = df.iloc[: int(cfg.limit)].reset_index(drop=True)
+    return df
+
+
+def _listing(labels, store: ShardStore, storage: Storage, work: str, skip: set[str], chunk: int = 5000):
+    """Stat every labelled video (through `sources.iter_videos` on a manifest, so ids match scoring), attach
+    the label columns, drop already-prepared ids. Yields Arrow tables of up to `chunk` rows; fills `ids`
+    (uri -> video_id) and `counts` (returned first, as a mutable pair)."""
+    from dfbatch.sources import iter_videos
+
+    manifest = f"{work}/manifest.parquet"
+    store.fs.makedirs(work, exist_ok=True)
+    with store.fs.open(manifest, "wb") as f:
+        pq.write_table(pa.table({"uri": [str(u) for u in labels["uri"]]}), f)
+    by_uri = {r["uri"]: r for r in labels.to_dict("records")}
+    ids: dict[str, str] = {}
+    counts: Counter = Counter()
+
+    def chunks():
+        buf, seen = [], set()
+        for ref in iter_videos([storage.uri(store.output, manifest)], storage):
+            lab = by_uri.get(ref.video_uri)
+            if lab is None:
+                continue
+            vid = ref.video_id
+            ids[ref.video_uri] = vid
+            if vid in skip:
+                counts["skipped"] += 1
+                continue
+            if vid in seen:  # the same file labelled twice
+                continue
+            seen.add(vid)
+            buf.append({"video_uri": ref.video_uri, "video_id": vid, "size_bytes": ref.size_bytes, "mtime": ref.mtime,
+                        "list_error": ref.list_error, **{k: lab.get(k) for k in LABEL_COLUMNS}})
+            counts["to_prepare"] += 1
+            if len(buf) >= chunk:
+                yield pa.Table.from_pylist(buf, schema=LISTING_SCHEMA)
+                buf = []
+        if buf:
+            yield pa.Table.from_pylist(buf, schema=LISTING_SCHEMA)
+
+    return ids, counts, chunks()
+
+
+def run_prepare(cfg: PrepareConfig) -> PrepareSummary:
+    """Prepare (or resume preparing) face-sequence shards for every labelled video."""
+    import ray
+
+    from dfbatch.datasets import save_split, split_summary
+    from dfbatch.pipeline import init_ray
+
+    started = time.time()
+    storage = Storage(cfg.endpoint_url)
+    store = ShardStore(cfg.output, storage)
+    try:
+        store.check_writable()
+    except Exception as exc:
+        raise UserError(f"cannot write to {redact(cfg.output)}: {type(exc).__name__}: {exc}") from None
+    old = store.read_params()
+    if old is not None:
+        changed = {k: (old.get(k), v) for k, v in cfg.pinned().items() if old.get(k) != v}
+        if changed:
+            detail = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items())
+            raise UserError(f"{redact(cfg.output)} holds shards made with other parameters ({detail}); "
+                            f"use the same parameters to resume, or a new output")
+    store.recover()
+    previous = store.split_table()
+    pin = dict(zip(previous["group"], previous["split"])) if previous is not None else None
+    labels = label_table(cfg, pin)
+    job_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
+    summary = PrepareSummary(cfg.output, job_id, labelled=len(labels))
+    work = store.path("_work", job_id)
+    skip = store.prepared_ids(include_failed=not cfg.retry_failed)
+    try:
+        init_ray()
+        ids, counts, chunks = _listing(labels, store, storage, work, skip)
+        # the listing goes chunk by chunk into the object store (no Parquet listing: Ray Data's ListFiles
+        # step wants a free CPU, which the face actors may all hold)
+        tables = list(chunks)
+        labels = labels.assign(video_id=[ids.get(u) for u in labels["uri"]])
+        save_split(labels, cfg.output.rstrip("/") + "/split.parquet", storage_options=_storage_options(cfg.output, cfg.endpoint_url))
+        params = {"format": PREPARE_FORMAT, "dfbatch_version": __version__, **cfg.pinned(),
+                  "sources": [redact(s) for s in cfg.sources], "layout": cfg.layout, "jpeg_quality": cfg.jpeg_quality,
+                  "faces": asdict(cfg.faces), "sampling": asdict(cfg.sampling)}
+        store.write_params(params)
+        summary.skipped = counts["skipped"]
+        totals: Counter = Counter()
+        if counts["to_prepare"]:
+            n_cpu = int(ray.cluster_resources().get("CPU", 1))
+            workers = cfg.face_workers or max(1, int(n_cpu // cfg.cpus_per_face_worker))
+            n = counts["to_prepare"]
+            per_block = max(1, min(16, math.ceil(n / (2 * workers))))  # small blocks: videos are slow
+            refs = [ray.put(t.slice(i, per_block)) for t in tables for i in range(0, t.num_rows, per_block)]
+            del tables
+            ds = ray.data.from_arrow_refs(refs)
+            ds = ds.map_batches(
+                PrepareStage,
+                fn_constructor_kwargs=dict(jpeg_quality=cfg.jpeg_quality, storage=storage, sampling=cfg.sampling,
+                                           faces=cfg.faces, limits=cfg.limits, frames=cfg.frames,
+                                           crop_size=cfg.crop_size, threads=max(1, int(cfg.cpus_per_face_worker))),
+                batch_size=1, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=workers),
+                num_cpus=cfg.cpus_per_face_worker)
+            sink = ShardDatasink(cfg.output, storage, job_id)
+            ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
+            totals = sink.totals
+        summary.counts = {k: int(totals.get(k, 0)) for k in ("ok", "no_face", "failed")}
+        summary.processed = sum(summary.counts.values())
+        summary.tracks = {s: int(totals.get(f"tracks_{s}", 0)) for s in SPLIT_DIRS}
+        summary.split_counts = {s: {k: int(v) for k, v in row.items()} for s, row in split_summary(labels).iterrows()}
+    finally:
+        try:
+            store.fs.rm(work, recursive=True)
+        except (FileNotFoundError, OSError):
+            pass
+    summary.elapsed_s = time.time() - started
+    log.info("prepare summary: %s", json.dumps(summary.to_dict()))
+    return summary
+
+
+__all__ = ["PrepareConfig", "PrepareSummary", "PrepareStage", "ShardStore", "ShardDatasink", "run_prepare",
+           "read_shards", "prepared_row", "encode_jpeg", "decode_jpeg", "label_table", "SHARD_SCHEMA",
+           "VIDEOS_SCHEMA", "PREPARED_SCHEMA"]
