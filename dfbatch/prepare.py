@@ -32,6 +32,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -245,7 +246,7 @@ class ShardStore:
             return {}
         digest = hashlib.sha1("\n".join([job_id, *sorted(r["video_id"] for r in rows)]).encode()).hexdigest()[:16]
         name = f"part-{digest}.parquet"
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # orders retries of a video
         shards: dict[str, list[dict]] = {}
         for r in rows:
             for t, (idx, frames) in enumerate(zip(r.get("track_frame_indices") or [], r.get("track_frames") or [])):

@@ -228,6 +228,10 @@ class BalancedSampler:
             return Item(self._pick("FAKE"), "FAKE")
         return None
 
+    def _real_or(self, row: dict) -> Item:
+        """A pooled REAL; the row itself when no REAL arrived yet (sbi=only before the first real)."""
+        return Item(self._pick("REAL"), "REAL") if self.pools["REAL"] else Item(row, row["label"])
+
     def feed(self, row: dict) -> Item:
         label = row["label"]
         if not (label == "FAKE" and self.sbi == "only"):
@@ -235,9 +239,9 @@ class BalancedSampler:
         if self.balance:
             want = "FAKE" if self.rng.random() < 0.5 else "REAL"
             item = self._fake() if want == "FAKE" else (Item(self._pick("REAL"), "REAL") if self.pools["REAL"] else None)
-            item = item or self._fake() or Item(self._pick("REAL"), "REAL")
+            item = item or self._fake() or self._real_or(row)
         elif label == "FAKE":
-            item = Item(row, "FAKE") if self.sbi != "only" else (self._fake() or Item(self._pick("REAL"), "REAL"))
+            item = Item(row, "FAKE") if self.sbi != "only" else (self._fake() or self._real_or(row))
         elif self.sbi != "off" and self.rng.random() < (self.sbi_fraction if self.sbi == "mix" else 0.5):
             item = Item(row, "FAKE", sbi=True)
         else:
@@ -305,9 +309,10 @@ def youden_threshold(y: np.ndarray, p: np.ndarray) -> float:
     y, p = np.asarray(y, int), np.asarray(p, float)
     if len(np.unique(y)) < 2:
         return 0.5
-    fpr, tpr, thr = roc_curve(y, p)
+    fpr, tpr, thr = roc_curve(y, p, drop_intermediate=False)
     j = tpr - fpr
-    best = int(np.argmax(j[1:]) + 1) if len(j) > 1 else 0  # thr[0] is +inf (nothing flagged)
+    # thr[0] is +inf (nothing flagged); thresholds descend, so ties go to the higher one (fewer false alarms)
+    best = int(np.argmax(j[1:]) + 1) if len(j) > 1 else 0
     return float(np.clip(thr[best], 0.0, 1.0))
 
 
@@ -701,6 +706,14 @@ def _copy_best(src_dir: str, cfg: TrainConfig) -> str:
     return uri
 
 
+def _one_line(exc: BaseException) -> str:
+    """First line plus the last (the worker's own exception) of a Ray Train error."""
+    lines = [ln.strip() for ln in redact(str(exc)).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    return (lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}")[:500]
+
+
 def _best_checkpoint(result):
     """The kept checkpoint with the highest score; ties go to the earlier epoch (what early stopping calls best)."""
     kept = [(c, m) for c, m in (getattr(result, "best_checkpoints", None) or []) if m and "score" in m]
@@ -774,7 +787,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         result = trainer.fit()
     except Exception as exc:
         client.set_terminated(run_id, status="FAILED")
-        raise UserError(f"training failed: {redact(str(exc)).strip().splitlines()[0][:500] if str(exc).strip() else type(exc).__name__}") from exc
+        raise UserError(f"training failed: {_one_line(exc)}") from exc
     if getattr(result, "error", None):
         client.set_terminated(run_id, status="FAILED")
         raise UserError(f"training failed: {result.error}")

@@ -171,12 +171,21 @@ def test_celebdf(tmp_path):
     assert r["id0_0000.mp4"]["split_group"] != r["id1_0000.mp4"]["split_group"]
 
 
-def test_celebdf_testing_list_disagreeing_label_keeps_folder(tmp_path, caplog):
+def test_celebdf_testing_list_disagreeing_label_keeps_folder(tmp_path):
+    import logging
+
     make_celebdf(tmp_path)
     (tmp_path / "List_of_testing_videos.txt").write_text("0 Celeb-real/id1_0000.mp4\n")
-    df = ds.read_celebdf(str(tmp_path))
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    ds.log.addHandler(handler)
+    try:
+        df = ds.read_celebdf(str(tmp_path))
+    finally:
+        ds.log.removeHandler(handler)
     assert by_name(df)["id1_0000.mp4"]["label"] == "REAL"
-    assert "disagree" in caplog.text
+    assert any("disagree" in m for m in seen)
 
 
 # ----------------------------------------------------------------------------------------------------------- CSV
@@ -301,3 +310,15 @@ def test_s3_root_with_moto(monkeypatch):
         assert list(back["uri"]) == list(out["uri"])
     finally:
         server.stop()
+
+
+def test_pinned_groups_keep_their_split():
+    rows = [dict(uri=f"/d/{i}.mp4", label="REAL", group=f"csv:g{i}", source_group=None, original=None, split=None,
+                 dataset="csv", method=None) for i in range(40)]
+    df = pd.DataFrame(rows, columns=ds.COLUMNS)
+    first = ds.assign_splits(df, seed=3)
+    flipped = {g: ("test" if s != "test" else "train") for g, s in zip(first["group"], first["split"])}
+    pinned = ds.assign_splits(df, seed=3, pin={g: flipped[g] for g in list(flipped)[:10]})
+    assert (pinned["split"].iloc[:10].values == [flipped[g] for g in first["group"].iloc[:10]]).all()
+    assert (pinned["split_source"].iloc[:10] == "pinned").all()
+    assert (pinned["split"].iloc[10:].values == first["split"].iloc[10:].values).all()  # the rest: same hash
