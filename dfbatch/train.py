@@ -755,6 +755,11 @@ def train(cfg: TrainConfig) -> TrainResult:
     client = MlflowClient(tracking_uri=tracking_uri)
     if resumed:
         client.set_tag(run_id, "dfbatch.resumed_with_epochs", str(cfg.epochs))
+    else:
+        try:
+            client.log_dict(run_id, {"data": desc, "prepare": prep, "train_config": params}, "training_data.json")
+        except Exception as exc:  # an unreachable artifact store must not stop training
+            log.warning("could not log training_data.json: %s", redact(str(exc))[:200])
 
     init_ray()
     n_gpus = int(ray.cluster_resources().get("GPU", 0))
