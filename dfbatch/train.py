@@ -820,6 +820,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                       stopped_early=bool(history and history[-1].get("stopped_early")), threshold=threshold,
                       best_checkpoint=redact(str(best.path)), model_file=redact(model_file), spec=best_spec.to_dict(),
                       data=desc)
+    if is_s3(cfg.output) and "://" not in res.best_checkpoint:
+        res.best_checkpoint = f"s3://{res.best_checkpoint.lstrip('/')}"
     ckpt_key = f"dfbatch.registered.{os.path.basename(str(best.path).rstrip('/'))}"
     run = client.get_run(run_id)
     if cfg.register:

@@ -254,3 +254,22 @@ def test_train_two_workers(ray_local, shards, tmp_path):
     assert h["train_sequences"] == 8 and h["train_steps"] == 2  # 4 tracks per worker, batch 4
     assert h["train_sbi_fraction"] > 0 and h["val_videos"] == 4
     assert MlflowClient(uri).get_run(r.run_id).data.metrics["train_sequences"] == 8
+
+
+@pytest.mark.slow
+def test_train_reads_shards_from_s3_and_checkpoints_to_s3(ray_local, s3_endpoint, tmp_path):
+    from dfbatch.model import read_checkpoint
+    from dfbatch.storage import Storage
+    from dfbatch.train import train
+
+    fs = Storage(s3_endpoint).fs("s3://dfbatch-train/")
+    fs.mkdir("dfbatch-train")
+    make_shards("s3://dfbatch-train/shards", n_train=4, n_val=2)
+    r = train(TrainConfig(data="s3://dfbatch-train/shards", output="s3://dfbatch-train/ckpt", name="s3", epochs=1,
+                          tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", register=False, **TINY))
+    assert r.model_file == "s3://dfbatch-train/ckpt/s3/best_model.pt" and r.best_checkpoint.startswith("s3://dfbatch-train/ckpt/s3/")
+    local = tmp_path / "best.pt"
+    fs.get_file("dfbatch-train/ckpt/s3/best_model.pt", str(local))
+    spec, _, meta = read_checkpoint(local)
+    assert spec.backbone == "tiny" and meta["epoch"] == 1
+    assert fs.exists("dfbatch-train/ckpt/s3/checkpoint_manager_snapshot.json")  # what a rerun resumes from
