@@ -98,6 +98,7 @@ class TrainConfig:
     sbi_fraction: float = 0.5
     augment: bool = True
     pool_size: int = 256
+    loader_threads: int | None = None  # threads building sequences per worker (None: cpus_per_worker)
     val_sbi: str = "auto"  # auto | on | off
     val_frame_aggregation: str = "mean"  # like ScoreConfig.frame_aggregation (mean | max | median | model)
     val_track_aggregation: str = "max"
@@ -480,6 +481,9 @@ def train_loop_per_worker(config: dict) -> None:
     train_builder = SequenceBuilder(cfg.seq_len, augment=aug, sbi=sbi_cfg)
     val_builder = SequenceBuilder(cfg.seq_len, augment=None, sbi=sbi_cfg)
     val_sbi = cfg.val_sbi == "on" or (cfg.val_sbi == "auto" and not config.get("val_has_fakes", True))
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=cfg.loader_threads or max(1, int(cfg.cpus_per_worker)))
     train_it = ray.train.get_dataset_shard("train")
     val_it = ray.train.get_dataset_shard("val")
     fake_index = spec.fake_index
@@ -500,7 +504,6 @@ def train_loop_per_worker(config: dict) -> None:
         sampler = BalancedSampler(rng, balance=cfg.balance == "sampler", sbi=cfg.sbi, sbi_fraction=cfg.sbi_fraction,
                                   pool_size=cfg.pool_size)
         loss_sum, steps, seen = 0.0, 0, 0
-        buf: list[tuple[np.ndarray, int]] = []
 
         def step(batch: list[tuple[np.ndarray, int]]) -> float:
             x, lengths = collate([s for s, _ in batch], cfg.seq_len)
@@ -524,16 +527,23 @@ def train_loop_per_worker(config: dict) -> None:
             scaler.update()
             return float(loss.detach())
 
+        def build(items: list[Item]) -> list[tuple[np.ndarray, int]]:
+            # JPEG decoding, blending and augmentation release the GIL: build a batch on threads, each
+            # sequence with its own generator seeded from the epoch's (reproducible whatever the scheduling)
+            seeds = rng.integers(0, 2**63 - 1, size=len(items))
+            seqs = list(pool.map(lambda a: train_builder(a[0], np.random.default_rng(int(a[1]))), zip(items, seeds)))
+            return [(seq, 1 if it.label == "FAKE" else 0) for seq, it in zip(seqs, items)]
+
+        pending: list[Item] = []
         for row in _iter_rows(train_it, columns=SHARD_COLUMNS):
-            item = sampler.feed(row)
-            buf.append((train_builder(item, rng), 1 if item.label == "FAKE" else 0))
+            pending.append(sampler.feed(row))
             seen += 1
-            if len(buf) == cfg.batch_size:
-                loss_sum += step(buf)
+            if len(pending) == cfg.batch_size:
+                loss_sum += step(build(pending))
                 steps += 1
-                buf = []
-        if buf:
-            loss_sum += step(buf)
+                pending = []
+        if pending:
+            loss_sum += step(build(pending))
             steps += 1
         train_time = time.time() - t0
 
