@@ -7,7 +7,11 @@ stage, never full frames.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -208,8 +212,46 @@ def empty_result(ref: dict) -> dict:
     }
 
 
+MAX_WORKER_DEATHS = 2  # a video whose processing killed the worker this often gets a failed row instead
+_INFLIGHT_DIR = os.path.join(tempfile.gettempdir(), f"dfbatch-inflight-{os.getuid()}")
+
+
+def _mark_inflight(video_id: str) -> tuple[str, int]:
+    """Note on local disk that `video_id` is being processed; returns (marker, earlier attempts that never
+    finished). A marker outlives its process: Ray restarts a dead actor and retries the task, which then sees it."""
+    marker = os.path.join(_INFLIGHT_DIR, hashlib.sha1(video_id.encode()).hexdigest()[:24])
+    try:
+        with open(marker) as f:
+            deaths = int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        deaths = 0
+    try:
+        os.makedirs(_INFLIGHT_DIR, exist_ok=True)
+        with open(marker, "w") as f:
+            f.write(str(deaths + 1))
+    except OSError:
+        pass
+    return marker, deaths
+
+
 def process_video(ref: dict, detector: FaceDetector, storage: Storage, sampling: SamplingConfig, limits: LimitsConfig, *, frames: int, crop_size: int) -> dict:
-    """Decode, detect, track and crop one video; every failure becomes status `failed` + a one-line error."""
+    """Decode, detect, track and crop one video; every failure becomes status `failed` + a one-line error.
+
+    A video that killed the worker process MAX_WORKER_DEATHS times (native decoder crash, OOM kill) gets a
+    `failed` row on the next retry instead of crashing it again: Ray retries forever, so it would stall the job."""
+    marker, deaths = _mark_inflight(str(ref["video_id"]))
+    try:
+        if deaths >= MAX_WORKER_DEATHS:
+            row = empty_result(ref)
+            row["error"] = f"worker process died {deaths} times while processing this video (decoder crash or out of memory)"
+            return row
+        return _process_video(ref, detector, storage, sampling, limits, frames=frames, crop_size=crop_size)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(marker)
+
+
+def _process_video(ref: dict, detector: FaceDetector, storage: Storage, sampling: SamplingConfig, limits: LimitsConfig, *, frames: int, crop_size: int) -> dict:
     row = empty_result(ref)
     if ref.get("list_error"):
         row["error"] = ref["list_error"]

@@ -159,7 +159,12 @@ def run_score(cfg: ScoreConfig) -> Summary:
         raise UserError(f"cannot write to output {redact(cfg.output)}: {_one_line(exc)}") from None
     if cfg.tracking_uri:
         mlflow.set_tracking_uri(cfg.tracking_uri)
-    bundle = registry.fetch(cfg.model_uri, cfg.tracking_uri)
+    try:
+        bundle = registry.fetch(cfg.model_uri, cfg.tracking_uri)
+    except UserError:
+        raise
+    except Exception as exc:  # MLflow unreachable or refusing: one line, credentials removed
+        raise UserError(f"cannot fetch model {redact(cfg.model_uri)}: {_one_line(exc)}") from None
     name, version = model_identity(bundle)
     bundle = dataclasses.replace(bundle, name=name, version=version)
     frames = cfg.sampling.frames or int(bundle.spec.seq_len)

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq  # manifests
 
 from dfbatch.config import VIDEO_EXTENSIONS
 from dfbatch.errors import UserError
-from dfbatch.storage import Storage, is_s3, redact
+from dfbatch.storage import Storage, is_s3, redact, strip_userinfo
 
 MANIFEST_EXTENSIONS = (".txt", ".csv", ".parquet", ".lst")
 LISTING_SCHEMA = pa.schema(
@@ -38,6 +38,9 @@ class VideoRef:
     size_bytes: int | None
     mtime: str | None  # local mtime (ns) or S3 ETag: changes when the content changes
     list_error: str | None = None
+
+    def __post_init__(self) -> None:
+        self.video_uri = strip_userinfo(self.video_uri)  # s3://key:secret@bucket/... must not reach the results
 
     @property
     def video_id(self) -> str:
@@ -175,7 +178,7 @@ def _manifest_entries(uri: str, storage: Storage) -> Iterator[dict]:
 def _iter_manifest(uri: str, storage: Storage) -> Iterator[VideoRef]:
     base = uri.rsplit("/", 1)[0] if is_s3(uri) else os.path.dirname(os.path.abspath(uri))
     for row in _manifest_entries(uri, storage):
-        entry = str(row.get("uri") or "").strip()
+        entry = strip_userinfo(str(row.get("uri") or "").strip())
         if not entry:
             continue
         if not is_s3(entry) and not os.path.isabs(os.path.expanduser(entry)):
@@ -201,7 +204,7 @@ def _stat_s3(uri: str, storage: Storage) -> VideoRef:
 def iter_videos(sources: Iterable[str], storage: Storage) -> Iterator[VideoRef]:
     """Stream VideoRefs for every SOURCE. Raises UserError for a SOURCE that does not exist."""
     for src in sources:
-        src = str(src)
+        src = strip_userinfo(str(src))  # credentials come from the environment, never from a URI
         if is_s3(src):
             lower = src.lower()
             if lower.endswith(MANIFEST_EXTENSIONS) and not _has_magic(src):

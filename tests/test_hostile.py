@@ -18,7 +18,7 @@ import pytest
 
 from dfbatch import hostile
 from dfbatch.config import FaceConfig, LimitsConfig, SamplingConfig, ScoreConfig
-from dfbatch.decode import DecodeError, read_frames
+from dfbatch.decode import read_frames
 from dfbatch.faces import FaceDetector, process_video
 from dfbatch.sources import _local_ref, iter_videos
 from dfbatch.storage import Storage
