@@ -11,7 +11,9 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -222,7 +224,7 @@ def _mark_inflight(video_id: str) -> tuple[str, int]:
     marker = os.path.join(_INFLIGHT_DIR, hashlib.sha1(video_id.encode()).hexdigest()[:24])
     try:
         with open(marker) as f:
-            deaths = int(f.read().strip() or 0)
+            deaths = int(f.read().strip() or 0) if time.time() - os.fstat(f.fileno()).st_mtime < 86400 else 0
     except (OSError, ValueError):
         deaths = 0
     try:
@@ -237,18 +239,43 @@ def _mark_inflight(video_id: str) -> tuple[str, int]:
 def process_video(ref: dict, detector: FaceDetector, storage: Storage, sampling: SamplingConfig, limits: LimitsConfig, *, frames: int, crop_size: int) -> dict:
     """Decode, detect, track and crop one video; every failure becomes status `failed` + a one-line error.
 
-    A video that killed the worker process MAX_WORKER_DEATHS times (native decoder crash, OOM kill) gets a
-    `failed` row on the next retry instead of crashing it again: Ray retries forever, so it would stall the job."""
+    A video that killed the worker process MAX_WORKER_DEATHS times (native decoder crash, OOM kill, or the
+    watchdog: a Ray actor exits when one video takes 2 x time_budget_s, e.g. a native call that never returns)
+    gets a `failed` row on the next retry instead: Ray retries forever, so it would stall the job."""
     marker, deaths = _mark_inflight(str(ref["video_id"]))
+    if deaths >= MAX_WORKER_DEATHS:  # the marker stays (a day): a retry of the block for another video skips it too
+        row = empty_result(ref)
+        row["error"] = f"worker process died {MAX_WORKER_DEATHS} times while processing this video (decoder crash, hang or out of memory)"
+        return row
+    timer = None
     try:
-        if deaths >= MAX_WORKER_DEATHS:
-            row = empty_result(ref)
-            row["error"] = f"worker process died {deaths} times while processing this video (decoder crash or out of memory)"
-            return row
+        timer = _watchdog(2 * limits.time_budget_s, ref["video_uri"])
         return _process_video(ref, detector, storage, sampling, limits, frames=frames, crop_size=crop_size)
     finally:
+        if timer is not None:
+            timer.cancel()
         with contextlib.suppress(OSError):
             os.unlink(marker)
+
+
+def _watchdog(seconds: float, uri: str) -> threading.Timer | None:
+    """In a Ray actor only (never in a driver or test process): exit the process after `seconds`."""
+    try:
+        import ray
+
+        if not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
+            return None
+    except Exception:
+        return None
+
+    def expire() -> None:
+        print(f"dfbatch: {redact(uri)} took over {seconds:g} s (2 x time_budget_s); exiting the worker", file=sys.stderr, flush=True)
+        os._exit(70)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def _process_video(ref: dict, detector: FaceDetector, storage: Storage, sampling: SamplingConfig, limits: LimitsConfig, *, frames: int, crop_size: int) -> dict:

@@ -184,8 +184,9 @@ def _session_pids(sid: int) -> list[int]:
 # ------------------------------------------------------------------------------------------ poison video
 _CRASH_HOOK = textwrap.dedent(
     """
-    # test-only: a decoder that segfaults on every file named *POISON* (loaded in the driver and all Ray workers)
-    import importlib.abc, importlib.util, os, signal, sys
+    # test-only: a decoder that segfaults on every file named *POISON* and never returns on *HANG*
+    # (sitecustomize: loaded by the driver and every Ray worker)
+    import importlib.abc, importlib.util, os, signal, sys, time
 
     class _Poison(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path, target=None):
@@ -200,10 +201,13 @@ _CRASH_HOOK = textwrap.dedent(
                 probe = module.probe
 
                 def crashing_probe(p):
-                    if "POISON" in os.path.basename(p):
+                    name = os.path.basename(p)
+                    if "POISON" in name or "HANG" in name:
                         with open(os.environ["DFBATCH_TEST_CRASH_LOG"], "a") as f:
-                            f.write(f"{os.getpid()}\\n")
-                        os.kill(os.getpid(), signal.SIGSEGV)
+                            f.write(f"{name}:{os.getpid()}\\n")
+                        if "POISON" in name:
+                            os.kill(os.getpid(), signal.SIGSEGV)
+                        time.sleep(3600)
                     return probe(p)
 
                 module.probe = crashing_probe
@@ -216,26 +220,30 @@ _CRASH_HOOK = textwrap.dedent(
 )
 
 
-def test_video_that_kills_its_worker_every_time_gets_a_failed_row(mlflow_uri, tiny_model, tmp_path):
-    """Ray restarts a crashed actor and retries its task forever; the in-flight marker turns the second crash
-    on the same video into a `failed` row instead of a stalled job."""
+def test_videos_that_crash_or_hang_their_worker_every_time_get_failed_rows(mlflow_uri, tiny_model, tmp_path):
+    """Ray restarts a dead actor and retries its task forever. A segfault on every attempt, or a native call that
+    never returns (the watchdog exits the actor after 2 x time_budget_s): the in-flight marker turns the second
+    death on the same video into a `failed` row instead of a stalled job."""
     videos = _clips(tmp_path / "src", 3)
-    poison = tmp_path / "src" / "POISON.mp4"
+    poison, hang = tmp_path / "src" / "POISON.mp4", tmp_path / "src" / "HANG.mp4"
     poison.write_bytes(videos[0].read_bytes())
+    hang.write_bytes(videos[0].read_bytes())
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(_CRASH_HOOK)
     log = tmp_path / "crashes.log"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(hook), str(REPO)]), DFBATCH_TEST_CRASH_LOG=str(log))
-    proc = subprocess.run(_score_cli(tmp_path / "src", tmp_path / "out", extra=["--face-workers", "1", "--json"]), env=env, capture_output=True, text=True, timeout=400)
+    cmd = _score_cli(tmp_path / "src", tmp_path / "out", extra=["--face-workers", "1", "--time-budget", "4", "--json"])
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=500)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    crashes = log.read_text().split()
-    assert len(crashes) == 2 and len(set(crashes)) == 2  # two worker processes died on it, then no more attempts
-    df = read_results(str(tmp_path / "out"))
-    assert len(df) == 4 and df.video_id.is_unique
-    bad = df[df.video_uri == str(poison)].iloc[0]
-    assert bad.status == "failed" and "worker process died 2 times" in bad.error
-    assert (df[df.video_uri != str(poison)].status == "ok").all()
+    deaths = Counter(line.split(":")[0] for line in log.read_text().split())
+    assert deaths == {"POISON.mp4": 2, "HANG.mp4": 2}, deaths  # two worker processes died on each, then no more attempts
+    assert len(set(log.read_text().split())) == 4  # four distinct processes
+    df = read_results(str(tmp_path / "out")).set_index("video_uri")
+    assert len(df) == 5 and df.video_id.is_unique
+    for bad in (poison, hang):
+        assert df.status[str(bad)] == "failed" and "worker process died 2 times" in df.error[str(bad)]
+    assert (df.drop([str(poison), str(hang)]).status == "ok").all()
 
 
 # ------------------------------------------------------------------------------------------ S3 faults
