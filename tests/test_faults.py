@@ -89,15 +89,18 @@ def test_scoring_actor_killed_mid_job_is_restarted(ray_local, mlflow_uri, tiny_m
     seen: set[int] = set()
     done = threading.Event()
 
-    def killer():  # the first time a scoring actor runs a task, SIGKILL its process
+    def killer():  # SIGKILL the scoring actor's process while it runs a task (or 1 s after it is ready)
+        ready: dict[int, float] = {}
         while not done.is_set():
             for pid, cmd in _descendants(os.getpid()).items():
                 if "ScoreStage" in cmd:
                     seen.add(pid)
-                    if cmd.endswith(".submit") and not killed:
+                    if not cmd.endswith("__init__"):
+                        ready.setdefault(pid, time.time())
+                    if not killed and (cmd.endswith(".submit") or time.time() - ready.get(pid, time.time()) > 1.0):
                         os.kill(pid, signal.SIGKILL)
                         killed.append(pid)
-            time.sleep(0.05)
+            time.sleep(0.02)
 
     th = threading.Thread(target=killer, daemon=True)
     th.start()
@@ -115,9 +118,13 @@ def test_scoring_actor_killed_mid_job_is_restarted(ray_local, mlflow_uri, tiny_m
 
 # ------------------------------------------------------------------------------------------ driver killed
 def test_driver_sigkill_mid_write_then_rerun(mlflow_uri, tiny_model, tmp_path):
-    """SIGKILL `dfbatch score` right after its first part commits (the sink writes 128 rows a part); a reader
-    polls every Parquet file throughout and never sees a partial one; the rerun scores only the rest."""
-    videos = _clips(tmp_path / "src", 136)  # > 128: two parts
+    """SIGKILL `dfbatch score` right after its first part commits (the sink writes >= 128 rows a part; two
+    videos at the end of the listing are held up, so the first part cannot hold everything); a reader polls
+    every Parquet file throughout and never sees a partial one; the rerun scores only the rest."""
+    videos = _clips(tmp_path / "src", 130)
+    for i in range(2):
+        videos.append(tmp_path / "src" / f"zz_SLOW_{i}.mp4")
+        videos[-1].write_bytes(videos[i].read_bytes())
     out = tmp_path / "out"
     cmd = _score_cli(tmp_path / "src", out, frames=2)
     bad: list = []
@@ -139,7 +146,8 @@ def test_driver_sigkill_mid_write_then_rerun(mlflow_uri, tiny_model, tmp_path):
     th = threading.Thread(target=reader, daemon=True)
     th.start()
     try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        env = _hook_env(tmp_path, DFBATCH_TEST_SLOW_S="120")
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 240
         while proc.poll() is None and not glob.glob(str(out / "videos" / "*.parquet")) and time.time() < deadline:
             time.sleep(0.01)
@@ -184,8 +192,8 @@ def _session_pids(sid: int) -> list[int]:
 # ------------------------------------------------------------------------------------------ poison video
 _CRASH_HOOK = textwrap.dedent(
     """
-    # test-only: a decoder that segfaults on every file named *POISON* and never returns on *HANG*
-    # (sitecustomize: loaded by the driver and every Ray worker)
+    # test-only: a decoder that segfaults on every file named *POISON*, never returns on *HANG* and takes
+    # DFBATCH_TEST_SLOW_S seconds on *SLOW* (sitecustomize: loaded by the driver and every Ray worker)
     import importlib.abc, importlib.util, os, signal, sys, time
 
     class _Poison(importlib.abc.MetaPathFinder):
@@ -202,6 +210,8 @@ _CRASH_HOOK = textwrap.dedent(
 
                 def crashing_probe(p):
                     name = os.path.basename(p)
+                    if "SLOW" in name:
+                        time.sleep(float(os.environ["DFBATCH_TEST_SLOW_S"]))
                     if "POISON" in name or "HANG" in name:
                         with open(os.environ["DFBATCH_TEST_CRASH_LOG"], "a") as f:
                             f.write(f"{name}:{os.getpid()}\\n")
@@ -228,11 +238,8 @@ def test_videos_that_crash_or_hang_their_worker_every_time_get_failed_rows(mlflo
     poison, hang = tmp_path / "src" / "POISON.mp4", tmp_path / "src" / "HANG.mp4"
     poison.write_bytes(videos[0].read_bytes())
     hang.write_bytes(videos[0].read_bytes())
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(_CRASH_HOOK)
     log = tmp_path / "crashes.log"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(hook), str(REPO)]), DFBATCH_TEST_CRASH_LOG=str(log))
+    env = _hook_env(tmp_path, DFBATCH_TEST_CRASH_LOG=str(log))
     cmd = _score_cli(tmp_path / "src", tmp_path / "out", extra=["--face-workers", "1", "--time-budget", "4", "--json"])
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=500)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -322,6 +329,14 @@ def _rules(method, bucket, key, query, n):
     if key.endswith("flaky.mp4") and n <= 3:
         return 503  # transient: the first three requests
     return None
+
+
+def _hook_env(tmp_path: Path, **env) -> dict:
+    """Environment for a `dfbatch score` subprocess whose Ray workers load _CRASH_HOOK."""
+    hook = tmp_path / "hook"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(_CRASH_HOOK)
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(hook), str(REPO)]), **env)
 
 
 @pytest.fixture()

@@ -75,7 +75,7 @@ def test_planted_secrets_appear_nowhere(planted, s3_endpoint, mlflow_uri, tiny_m
         assert proc.returncode == 0, proc.stderr[-3000:]
         leaks = [name for name, text in (("stdout", proc.stdout), ("stderr", proc.stderr)) if SECRET in text]
         leaks += _find(ray_tmp, SECRET)
-        assert len(list(ray_tmp.glob("session_*/logs/*"))) > 5, "Ray logs were not where they were scanned"
+        assert len(list(ray_tmp.glob("ray/session_*/logs/*"))) > 5, "Ray logs were not where they were scanned"
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     summary = json.loads(proc.stdout[proc.stdout.index("{"):])
