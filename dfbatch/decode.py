@@ -153,10 +153,74 @@ def _decode_decord(path: str, want: int, threads: int, rotation: int, max_side: 
         del vr  # decord keeps native buffers until the reader is released (dmlc/decord#157)
 
 
-def _decode_pyav(path: str, want: int, n_frames: int, rotation: int, max_side: int, deadline: float) -> tuple[np.ndarray, list[np.ndarray], float]:
-    """Sequential decode keeping only the sampled frames (robust fallback, e.g. when decord fails)."""
+def _presentation_order(path: str, deadline: float) -> list[int] | None:
+    """Sorted pts of every video packet (frame i of the video = the i-th smallest, as decord indexes frames);
+    None when a packet has no pts or two share one (the caller then decodes sequentially)."""
     import av
 
+    pts: list[int] = []
+    with av.open(path, metadata_errors="ignore") as container:
+        for n, packet in enumerate(container.demux(container.streams.video[0])):
+            if packet.size == 0:  # the demuxer's final flush packet
+                continue
+            if packet.pts is None:
+                return None
+            pts.append(int(packet.pts))
+            if n % 4096 == 0 and time.monotonic() > deadline:
+                raise DecodeError("over limit time_budget_s while decoding")
+    pts.sort()
+    return pts if pts and len(set(pts)) == len(pts) else None
+
+
+def _decode_pyav_sparse(path: str, want: int, threads: int, rotation: int, max_side: int, deadline: float) -> tuple[np.ndarray, list[np.ndarray], float] | None:
+    """Decode only what the sampled frames need: packets of frames nobody references are skipped
+    (`skip_frame=NONREF` except on wanted frames), decoding stops after the last wanted frame.
+    Frames are bit-identical to a full decode (skipped frames are never used for prediction). None: cannot
+    map packets to frames (no/duplicate pts), or a wanted frame did not come out; use the sequential path."""
+    import av
+
+    order = _presentation_order(path, deadline)
+    if order is None:
+        return None
+    indices = sample_indices(len(order), want)
+    wanted = {order[i]: int(i) for i in indices.tolist()}
+    got: dict[int, np.ndarray] = {}
+    scale = 1.0
+    with av.open(path, metadata_errors="ignore") as container:
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
+        ctx.thread_count = max(1, threads)
+        ctx.thread_type = "AUTO" if threads > 1 else "SLICE"
+        for packet in container.demux(stream):
+            if packet.size:
+                ctx.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
+            try:
+                decoded = ctx.decode(packet if packet.size else None)
+            except av.error.EOFError:
+                break
+            except av.error.FFmpegError:  # a damaged packet: the frames that depend on it may still come out
+                continue
+            for frame in decoded:
+                idx = wanted.get(frame.pts)
+                if idx is not None and idx not in got:
+                    got[idx], scale = _fit(frame.to_ndarray(format="rgb24"), rotation, max_side)
+            if len(got) == len(wanted) or time.monotonic() > deadline:
+                break
+        if time.monotonic() > deadline:
+            raise DecodeError("over limit time_budget_s while decoding")
+    if len(got) < len(wanted):
+        return None
+    kept = sorted(got)
+    return np.asarray(kept, dtype=np.int64), [got[i] for i in kept], scale
+
+
+def _decode_pyav(path: str, want: int, n_frames: int, rotation: int, max_side: int, deadline: float, threads: int = 1) -> tuple[np.ndarray, list[np.ndarray], float]:
+    """PyAV: the sparse decode above, else a sequential decode keeping only the sampled frames."""
+    import av
+
+    sparse = _decode_pyav_sparse(path, want, threads, rotation, max_side, deadline)
+    if sparse is not None:
+        return sparse
     targets = set(sample_indices(n_frames, want).tolist()) if n_frames > 0 else None
     frames: list[np.ndarray] = []
     kept: list[int] = []
@@ -202,7 +266,7 @@ def read_frames(path: str, sampling: SamplingConfig, limits: LimitsConfig, *, fr
                 # decord applies the display rotation itself (rotating again turned phone videos sideways)
                 indices, decoded, scale = _decode_decord(path, frames, sampling.decode_threads, 0, max_side, deadline)
             else:
-                indices, decoded, scale = _decode_pyav(path, frames, info.n_frames, info.rotation, max_side, deadline)
+                indices, decoded, scale = _decode_pyav(path, frames, info.n_frames, info.rotation, max_side, deadline, sampling.decode_threads)
         except DecodeError:
             raise
         except Exception as exc:

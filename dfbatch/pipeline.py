@@ -9,6 +9,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import math
 import os
 import time
 import uuid
@@ -79,19 +80,48 @@ def plan_resources(cfg: ScoreConfig) -> dict:
     use_gpu = cfg.device == "cuda" or (cfg.device == "auto" and n_gpu > 0)
     if cfg.device == "cuda" and n_gpu == 0:
         raise UserError("--device cuda: the Ray cluster has no GPUs")
-    score_workers = cfg.score_workers or (max(1, n_gpu) if use_gpu else 1)
-    score_cpus = cfg.cpus_per_score_worker
-    free = n_cpu - (score_workers * score_cpus if not use_gpu else min(n_cpu / 2, score_workers * score_cpus))
-    face_workers = cfg.face_workers or max(1, int(free // cfg.cpus_per_face_worker))
+    face_threads = max(1, int(cfg.cpus_per_face_worker))
+    score_threads = cfg.torch_threads or max(1, int(cfg.cpus_per_score_worker))
+    face_device, face_gpus, fused = "cpu", 0.0, False
+    if use_gpu:
+        score_workers = cfg.score_workers or max(1, n_gpu)
+        score_cpus = cfg.cpus_per_score_worker
+        free = n_cpu - min(n_cpu / 2, score_workers * score_cpus)
+        face_workers = cfg.face_workers or max(1, int(free // cfg.cpus_per_face_worker))
+        face_cpus = cfg.cpus_per_face_worker
+        # MTCNN on the GPU too (DFBATCH_DETECT_DEVICE=cpu keeps it on the CPU): the face actors share half a GPU
+        if os.environ.get("DFBATCH_DETECT_DEVICE", "cuda") == "cuda":
+            face_device, face_gpus = "cuda", math.floor(0.5 * max(1, n_gpu) / face_workers * 1e4) / 1e4
+        score_gpus = 0.5 if face_device == "cuda" else 1
+    elif cfg.score_workers is None:
+        # CPU only: one actor per core runs the whole path for its video, model included (score.FaceScoreStage)
+        fused = True
+        face_workers = cfg.face_workers or n_cpu
+        face_cpus = min(cfg.cpus_per_face_worker, n_cpu / face_workers)
+        score_workers, score_cpus, score_gpus = 0, 0.0, 0
+    else:
+        # CPU only with separate model actors (asked for): they share the cores with one face actor per core.
+        # Logical CPUs are scaled to sum to the cluster's: Ray Data's reservation would deadlock otherwise.
+        score_workers = cfg.score_workers
+        face_workers = cfg.face_workers or max(1, n_cpu - score_workers + 1)
+        score_cpus = min(cfg.cpus_per_score_worker, n_cpu / 2 / score_workers)
+        face_cpus = min(cfg.cpus_per_face_worker, (n_cpu - score_workers * score_cpus) / face_workers)
+        score_gpus = 0
     return {
         "cluster_cpus": n_cpu,
         "cluster_gpus": n_gpu,
         "device": "cuda" if use_gpu else "cpu",
         "face_workers": face_workers,
-        "face_cpus": cfg.cpus_per_face_worker,
+        "face_cpus": math.floor(face_cpus * 1e4) / 1e4,  # rounded down: the sum must not exceed the cluster's
+        "face_threads": face_threads,
+        "face_device": face_device,
+        "face_gpus": face_gpus,
         "score_workers": score_workers,
-        "score_cpus": score_cpus,
-        "score_gpus": 1 if use_gpu else 0,
+        "score_cpus": math.floor(score_cpus * 1e4) / 1e4,
+        "score_threads": score_threads,
+        "score_gpus": score_gpus,
+        "compile": os.environ.get("DFBATCH_TORCH_COMPILE", "") == "1",
+        "fused": fused,  # the model runs inside the face actors (CPU only, no --score-workers)
     }
 
 
@@ -100,42 +130,58 @@ def build_dataset(cfg: ScoreConfig, listing, storage: Storage, bundle, plan: dic
     import ray
 
     from dfbatch.faces import FaceStage
-    from dfbatch.score import ScoreStage
+    from dfbatch.score import FaceScoreStage, ScoreStage
 
     ds = ray.data.from_arrow_refs([ray.put(table) for table in listing])
+    face_kwargs = dict(
+        storage=storage,
+        sampling=cfg.sampling,
+        faces=cfg.faces,
+        limits=cfg.limits,
+        frames=frames,
+        crop_size=int(bundle.spec.input_size),
+        threads=plan.get("face_threads", max(1, int(plan["face_cpus"]))),
+        device=plan.get("face_device", "cpu"),
+    )
+    bundle_ref = ray.put(bundle)
+    score_kwargs = dict(
+        bundle_ref=[bundle_ref],
+        device=plan["device"],
+        precision=cfg.precision,
+        batch_size=cfg.score_batch_size,
+        threads=plan.get("score_threads") or cfg.torch_threads or max(1, int(plan["score_cpus"])),
+        threshold=threshold,
+        track_aggregation=cfg.track_aggregation,
+        frame_aggregation=cfg.frame_aggregation,
+        run_id=run_id,
+        compile=plan.get("compile", False),
+    )
+    if plan.get("fused"):  # CPU only: the model runs inside each face actor
+        score_kwargs["threads"] = face_kwargs["threads"]
+        return ds.map_batches(
+            FaceScoreStage,
+            fn_constructor_kwargs=dict(face_kwargs=face_kwargs, score_kwargs=score_kwargs),
+            batch_size=1,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=plan["face_workers"]),
+            num_cpus=plan["face_cpus"],
+        )
     ds = ds.map_batches(
         FaceStage,
-        fn_constructor_kwargs=dict(
-            storage=storage,
-            sampling=cfg.sampling,
-            faces=cfg.faces,
-            limits=cfg.limits,
-            frames=frames,
-            crop_size=int(bundle.spec.input_size),
-            threads=max(1, int(plan["face_cpus"])),
-        ),
+        fn_constructor_kwargs=face_kwargs,
         batch_size=1,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=plan["face_workers"]),
         num_cpus=plan["face_cpus"],
+        num_gpus=plan.get("face_gpus") or None,
     )
-    bundle_ref = ray.put(bundle)
     ds = ds.map_batches(
         ScoreStage,
-        fn_constructor_kwargs=dict(
-            bundle_ref=[bundle_ref],
-            device=plan["device"],
-            precision=cfg.precision,
-            batch_size=cfg.score_batch_size,
-            threads=cfg.torch_threads or max(1, int(plan["score_cpus"])),
-            threshold=threshold,
-            track_aggregation=cfg.track_aggregation,
-            frame_aggregation=cfg.frame_aggregation,
-            run_id=run_id,
-        ),
+        fn_constructor_kwargs=score_kwargs,
         batch_size=cfg.videos_per_score_batch,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=plan["score_workers"]),
+        # a GPU actor keeps a few batches queued so it never waits for the next one to arrive
+        compute=ray.data.ActorPoolStrategy(size=plan["score_workers"], max_tasks_in_flight_per_actor=4 if plan["score_gpus"] else None),
         num_cpus=plan["score_cpus"],
         num_gpus=plan["score_gpus"],
     )

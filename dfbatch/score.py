@@ -21,7 +21,9 @@ AGGREGATORS = {"max": np.max, "mean": np.mean, "median": np.median}
 class Scorer:
     """One model in inference mode; `score` takes uint8 RGB sequences (T,S,S,3) of any lengths."""
 
-    def __init__(self, spec, state_dict, *, device: str = "cpu", precision: str = "fp32", batch_size: int = 16, threads: int | None = None):
+    def __init__(self, spec, state_dict, *, device: str = "cpu", precision: str = "fp32", batch_size: int = 16, threads: int | None = None, compile: bool = False):
+        """CPU: channels_last; bf16 casts the weights once (autocast would re-cast them on every call).
+        CUDA: channels_last + autocast, pinned uint8 input copied non-blocking. `compile`: torch.compile."""
         import torch
 
         from dfbatch import model as M
@@ -34,20 +36,36 @@ class Scorer:
         net = M.load_weights(M.build_model(spec), state_dict)
         self.net = M.prepare_for_inference(net, self.device, precision)
         self.precision = precision
+        self.cast = None  # input dtype when the weights themselves are cast (CPU bf16)
+        if self.device.type == "cpu":
+            self.net = self.net.to(memory_format=torch.channels_last)
+            self.net.channels_last = True
+            if precision == "bf16":
+                self.net = self.net.to(torch.bfloat16)
+                self.cast = torch.bfloat16
+        if compile:
+            self.net.forward = torch.compile(self.net.forward)
 
     def score(self, sequences: list[np.ndarray]) -> list[tuple[np.ndarray, float]]:
         """(per-frame P(fake), sequence P(fake)) for each sequence; equal lengths are batched together."""
+        import torch
+
         from dfbatch.model import inference_context, preprocess
 
         out: list = [None] * len(sequences)
         by_len: dict[int, list[int]] = defaultdict(list)
         for i, seq in enumerate(sequences):
             by_len[len(seq)].append(i)
-        with inference_context(self.device, self.precision):
+        with inference_context(self.device, "fp32" if self.cast is not None else self.precision):
             for idx in by_len.values():
                 for start in range(0, len(idx), self.batch_size):
                     chunk = idx[start : start + self.batch_size]
-                    x = preprocess(np.stack([sequences[i] for i in chunk]), self.spec, device=self.device)
+                    batch = torch.from_numpy(np.stack([sequences[i] for i in chunk]))
+                    if self.device.type == "cuda":
+                        batch = batch.pin_memory()  # preprocess copies it with non_blocking=True
+                    x = preprocess(batch, self.spec, device=self.device)
+                    if self.cast is not None:
+                        x = x.to(self.cast)
                     frame_p, seq_p = self.net.predict(x)
                     frame_p, seq_p = frame_p.float().cpu().numpy(), seq_p.float().cpu().numpy()
                     for j, i in enumerate(chunk):
@@ -130,14 +148,30 @@ def score_rows(rows: list[dict], scorer: Scorer, *, threshold: float, track_aggr
 class ScoreStage:
     """Ray Data adapter: `ds.map_batches(ScoreStage, batch_size=videos, concurrency=n, num_gpus=...)`."""
 
-    def __init__(self, *, bundle_ref: list, device: str, precision: str, batch_size: int, threads: int | None, threshold: float, track_aggregation: str, frame_aggregation: str, run_id: str | None):
+    def __init__(self, *, bundle_ref: list, device: str, precision: str, batch_size: int, threads: int | None, threshold: float, track_aggregation: str, frame_aggregation: str, run_id: str | None, compile: bool = False):
         import ray
 
         bundle = ray.get(bundle_ref[0])  # model weights travel through the object store, fetched once per actor
-        self.scorer = Scorer(bundle.spec, bundle.state_dict, device=device, precision=precision, batch_size=batch_size, threads=threads)
+        self.scorer = Scorer(bundle.spec, bundle.state_dict, device=device, precision=precision, batch_size=batch_size, threads=threads, compile=compile)
         self.model_info = {"model_name": bundle.name, "model_version": str(bundle.version), "model_uri": bundle.pinned_uri or bundle.uri}
         self.kw = dict(threshold=threshold, track_aggregation=track_aggregation, frame_aggregation=frame_aggregation, model_info=self.model_info, run_id=run_id)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = score_rows(batch.to_pylist(), self.scorer, **self.kw)
         return pa.Table.from_pylist(rows, schema=SCORED_SCHEMA)
+
+
+class FaceScoreStage:
+    """CPU-only clusters: one actor per core does decode + faces + model for its video (`FaceStage` then
+    `ScoreStage` in one process). On CPU a batch of sequences costs the same per video as one, so nothing is
+    lost by not batching across videos, while a separate model actor would compete with the face actors for
+    the same cores (cache thrash, a third busy process) and hand every crop through the object store."""
+
+    def __init__(self, *, face_kwargs: dict, score_kwargs: dict):
+        from dfbatch.faces import FaceStage
+
+        self.faces = FaceStage(**face_kwargs)
+        self.score = ScoreStage(**score_kwargs)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.score(self.faces(batch))

@@ -10,7 +10,7 @@ import sys
 from dfbatch.errors import UserError
 
 # Each module exposes add_parser(subparsers) and sets `func` on its parser(s).
-COMMAND_MODULES = ["score", "models", "evaluate", "demo", "train"]
+COMMAND_MODULES = ["score", "models", "evaluate", "demo", "train", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,816 @@
+"""`dfbatch bench`: what the product is for, measured in one run on the same videos and the same model.
+
+* **stages** in isolation, one core each (CPU seconds per video): decode, detect, crop (track + fill + crop),
+  model, for the *reference* settings (decord, MTCNN on every sampled frame at 640 px, fp32) and the *fast*
+  ones (PyAV sparse decode, MTCNN on every 4th sampled frame at 320 px with boxes interpolated, bf16);
+* **agreement** of the fast path with the reference on those videos (tracks, box IoU, probabilities);
+* **pipeline**: videos/min through the Ray Data job (`pipeline.run_score`, fast settings), wall clock
+  (start-up included) and steady state (from the per-batch `scored_at` stamps), with peak RSS per worker
+  role and object-store use sampled while it runs;
+* **baseline**: the straightforward way, one video at a time: OpenCV reads the first N frames one by one,
+  MTCNN (facenet-pytorch defaults) on every full-resolution frame, the most confident face cropped, the same
+  model in fp32 per video;
+* ratios (pipeline / baseline, pipeline overhead over the sum of the stage costs) and the issue's targets.
+
+The default archive: 10 s 1280x720 H.264 clips with a real face (`synth.bench_archive`), a few distinct clips
+repeated by symlink up to `videos` (each link is its own video to the job). Timings depend on the machine's
+load: the JSON records the load average and the share of the CPUs other processes used during the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+BENCH_FORMAT = "dfbatch-bench/1"
+TARGETS = {"pipeline_videos_per_min": 60.0, "speedup_vs_baseline": 6.0, "pipeline_overhead": 0.20}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The settings that decide speed and results (everything else is the job's defaults)."""
+
+    name: str
+    backend: str  # decord | pyav
+    detect_max_side: int
+    detect_every: int
+    precision: str  # fp32 | bf16 | fp16
+
+    def describe(self) -> str:
+        return f"{self.backend}, MTCNN {self.detect_max_side} px every {self.detect_every}, {self.precision}"
+
+
+REFERENCE = Profile("reference", "decord", 640, 1, "fp32")
+FAST = Profile("fast", "pyav", 320, 4, "bf16")
+
+
+@dataclass
+class BenchSettings:
+    output: str = "bench-out"
+    archive: str | None = None  # a folder of videos to use as-is; None: generate the default archive
+    videos: int = 120  # videos through the pipeline
+    unique: int = 8  # distinct generated clips (repeated by symlink up to `videos`)
+    size: tuple[int, int] = (1280, 720)
+    seconds: float = 10.0
+    fps: float = 30.0
+    frames: int = 32
+    model: str | None = None  # checkpoint file or models:/ URI; None: random-weight ResNeXt50-LSTM(2048) at 112 px
+    stage_videos: int = 4
+    baseline_videos: int = 3
+    device: str = "auto"  # auto | cpu | cuda
+    cpus: int | None = None  # CPUs of a local Ray (None: all)
+    ray_address: str | None = None
+    run_pipeline: bool = True
+    run_baseline: bool = True
+    run_reference: bool = True
+    fast: Profile = FAST
+    rows_per_block: int = 2  # listing rows per Ray Data block: small blocks keep the face actors evenly loaded
+    videos_per_score_batch: int | None = None  # None: the job's default (8), 2 on CPU
+    quick: bool = False
+
+    @classmethod
+    def quick_settings(cls, output: str, **overrides) -> "BenchSettings":
+        """A few short small clips and a tiny model: proves the bench runs end to end (numbers meaningless)."""
+        base = dict(output=output, videos=4, unique=2, size=(480, 270), seconds=2.0, fps=15.0, frames=8,
+                    stage_videos=1, baseline_videos=1, quick=True)
+        base.update(overrides)
+        return cls(**base)
+
+
+# ------------------------------------------------------------------------------------------ environment
+def _cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    import torch
+
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        mem = None
+    info = {
+        "hostname_hash": hex(abs(hash(platform.node())) % (1 << 32)),
+        "platform": platform.platform(),
+        "cpu_model": _cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "memory_gb": round(mem / 1024**3, 1) if mem else None,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_bf16": cpu_bf16_supported(),
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else [],
+    }
+    return info
+
+
+def cpu_bf16_supported() -> bool:
+    import torch
+
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:
+        return False
+
+
+def versions() -> dict:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in ("dfbatch", "torch", "torchvision", "ray", "av", "decord", "opencv-python-headless", "numpy", "facenet-pytorch", "mlflow", "pyarrow"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def load() -> list[float]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return []
+
+
+# --------------------------------------------------------------------------------------------- inputs
+def prepare_archive(s: BenchSettings) -> tuple[Path, list[Path]]:
+    """(folder the pipeline scores, its videos). Generated clips are cached under OUT/archive."""
+    from dfbatch.config import VIDEO_EXTENSIONS
+
+    out = Path(s.output)
+    if s.archive:
+        root = Path(s.archive)
+        files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS and not p.name.startswith("."))
+        if not files:
+            from dfbatch.errors import UserError
+
+            raise UserError(f"no video files under {root}")
+        return root, files
+    from dfbatch import synth
+
+    w, h = s.size
+    key = f"{w}x{h}-{s.seconds:g}s-{s.fps:g}fps"
+    clips_dir = out / "archive" / f"clips-{key}"
+    clips = sorted(clips_dir.glob("bench_*.mp4"))[: s.unique]
+    if len(clips) < s.unique:
+        log.warning("generating %d bench clips (%s) in %s", s.unique, key, clips_dir)
+        clips = synth.bench_archive(clips_dir, n=s.unique, size=s.size, seconds=s.seconds, fps=s.fps)
+    videos_dir = out / "archive" / f"videos-{key}-{s.unique}x{s.videos}"
+    videos_dir.mkdir(parents=True, exist_ok=True)
+    videos = []
+    for i in range(s.videos):
+        link = videos_dir / f"v{i:05d}.mp4"
+        target = clips[i % len(clips)].resolve()
+        if not link.is_symlink() or Path(os.readlink(link)) != target:
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(target)
+        videos.append(link)
+    for extra in videos_dir.glob("v*.mp4"):
+        if extra not in videos:
+            extra.unlink()
+    return videos_dir, videos
+
+
+def prepare_model(s: BenchSettings):
+    """(model URI for the job, ModelBundle). Default: a seeded random-weight model saved as a checkpoint."""
+    from dfbatch import registry
+
+    if s.model:
+        return s.model, registry.fetch(s.model)
+    import torch
+
+    from dfbatch.model import ModelSpec, build_model, save_checkpoint
+
+    if s.quick:
+        spec = ModelSpec(backbone="tiny", hidden_dim=32, input_size=64, seq_len=s.frames, head="mean")
+    else:
+        spec = ModelSpec(seq_len=s.frames)  # resnext50_32x4d -> LSTM(2048) at 112 px
+    path = Path(s.output) / "model" / f"bench-{spec.backbone}-{spec.temporal}{spec.hidden_dim}-{spec.input_size}px-T{spec.seq_len}.pt"
+    if not path.is_file():
+        torch.manual_seed(0)
+        save_checkpoint(path, build_model(spec), spec, meta={"name": "bench-random", "threshold": 0.5, "note": "random weights (benchmark)"})
+    uri = str(path)
+    return uri, registry.fetch(uri)
+
+
+# --------------------------------------------------------------------------------------------- stages
+class _Clock:
+    def __init__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def lap(self) -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        out = (wall - self.wall, cpu - self.cpu)
+        self.wall, self.cpu = wall, cpu
+        return out
+
+
+def _split_tracks(tracks, crops: np.ndarray) -> list[np.ndarray]:
+    seqs, start = [], 0
+    for t in tracks:
+        seqs.append(crops[start : start + len(t.frame_pos)])
+        start += len(t.frame_pos)
+    return seqs
+
+
+def _video_probability(results: list[tuple[np.ndarray, float]]) -> float | None:
+    """The job's default aggregation: mean of frame probabilities per track, max over tracks."""
+    return max(float(np.mean(f)) for f, _ in results) if results else None
+
+
+def measure_stages(paths: list[Path], profile: Profile, bundle, frames: int, device: str = "cpu", threads: int = 1) -> dict:
+    """Each stage of the face + score path timed per video on `threads` threads (the first video is a warm-up)."""
+    import cv2
+    import torch
+
+    from dfbatch.config import FaceConfig, LimitsConfig, SamplingConfig
+    from dfbatch.decode import read_frames
+    from dfbatch.faces import FaceDetector, faces_in_frames
+    from dfbatch.score import Scorer
+
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+    sampling = SamplingConfig(frames=frames, backend=profile.backend, decode_threads=threads)
+    faces_cfg = FaceConfig(detect_max_side=profile.detect_max_side, detect_every=profile.detect_every)
+    detector = FaceDetector(faces_cfg, device=device)
+    scorer = Scorer(bundle.spec, bundle.state_dict, device=device, precision=profile.precision, threads=threads)
+    crop_size = int(bundle.spec.input_size)
+    per_video = []
+    for i, path in enumerate([paths[0], *paths]):
+        clock = _Clock()
+        video = read_frames(str(path), sampling, LimitsConfig(), frames=frames, max_side=1920)
+        dec_wall, dec_cpu = clock.lap()
+        timings: dict = {}
+        tracks, crops, n_faces = faces_in_frames(video.frames, video.scale, detector, faces_cfg, crop_size, timings=timings)
+        clock.lap()
+        results = scorer.score(_split_tracks(tracks, crops)) if len(tracks) else []
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        mod_wall, mod_cpu = clock.lap()
+        if i == 0:
+            continue  # warm-up: model/MTCNN first calls, page cache
+        per_video.append({
+            "video": path.name,
+            "frames": len(video.indices),
+            "frame_indices": video.indices.tolist(),
+            "detections_run": len(range(0, len(video.frames), max(1, faces_cfg.detect_every))) + (1 if (len(video.frames) - 1) % max(1, faces_cfg.detect_every) else 0),
+            "n_faces": n_faces,
+            "tracks": [{"frame_pos": t.frame_pos, "boxes": t.boxes} for t in tracks],
+            "crops": int(len(crops)),
+            "probability": _video_probability(results),
+            "track_probabilities": [float(np.mean(f)) for f, _ in results],
+            "frame_probabilities": [f.tolist() for f, _ in results],
+            "wall_s": {"decode": dec_wall, "detect": timings.get("detect_s", 0.0), "crop": timings.get("crop_s", 0.0), "model": mod_wall},
+            "cpu_s": {"decode": dec_cpu, "detect": timings.get("detect_cpu_s", 0.0), "crop": timings.get("crop_cpu_s", 0.0), "model": mod_cpu},
+        })
+    stages = ("decode", "detect", "crop", "model")
+    mean_cpu = {k: float(np.mean([v["cpu_s"][k] for v in per_video])) for k in stages}
+    mean_wall = {k: float(np.mean([v["wall_s"][k] for v in per_video])) for k in stages}
+    total = sum(mean_cpu.values())
+    return {
+        "profile": dataclasses.asdict(profile),
+        "threads": threads,
+        "device": device,
+        "videos": len(per_video),
+        "cpu_s_per_video": mean_cpu,
+        "wall_s_per_video": mean_wall,
+        "sum_cpu_s_per_video": total,
+        "frames_per_s": {
+            "decode": float(np.mean([v["frames"] for v in per_video])) / mean_wall["decode"],
+            "detect": float(np.mean([v["detections_run"] for v in per_video])) / max(mean_wall["detect"], 1e-9),
+        },
+        "per_video": per_video,
+    }
+
+
+def _frame_ious(a: dict, b: dict) -> list[float]:
+    """Per sampled frame IoU of two tracks' boxes over the frames both cover."""
+    from dfbatch.faces import iou
+
+    boxes_b = dict(zip(b["frame_pos"], b["boxes"]))
+    return [float(iou(np.array(box), np.array(boxes_b[p]))[0, 0]) for p, box in zip(a["frame_pos"], a["boxes"]) if p in boxes_b]
+
+
+def agreement(reference: dict, fast: dict, min_track_frames: int) -> dict:
+    """How far the fast path's results are from the reference's, video by video. Every reference track seen in
+    at least `min_track_frames` sampled frames must have a fast twin (best mean IoU >= 0.3); shorter ones
+    (flickers, mostly false positives) may be missed by a detector that runs on every k-th frame only."""
+    rows = []
+    for r, f in zip(reference["per_video"], fast["per_video"]):
+        ious, track_dp, missed = [], [], 0
+        long_tracks = [(i, t) for i, t in enumerate(r["tracks"]) if len(t["frame_pos"]) >= min_track_frames]
+        for i, t in long_tracks:
+            scored = [(float(np.mean(fi)) if (fi := _frame_ious(t, u)) else 0.0, j, fi) for j, u in enumerate(f["tracks"])]
+            best = max(scored, default=(0.0, None, []))
+            if best[1] is None or best[0] < 0.3:
+                missed += 1
+                continue
+            ious.extend(best[2])
+            track_dp.append(abs(r["track_probabilities"][i] - f["track_probabilities"][best[1]]))
+        dp = abs(r["probability"] - f["probability"]) if r["probability"] is not None and f["probability"] is not None else None
+        rows.append({
+            "video": r["video"],
+            "same_frames": r["frame_indices"] == f["frame_indices"],
+            "tracks": [len(r["tracks"]), len(f["tracks"])],
+            "long_tracks": len(long_tracks),
+            "long_tracks_missed": missed,
+            "min_frame_iou": min(ious) if ious else None,
+            "mean_frame_iou": float(np.mean(ious)) if ious else None,
+            "max_abs_dprob_track": max(track_dp) if track_dp else None,
+            "abs_dprob_video": dp,
+        })
+    pick = lambda key, fn: fn(v) if (v := [x[key] for x in rows if x[key] is not None]) else None  # noqa: E731
+    return {
+        "videos": len(rows),
+        "min_track_frames": min_track_frames,
+        "same_frames": all(x["same_frames"] for x in rows),
+        "long_tracks_missed": sum(x["long_tracks_missed"] for x in rows),
+        "same_track_count": all(x["tracks"][0] == x["tracks"][1] for x in rows),
+        "min_frame_iou": pick("min_frame_iou", min),
+        "mean_frame_iou": pick("mean_frame_iou", lambda v: float(np.mean(v))),
+        "max_abs_dprob_track": pick("max_abs_dprob_track", max),
+        "max_abs_dprob_video": pick("abs_dprob_video", max),
+        "per_video": rows,
+    }
+
+
+# -------------------------------------------------------------------------------------------- baseline
+def run_baseline(paths: list[Path], bundle, frames: int, device: str = "cpu") -> dict:
+    """The straightforward way (see the module docstring), one video at a time. Thread count: torch's default
+    (all cores) or 1, whichever is faster on the first video (on a busy machine OpenMP with all cores can be
+    10x slower than 1 thread): the baseline gets its best case."""
+    import cv2
+    import torch
+    from facenet_pytorch import MTCNN
+
+    from dfbatch.faces import square_crop
+    from dfbatch.model import build_model, load_weights, predict_crops
+
+    mtcnn = MTCNN(keep_all=True, device=device)  # facenet-pytorch defaults (min_face_size=20)
+    net = load_weights(build_model(bundle.spec), bundle.state_dict).eval().to(device)
+    size = int(bundle.spec.input_size)
+
+    def one(path: Path) -> dict:
+        clock = _Clock()
+        cap = cv2.VideoCapture(str(path))
+        crops, n_read = [], 0
+        while n_read < frames:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            n_read += 1
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            boxes, probs = mtcnn.detect(rgb)
+            if boxes is not None and len(boxes):
+                crops.append(square_crop(rgb, [float(v) for v in boxes[int(np.argmax(probs))]], 0.25, size))
+        cap.release()
+        prob = None
+        if crops:
+            frame_p, _ = predict_crops(net, np.stack(crops)[None], device=device)
+            prob = float(frame_p[0].mean())
+        wall, cpu = clock.lap()
+        return {"video": path.name, "frames": n_read, "faces": len(crops), "probability": prob, "wall_s": wall, "cpu_s": cpu}
+
+    saved = torch.get_num_threads()
+    tried: dict[int, float] = {}
+    try:
+        for threads in dict.fromkeys([os.cpu_count() or 1, 1]):
+            torch.set_num_threads(threads)
+            cv2.setNumThreads(threads)
+            if not tried:
+                one(paths[0])  # warm-up (first MTCNN/model calls)
+            tried[threads] = one(paths[0])["wall_s"]
+        best = min(tried, key=tried.get)
+        torch.set_num_threads(best)
+        cv2.setNumThreads(best)
+        per_video = [one(p) for p in paths]
+    finally:
+        torch.set_num_threads(saved)
+    wall = float(np.mean([v["wall_s"] for v in per_video]))
+    return {
+        "method": "OpenCV reads the first N frames one by one; facenet-pytorch MTCNN (defaults) on every full frame; "
+                  "most confident face cropped; the same model in fp32 per video; one video at a time",
+        "threads": best,
+        "threads_tried_s_per_video": {str(k): v for k, v in tried.items()},
+        "videos": len(per_video),
+        "wall_s_per_video": wall,
+        "cpu_s_per_video": float(np.mean([v["cpu_s"] for v in per_video])),
+        "videos_per_min": 60.0 / wall,
+        "per_video": per_video,
+    }
+
+
+# -------------------------------------------------------------------------------------------- pipeline
+def _proc_tree(root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        if pid not in out:
+            out.add(pid)
+            todo.extend(children.get(pid, []))
+    return out
+
+
+def _role(cmdline: str, pid: int) -> str:
+    if pid == os.getpid():
+        return "driver"
+    if cmdline.startswith("ray::"):  # a worker's process title: ray::IDLE, ray::MapWorker(MapBatches(FaceStage)), ...
+        for key, role in (("FaceScoreStage", "face_score_worker"), ("FaceStage", "face_worker"), ("ScoreStage", "score_worker"), ("Write", "write_task")):
+            if key in cmdline:
+                return role
+        return "other_ray_worker"
+    exe = os.path.basename(cmdline.split(" ", 1)[0])
+    return exe if exe in ("raylet", "gcs_server") else "other"
+
+
+def _plasma_kb(pid: int) -> int:
+    """KB allocated in the object store's shared-memory file(s) held open by `pid` (tmpfs allocates on first
+    touch and keeps pages when objects are freed, so this is the store's high-water mark)."""
+    total = 0
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if "plasma" in os.readlink(f"/proc/{pid}/fd/{fd}"):
+                    total += os.stat(f"/proc/{pid}/fd/{fd}").st_blocks * 512
+            except OSError:
+                continue
+    except OSError:
+        pass
+    return total // 1024
+
+
+class ResourceMonitor:
+    """Samples (every `interval` s, Linux /proc) peak RSS and private (anonymous) memory of the driver's process
+    tree by role and CPU time of that tree vs the whole machine. Object store: pages allocated in the raylet's
+    plasma file (its high-water mark). Local node only."""
+
+    def __init__(self, interval: float = 0.5):
+        self.interval = interval
+        self.procs: dict[int, dict] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._ticks = os.sysconf("SC_CLK_TCK")
+        self._initial = False
+        self.timeline: list[tuple[float, float, float]] = []  # (time.time(), our tree's CPU s, machine busy CPU s)
+
+    @staticmethod
+    def _busy_jiffies() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            vals = [int(v) for v in f.readline().split()[1:]]
+        idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+        return sum(vals) - idle, sum(vals)
+
+    def _sample(self) -> None:
+        for pid in _proc_tree(os.getpid()):
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    status = {k: v.strip() for k, _, v in (line.partition(":") for line in f)}
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            except (OSError, IndexError):
+                continue
+            kb = lambda key: int(status.get(key, "0 kB").split()[0])  # noqa: E731
+            rec = self.procs.setdefault(pid, {"role": _role(cmd, pid), "hwm_kb": 0, "anon_kb": 0, "shmem_kb": 0, "cpu_s": 0.0, "cpu0_s": None})
+            if rec["role"] in ("other", "other_ray_worker"):
+                rec["role"] = _role(cmd, pid)  # an actor's title appears once it is constructed
+            rec["hwm_kb"] = max(rec["hwm_kb"], kb("VmHWM"))
+            rec["anon_kb"] = max(rec["anon_kb"], kb("RssAnon"))
+            if rec["role"] == "raylet":
+                rec["shmem_kb"] = max(rec["shmem_kb"], _plasma_kb(pid))
+            cpu = (int(fields[11]) + int(fields[12])) / self._ticks
+            if rec["cpu0_s"] is None:
+                rec["cpu0_s"] = cpu if self._initial else 0.0  # a process born during the run counts from 0
+            rec["cpu_s"] = cpu
+        ours = sum(rec["cpu_s"] - rec["cpu0_s"] for rec in self.procs.values())
+        self.timeline.append((time.time(), ours, self._busy_jiffies()[0] / self._ticks))
+
+    def window(self, t0: float, t1: float) -> dict | None:
+        """CPU seconds used by the driver's tree and by the whole machine between two wall-clock times."""
+        def at(t: float) -> tuple[float, float]:
+            ts = [x[0] for x in self.timeline]
+            i = min(max(1, int(np.searchsorted(ts, t))), len(ts) - 1)
+            (ta, oa, ba), (tb, ob, bb) = self.timeline[i - 1], self.timeline[i]
+            w = 0.0 if tb == ta else min(1.0, max(0.0, (t - ta) / (tb - ta)))
+            return oa + w * (ob - oa), ba + w * (bb - ba)
+        if len(self.timeline) < 2 or t1 <= t0:
+            return None
+        (o0, b0), (o1, b1) = at(t0), at(t1)
+        return {"seconds": t1 - t0, "ours_cpu_s": o1 - o0, "machine_busy_cpu_s": b1 - b0}
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._sample()
+            except Exception as exc:  # never let monitoring break the run
+                log.debug("monitor: %s", exc)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "ResourceMonitor":
+        self._initial = True
+        self._sample()
+        self._initial = False
+        self._t0, (self._busy0, self._total0) = time.perf_counter(), self._busy_jiffies()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._sample()
+        busy1, total1 = self._busy_jiffies()
+        self.machine_busy_s = (busy1 - self._busy0) / self._ticks
+        self.elapsed_s = time.perf_counter() - self._t0
+
+    def report(self) -> dict:
+        roles: dict[str, dict] = {}
+        ours = 0.0
+        for rec in self.procs.values():
+            ours += rec["cpu_s"] - (rec["cpu0_s"] or 0.0)
+            r = roles.setdefault(rec["role"], {"processes": 0, "peak_rss_mb": 0.0, "peak_private_mb": 0.0, "cpu_s": 0.0})
+            r["processes"] += 1
+            r["cpu_s"] = round(r["cpu_s"] + rec["cpu_s"] - (rec["cpu0_s"] or 0.0), 1)
+            r["peak_rss_mb"] = round(max(r["peak_rss_mb"], rec["hwm_kb"] / 1024), 1)
+            r["peak_private_mb"] = round(max(r["peak_private_mb"], rec["anon_kb"] / 1024), 1)
+        n_cpu = os.cpu_count() or 1
+        capacity = n_cpu * self.elapsed_s
+        plasma = [rec["shmem_kb"] for rec in self.procs.values() if rec["role"] == "raylet"]
+        return {
+            "per_role": roles,
+            "object_store_peak_mb": round(max(plasma) / 1024, 1) if plasma else None,
+            "cpu": {
+                "ours_cpu_s": round(ours, 1),
+                "machine_busy_cpu_s": round(self.machine_busy_s, 1),
+                "others_share": round(max(0.0, self.machine_busy_s - ours) / capacity, 3) if capacity else None,
+                "utilisation": round(self.machine_busy_s / capacity, 3) if capacity else None,
+            },
+        }
+
+
+def _steady_window(scored_at: list) -> tuple[float, float, int] | None:
+    """(t0, t1, videos): from the first to the last score call's stamp, and the videos scored by the calls
+    started in between (start-up and the last call excluded); None with fewer than 3 calls."""
+    from collections import Counter
+
+    stamps = Counter(scored_at)
+    times = sorted(stamps)
+    if len(times) < 3:
+        return None
+    return times[0].timestamp(), times[-1].timestamp(), sum(stamps[t] for t in times[:-1])
+
+
+def run_pipeline(videos_dir: Path, n_videos: int, model_uri: str, s: BenchSettings, profile: Profile) -> dict:
+    """The Ray Data job on the whole archive with `profile`'s settings; wall clock, steady state, resources."""
+    import mlflow
+    import ray
+    import ray.data
+
+    from dfbatch.config import FaceConfig, SamplingConfig, ScoreConfig
+    from dfbatch.pipeline import init_ray, run_score
+    from dfbatch.sink import read_results
+
+    out = Path(s.output).resolve()
+    results = out / "runs" / time.strftime("%Y%m%dT%H%M%S")
+    tracking = f"sqlite:///{out / 'mlflow.db'}"
+    previous_uri = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking)
+    try:
+        mlflow.set_experiment("dfbatch-bench")  # creates the store before the clock starts
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        if not ray.is_initialized():
+            if s.cpus and not (s.ray_address or os.environ.get("RAY_ADDRESS")):
+                ray.init(num_cpus=s.cpus, include_dashboard=False, logging_level=logging.WARNING)
+            else:
+                init_ray(s.ray_address)
+        cluster = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "memory", "object_store_memory")}
+        cpu_only = not (s.device == "cuda" or (s.device == "auto" and cluster.get("GPU")))
+        cfg = ScoreConfig(
+            sources=[str(videos_dir)],
+            output=str(results),
+            model_uri=model_uri,
+            tracking_uri=tracking,
+            experiment="dfbatch-bench",
+            device=s.device,
+            precision=profile.precision,
+            rows_per_block=s.rows_per_block,
+            videos_per_score_batch=s.videos_per_score_batch or (2 if cpu_only else 8),
+            sampling=SamplingConfig(frames=s.frames, backend=profile.backend),
+            faces=FaceConfig(detect_max_side=profile.detect_max_side, detect_every=profile.detect_every),
+        )
+        load_before = load()
+        with ResourceMonitor() as mon:
+            t0 = time.perf_counter()
+            summary = run_score(cfg)
+            wall = time.perf_counter() - t0
+    finally:
+        mlflow.set_tracking_uri(previous_uri)
+    df = read_results(str(results))
+    n = int(summary.scored)
+    window = _steady_window(list(df["scored_at"]))
+    steady, cpu_window = None, None
+    if window and window[1] > window[0]:
+        steady = 60.0 * window[2] / (window[1] - window[0])
+        cpu_window = mon.window(window[0], window[1])
+        if cpu_window:
+            capacity = (cluster.get("CPU") or os.cpu_count() or 1) * cpu_window["seconds"]
+            cpu_window.update(
+                videos=window[2],
+                ours_cpu_s_per_video=cpu_window["ours_cpu_s"] / window[2],
+                others_share=max(0.0, cpu_window["machine_busy_cpu_s"] - cpu_window["ours_cpu_s"]) / capacity,
+            )
+    return {
+        "profile": dataclasses.asdict(profile),
+        "videos": n,
+        "counts": summary.counts,
+        "plan": summary.resources,
+        "cluster": cluster,
+        "rows_per_block": cfg.rows_per_block,
+        "videos_per_score_batch": cfg.videos_per_score_batch,
+        "wall_s": wall,
+        "videos_per_min": 60.0 * n / wall if wall else None,
+        "steady_videos_per_min": steady,
+        "startup_s": (wall - 60.0 * n / steady) if steady else None,
+        "steady_window": cpu_window,  # CPU used per video in steady state by all our processes (actors, driver, Ray)
+        "load_before": load_before,
+        "load_after": load(),
+        "resources": mon.report(),
+        "results": str(results),
+        "mean_fake_probability": float(df["fake_probability"].dropna().mean()) if df["fake_probability"].notna().any() else None,
+    }
+
+
+# --------------------------------------------------------------------------------------------- report
+def _ratio(a, b):
+    return a / b if a and b else None
+
+
+def run_bench(s: BenchSettings) -> dict:
+    """Run everything `s` asks for; returns the report (also written to OUT/bench.json)."""
+    import torch
+
+    out = Path(s.output)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    report: dict = {"format": BENCH_FORMAT, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": s.quick,
+                    "machine": machine_info(), "versions": versions(), "load_start": load()}
+    device = s.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    fast = s.fast
+    if fast.precision == "bf16" and device == "cpu" and not cpu_bf16_supported():
+        fast = dataclasses.replace(fast, precision="fp32")  # emulated bf16 is slower than fp32
+    videos_dir, videos = prepare_archive(s)
+    model_uri, bundle = prepare_model(s)
+    settings = dataclasses.asdict(s)
+    settings.update(device_resolved=device, fast=dataclasses.asdict(fast), reference=dataclasses.asdict(REFERENCE))
+    report["settings"] = settings
+    report["archive"] = {"folder": str(videos_dir), "videos": len(videos), "distinct_files": len({p.resolve() for p in videos}),
+                         "bytes_per_video": float(np.mean([p.stat().st_size for p in videos]))}
+    report["model"] = {"uri": model_uri, "spec": bundle.spec.to_dict(), "describe": bundle.spec.describe()}
+    distinct = list({p.resolve(): p for p in videos}.values())
+    stage_paths = distinct[: max(1, s.stage_videos)]
+    threads = 1
+    stages = {}
+    log.warning("bench: stages (%d videos, 1 thread)", len(stage_paths))
+    stages["fast"] = measure_stages(stage_paths, fast, bundle, s.frames, device=device, threads=threads)
+    if s.run_reference:
+        stages["reference"] = measure_stages(stage_paths, REFERENCE, bundle, s.frames, device=device, threads=threads)
+        report["agreement"] = agreement(stages["reference"], stages["fast"], min_track_frames=2 * max(1, fast.detect_every))
+    report["stages"] = stages
+    report["load_after_stages"] = load()
+    if s.run_baseline:
+        log.warning("bench: baseline (%d videos)", s.baseline_videos)
+        report["baseline"] = run_baseline(distinct[: max(1, s.baseline_videos)], bundle, s.frames, device=device)
+        report["load_after_baseline"] = load()
+    if s.run_pipeline:
+        log.warning("bench: pipeline (%d videos)", len(videos))
+        report["pipeline"] = run_pipeline(videos_dir, len(videos), model_uri, s, fast)
+    report["summary"] = summarize(report)
+    report["elapsed_s"] = time.time() - started
+    report["load_end"] = load()
+    text = json.dumps(report, indent=2, default=str)
+    (out / "bench.json").write_text(text)
+    (out / f"bench-{time.strftime('%Y%m%dT%H%M%S')}.json").write_text(text)
+    return report
+
+
+def summarize(r: dict) -> dict:
+    """The headline numbers, the ratios and the targets."""
+    pipe, base, stages = r.get("pipeline") or {}, r.get("baseline") or {}, r.get("stages") or {}
+    fast = stages.get("fast") or {}
+    cpus = (pipe.get("plan") or {}).get("cluster_cpus") or r["machine"]["usable_cpus"]
+    ideal = 60.0 * cpus / fast["sum_cpu_s_per_video"] if fast.get("sum_cpu_s_per_video") else None
+    steady = pipe.get("steady_videos_per_min")
+    wall_rate = pipe.get("videos_per_min")
+    window = pipe.get("steady_window")
+    s = {
+        "cpus": cpus,
+        "stage_sum_cpu_s_per_video": fast.get("sum_cpu_s_per_video"),
+        "ideal_videos_per_min": ideal,  # all cores busy with the isolated stage costs, no overhead
+        "pipeline_videos_per_min": wall_rate,
+        "pipeline_steady_videos_per_min": steady,
+        "baseline_videos_per_min": base.get("videos_per_min"),
+        "speedup_vs_baseline": _ratio(wall_rate, base.get("videos_per_min")),
+        "steady_speedup_vs_baseline": _ratio(steady, base.get("videos_per_min")),
+        # CPU seconds all our processes (actors, driver, Ray) spent per video in steady state over the sum of the
+        # isolated stage costs, minus 1 (CPU time: what other users of the machine take does not count)
+        "pipeline_overhead": (_ratio(window["ours_cpu_s_per_video"], fast.get("sum_cpu_s_per_video")) - 1.0) if window and fast else None,
+        # the same from throughput: ideal / steady videos/min - 1, raw and with the CPU share others took removed
+        "pipeline_overhead_throughput": (_ratio(ideal, steady) - 1.0) if ideal and steady else None,
+        "pipeline_overhead_throughput_load_adjusted": (_ratio(ideal * (1.0 - window["others_share"]), steady) - 1.0) if ideal and steady and window else None,
+        "others_cpu_share_steady": window["others_share"] if window else None,
+        "reference_stage_sum_cpu_s_per_video": (stages.get("reference") or {}).get("sum_cpu_s_per_video"),
+    }
+    s["targets"] = {
+        "pipeline_videos_per_min >= 60": None if wall_rate is None else wall_rate >= TARGETS["pipeline_videos_per_min"],
+        "speedup_vs_baseline >= 6": None if s["speedup_vs_baseline"] is None else s["speedup_vs_baseline"] >= TARGETS["speedup_vs_baseline"],
+        "pipeline_overhead <= 20% (CPU per video, steady state)": None if s["pipeline_overhead"] is None else s["pipeline_overhead"] <= TARGETS["pipeline_overhead"],
+    }
+    return s
+
+
+def _f(v, fmt="{:.2f}", none="–") -> str:
+    return none if v is None else fmt.format(v)
+
+
+def format_report(r: dict) -> str:
+    """A plain-text table of the report."""
+    st, m, sm = r["settings"], r["machine"], r["summary"]
+    lines = [
+        f"dfbatch bench — {r['archive']['videos']} videos ({r['archive']['distinct_files']} distinct) {st['size'][0]}x{st['size'][1]} "
+        f"{st['seconds']:g} s, {st['frames']} frames — model {r['model']['describe']}",
+        f"machine: {m['cpu_model']}, {m['usable_cpus']} CPUs, {m['memory_gb']} GB, GPUs: {', '.join(m['gpus']) or 'none'} — "
+        f"torch {r['versions']['torch']}, ray {r['versions']['ray']} — load {r['load_start']} at start",
+        "",
+        "stages, isolated, 1 thread (CPU s per video)      reference        fast",
+    ]
+    stages = r["stages"]
+    ref, fast = stages.get("reference"), stages["fast"]
+    for k in ("decode", "detect", "crop", "model"):
+        lines.append(f"  {k:46s} {_f(ref and ref['cpu_s_per_video'][k], '{:8.3f}', '       –')}   {fast['cpu_s_per_video'][k]:8.3f}")
+    lines.append(f"  {'sum':46s} {_f(ref and ref['sum_cpu_s_per_video'], '{:8.3f}', '       –')}   {fast['sum_cpu_s_per_video']:8.3f}")
+    lines.append(f"  settings: reference = {Profile(**r['settings']['reference']).describe()}; fast = {Profile(**r['settings']['fast']).describe()}")
+    lines.append(f"  decode {fast['frames_per_s']['decode']:.0f} sampled frames/s (fast); detect {fast['frames_per_s']['detect']:.1f} frames/s (fast)"
+                 + (f", {ref['frames_per_s']['detect']:.1f} (reference)" if ref else ""))
+    if ag := r.get("agreement"):
+        lines.append(f"  fast vs reference: same frames {ag['same_frames']}; tracks >= {ag['min_track_frames']} frames missed: {ag['long_tracks_missed']} "
+                     f"(same track count: {ag['same_track_count']}); box IoU min {_f(ag['min_frame_iou'], '{:.2f}')} mean {_f(ag['mean_frame_iou'], '{:.2f}')}; "
+                     f"max |dP| track {_f(ag['max_abs_dprob_track'], '{:.4f}')}, video {_f(ag['max_abs_dprob_video'], '{:.4f}')} (bench model: random weights)")
+    lines.append("")
+    if b := r.get("baseline"):
+        tried = ", ".join(f"{k} thread(s) {v:.1f} s" for k, v in b["threads_tried_s_per_video"].items())
+        lines.append(f"baseline (sequential, best of {tried}): {b['wall_s_per_video']:.2f} s/video -> {b['videos_per_min']:.1f} videos/min "
+                     f"({b['videos']} videos, {b['cpu_s_per_video']:.2f} CPU s/video)")
+    if p := r.get("pipeline"):
+        plan = p["plan"]
+        lines.append(f"pipeline (Ray, fast): {p['videos']} videos in {p['wall_s']:.1f} s -> {p['videos_per_min']:.1f} videos/min wall "
+                     f"(steady {_f(p['steady_videos_per_min'], '{:.1f}')}/min, start-up {_f(p['startup_s'], '{:.1f}')} s); counts {p['counts']}")
+        layout = (f"{plan['face_workers']} actors x {plan['face_cpus']} CPU, each decode + faces + model" if plan.get("fused") else
+                  f"{plan['face_workers']} face actors x {plan['face_cpus']} CPU (MTCNN on {plan.get('face_device', 'cpu')}), "
+                  f"{plan['score_workers']} model actor(s) x {plan['score_cpus']} CPU / {plan['score_gpus']} GPU on {plan['device']}")
+        lines.append(f"  plan: {layout}; "
+                     f"load {p['load_before']} -> {p['load_after']}, other processes used {_f(p['resources']['cpu']['others_share'], '{:.0%}')} of the CPUs")
+        mem = p["resources"]
+        roles = ", ".join(f"{k} {v['peak_rss_mb']:.0f} MB ({v['peak_private_mb']:.0f} private)" for k, v in sorted(mem["per_role"].items()) if k in ("face_worker", "score_worker", "driver", "raylet"))
+        lines.append(f"  peak RSS: {roles}; object store peak {_f(mem['object_store_peak_mb'], '{:.1f}')} MB")
+    lines.append("")
+    lines.append(f"ideal (stage sum on {sm['cpus']} CPUs): {_f(sm['ideal_videos_per_min'], '{:.1f}')} videos/min; "
+                 f"pipeline overhead {_f(sm['pipeline_overhead'], '{:.0%}')} (CPU s/video, steady; from throughput "
+                 f"{_f(sm['pipeline_overhead_throughput'], '{:.0%}')}, {_f(sm['pipeline_overhead_throughput_load_adjusted'], '{:.0%}')} "
+                 f"without the {_f(sm['others_cpu_share_steady'], '{:.0%}')} of the CPUs other processes took); "
+                 f"speed-up vs baseline {_f(sm['speedup_vs_baseline'], '{:.1f}x')} wall ({_f(sm['steady_speedup_vs_baseline'], '{:.1f}x')} steady)")
+    lines.append("targets: " + "; ".join(f"{k}: {'n/a' if v is None else ('PASS' if v else 'MISS')}" for k, v in sm["targets"].items()))
+    if r.get("quick"):
+        lines.append("(--quick: tiny model and clips; the numbers prove the bench runs, they measure nothing)")
+    return "\n".join(lines)
+
+
+__all__ = ["BenchSettings", "FAST", "REFERENCE", "Profile", "agreement", "format_report", "machine_info", "measure_stages",
+           "run_baseline", "run_bench", "run_pipeline", "summarize"]

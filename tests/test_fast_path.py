@@ -1,0 +1,204 @@
+"""The fast path (PyAV sparse decode, MTCNN on every 4th sampled frame at 320 px with interpolated boxes,
+bf16 model) against the reference path (decord, MTCNN on every sampled frame at 640 px, fp32) on real clips.
+
+Stated tolerances (docs/performance.md):
+* decode: PyAV returns the same frame indices and bit-identical pixels as decord (8-bit H.264 here);
+* faces: every reference track seen in >= 2 x detect_every (8) sampled frames has a fast twin covering >= 90 %
+  of its frames, and the fast path has no other such track (shorter flickers may differ: MTCNN runs on every
+  4th frame only); box IoU per frame >= 0.5, mean per track >= 0.75 (boxes between detections are interpolated);
+* model: bf16 vs fp32 on the same crops: |dP| <= 0.03 per frame, <= 0.01 per video (frame mean);
+* end to end (fast crops + bf16 vs reference crops + fp32, the job's aggregation): |dP(video)| <= 0.06.
+The model is a seeded ResNeXt50-LSTM whose classifier is rescaled so that P(fake) per frame spreads over (0, 1)
+(logit std 2): a random model otherwise answers ~0.5 everywhere and any tolerance would hold trivially.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dfbatch.config import FaceConfig, LimitsConfig, SamplingConfig
+
+FRAMES = 32
+REF_FACES = FaceConfig(detect_max_side=640, detect_every=1)
+FAST_FACES = FaceConfig(detect_max_side=320, detect_every=4)
+LONG_TRACK = 2 * FAST_FACES.detect_every
+IOU_FRAME, IOU_MEAN, COVERAGE = 0.5, 0.75, 0.9
+DP_FRAME, DP_VIDEO, DP_END_TO_END = 0.03, 0.01, 0.06
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """Real clips: two 1280x720 H.264 clips made from tests/data (carphone, astronaut) and the carphone original."""
+    from dfbatch import synth
+    from tests.conftest import CARPHONE
+
+    root = tmp_path_factory.mktemp("fast_path")
+    return [
+        str(synth.real_clip(root / "carphone_720p.mp4", seed=3, size=(1280, 720), seconds=4.0, fps=30, source="pristine")),
+        str(synth.real_clip(root / "astronaut_720p.mp4", seed=4, size=(1280, 720), seconds=4.0, fps=30, source="astronaut")),
+        str(CARPHONE),
+    ]
+
+
+@pytest.fixture(scope="module")
+def decoded(clips):
+    from dfbatch.decode import read_frames
+
+    return {
+        backend: [read_frames(c, SamplingConfig(backend=backend), LimitsConfig(), frames=FRAMES) for c in clips]
+        for backend in ("decord", "pyav")
+    }
+
+
+@pytest.fixture(scope="module")
+def reference_faces(decoded):
+    return [_faces(v, REF_FACES) for v in decoded["decord"]]
+
+
+@pytest.fixture(scope="module")
+def sharp_model(reference_faces):
+    """A seeded ResNeXt50-LSTM, classifier rescaled so the FAKE-REAL logit has mean 0 and std 2 over the
+    reference crops of the clips (P(fake) per frame then spreads over (0, 1))."""
+    import torch
+
+    from dfbatch.model import ModelSpec, build_model, preprocess
+
+    torch.manual_seed(0)
+    spec = ModelSpec(hidden_dim=256, input_size=112, seq_len=FRAMES, head="mean")
+    net = build_model(spec).eval()
+    with torch.inference_mode():
+        hidden = []
+        for tracks, crops, _ in reference_faces:
+            for seq in _seqs(tracks, crops):
+                feats = net.backbone(preprocess(seq[None], spec)[0]).unsqueeze(0)
+                hidden.append(net.temporal(feats)[0])
+        h = torch.cat(hidden)
+        w, b = net.classifier.weight, net.classifier.bias
+        d = h @ (w[1] - w[0]) + (b[1] - b[0])
+        k = 2.0 / float(d.std())
+        w.mul_(k)
+        b.copy_(torch.tensor([0.0, -k * float(d.mean() - (b[1] - b[0]))]))
+    return spec, {k: v.clone() for k, v in net.state_dict().items()}
+
+
+def _faces(video, cfg, crop_size=112):
+    from dfbatch.faces import FaceDetector, faces_in_frames
+
+    return faces_in_frames(video.frames, video.scale, FaceDetector(cfg), cfg, crop_size)
+
+
+def _seqs(tracks, crops):
+    out, start = [], 0
+    for t in tracks:
+        out.append(crops[start : start + len(t.frame_pos)])
+        start += len(t.frame_pos)
+    return out
+
+
+@pytest.mark.slow
+def test_pyav_frames_identical_to_decord(clips, decoded):
+    from dfbatch.decode import _decode_pyav_sparse
+
+    for clip, d, p in zip(clips, decoded["decord"], decoded["pyav"]):
+        assert d.indices.tolist() == p.indices.tolist(), clip
+        assert d.frames.shape == p.frames.shape, clip
+        assert np.array_equal(d.frames, p.frames), f"{clip}: max diff {np.abs(d.frames.astype(int) - p.frames.astype(int)).max()}"
+        assert _decode_pyav_sparse(clip, FRAMES, 1, 0, 1920, float("inf")) is not None, f"{clip}: sparse decode not taken"
+
+
+@pytest.mark.slow
+def test_mtcnn_channels_last_same_boxes(decoded):
+    """The detector's channels_last MTCNN finds the same boxes as facenet-pytorch's stock one."""
+    import torch
+    from facenet_pytorch import MTCNN
+
+    from dfbatch.faces import FaceDetector
+
+    video = decoded["pyav"][0]
+    frames = video.frames[:6]
+    ours = FaceDetector(REF_FACES).detect(frames, video.scale)
+    small = np.stack([__import__("cv2").resize(f, (640, 360), interpolation=__import__("cv2").INTER_AREA) for f in frames])
+    stock = MTCNN(keep_all=True, min_face_size=12, post_process=False, select_largest=False)
+    with torch.inference_mode():
+        boxes, probs = stock.detect(small)
+    for (b, p), sb, sp in zip(ours, boxes, probs):
+        keep = np.asarray(sp, float) >= REF_FACES.min_face_prob
+        assert len(b) == int(keep.sum())
+        np.testing.assert_allclose(b, np.asarray(sb, float)[keep] * 2.0, atol=0.05)
+        np.testing.assert_allclose(p, np.asarray(sp, float)[keep], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_fast_faces_agree_with_reference(decoded, reference_faces):
+    from dfbatch.faces import iou
+
+    for (ref_tracks, _, _), fast_video in zip(reference_faces, decoded["pyav"]):
+        fast_tracks, _, _ = _faces(fast_video, FAST_FACES)
+        ref_long = [t for t in ref_tracks if len(t.frame_pos) >= LONG_TRACK]
+        fast_long = [t for t in fast_tracks if len(t.frame_pos) >= LONG_TRACK]
+        assert len(ref_long) >= 1
+        assert len(fast_long) == len(ref_long)
+        for rt in ref_long:
+            def frame_ious(ft):
+                fb = dict(zip(ft.frame_pos, ft.boxes))
+                return [iou(np.array(b), np.array(fb[p]))[0, 0] for p, b in zip(rt.frame_pos, rt.boxes) if p in fb]
+
+            ious = max((frame_ious(ft) for ft in fast_long), key=lambda v: np.mean(v) if v else 0.0)
+            assert len(ious) >= COVERAGE * len(rt.frame_pos)
+            assert min(ious) >= IOU_FRAME, ious
+            assert np.mean(ious) >= IOU_MEAN, ious
+
+
+@pytest.mark.slow
+def test_bf16_model_within_tolerance(reference_faces, sharp_model):
+    from dfbatch.score import Scorer
+
+    spec, sd = sharp_model
+    seqs = [s for tracks, crops, _ in reference_faces for s in _seqs(tracks, crops)]
+    ref = Scorer(spec, sd, precision="fp32", threads=2).score(seqs)
+    fast = Scorer(spec, sd, precision="bf16", threads=2).score(seqs)
+    assert np.mean([np.std(f) for f, _ in ref]) > 0.1, "model too flat for a meaningful check"
+    for (rf, _), (ff, _) in zip(ref, fast):
+        assert np.abs(rf - ff).max() <= DP_FRAME
+        assert abs(float(np.mean(rf)) - float(np.mean(ff))) <= DP_VIDEO
+
+
+@pytest.mark.slow
+def test_fast_path_end_to_end_probability(decoded, reference_faces, sharp_model):
+    """Fast crops + bf16 vs reference crops + fp32, the job's aggregation (frame mean, max over tracks)."""
+    from dfbatch.score import Scorer
+
+    spec, sd = sharp_model
+    ref_scorer, fast_scorer = Scorer(spec, sd, precision="fp32", threads=2), Scorer(spec, sd, precision="bf16", threads=2)
+    for (tracks, crops, _), fast_video in zip(reference_faces, decoded["pyav"]):
+        r = ref_scorer.score(_seqs(tracks, crops))
+        f = fast_scorer.score(_seqs(*_faces(fast_video, FAST_FACES)[:2]))
+        pr, pf = max(np.mean(x) for x, _ in r), max(np.mean(x) for x, _ in f)
+        assert abs(pr - pf) <= DP_END_TO_END, (pr, pf)
+
+
+@pytest.mark.parametrize(
+    "cluster, workers, expect",
+    [
+        ({"CPU": 2.0}, {}, {"face_workers": 2, "score_workers": 0, "fused": True, "device": "cpu"}),
+        ({"CPU": 16.0}, {}, {"face_workers": 16, "fused": True}),
+        ({"CPU": 2.0}, {"score_workers": 1}, {"face_workers": 2, "score_workers": 1, "fused": False}),
+        ({"CPU": 2.0}, {"score_workers": 1, "face_workers": 1}, {"face_workers": 1, "score_workers": 1, "face_cpus": 1.0, "score_cpus": 1.0}),
+        ({"CPU": 16.0, "GPU": 1.0}, {}, {"face_workers": 15, "score_workers": 1, "device": "cuda", "face_device": "cuda", "fused": False}),
+    ],
+)
+def test_plan_fits_the_cluster(monkeypatch, cluster, workers, expect):
+    """Logical CPUs (and GPUs) asked for never exceed the cluster's (Ray Data would wait forever)."""
+    import ray
+
+    from dfbatch.config import ScoreConfig
+    from dfbatch.pipeline import plan_resources
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: cluster)
+    monkeypatch.delenv("DFBATCH_DETECT_DEVICE", raising=False)
+    plan = plan_resources(ScoreConfig(sources=["x"], output="y", **workers))
+    for k, v in expect.items():
+        assert plan[k] == v, (k, plan)
+    assert plan["face_workers"] * plan["face_cpus"] + plan["score_workers"] * plan["score_cpus"] <= cluster["CPU"] + 1e-6
+    assert plan["face_workers"] * plan["face_gpus"] + plan["score_workers"] * plan["score_gpus"] <= cluster.get("GPU", 0) + 1e-6
