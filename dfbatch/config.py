@@ -20,7 +20,7 @@ class SamplingConfig:
     """Which frames are decoded: `frames` evenly spaced over the considered duration."""
 
     frames: int | None = None  # None: the model spec's sequence length
-    backend: str = "decord"  # decord | pyav
+    backend: str = "pyav"  # pyav (sparse decode, same frames as decord, ~2x faster) | decord
     decode_threads: int = 1  # decord num_threads (>2 is reported to error)
 
 

@@ -34,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="face sequences per forward pass")
     p.add_argument("--face-workers", type=int, default=None, help="CPU actors decoding + detecting (default: one per free CPU)")
     p.add_argument("--score-workers", type=int, default=None, help="model actors (default: one per GPU, else 1)")
-    p.add_argument("--decode-backend", choices=("decord", "pyav"), default="decord")
+    p.add_argument("--decode-backend", choices=("decord", "pyav"), default=SamplingConfig.backend, help=f"frame decoder (default {SamplingConfig.backend}; the other one is the fallback)")
     p.add_argument("--detect-max-side", type=int, default=FaceConfig.detect_max_side, help="downscale frames to this longest side for MTCNN")
     p.add_argument("--detect-every", type=int, default=FaceConfig.detect_every, help="run MTCNN on every k-th sampled frame, track in between")
     p.add_argument("--max-duration", type=float, default=LimitsConfig.max_duration_s, help="seconds; longer videos get a failed row")
