@@ -107,7 +107,7 @@ def machine_info() -> dict:
     except (ValueError, OSError):
         mem = None
     info = {
-        "hostname_hash": hex(abs(hash(platform.node())) % (1 << 32)),
+        "host_id": __import__("hashlib").sha1(platform.node().encode()).hexdigest()[:8],  # tells runs on one machine apart
         "platform": platform.platform(),
         "cpu_model": _cpu_model(),
         "logical_cpus": os.cpu_count(),
@@ -188,12 +188,10 @@ def prepare_archive(s: BenchSettings) -> tuple[Path, list[Path]]:
     return videos_dir, videos
 
 
-def prepare_model(s: BenchSettings):
-    """(model URI for the job, ModelBundle). Default: a seeded random-weight model saved as a checkpoint."""
-    from dfbatch import registry
-
+def prepare_model(s: BenchSettings) -> str:
+    """The model URI for the job. Default: a seeded random-weight model saved as a checkpoint file."""
     if s.model:
-        return s.model, registry.fetch(s.model)
+        return s.model
     import torch
 
     from dfbatch.model import ModelSpec, build_model, save_checkpoint
@@ -206,8 +204,7 @@ def prepare_model(s: BenchSettings):
     if not path.is_file():
         torch.manual_seed(0)
         save_checkpoint(path, build_model(spec), spec, meta={"name": "bench-random", "threshold": 0.5, "note": "random weights (benchmark)"})
-    uri = str(path)
-    return uri, registry.fetch(uri)
+    return str(path)
 
 
 # --------------------------------------------------------------------------------------------- stages
@@ -628,7 +625,7 @@ def run_pipeline(videos_dir: Path, n_videos: int, model_uri: str, s: BenchSettin
         )
         load_before = load()
         with ResourceMonitor() as mon:
-            t0 = time.perf_counter()
+            t0, started_at = time.perf_counter(), time.time()
             summary = run_score(cfg)
             wall = time.perf_counter() - t0
     finally:
@@ -661,6 +658,7 @@ def run_pipeline(videos_dir: Path, n_videos: int, model_uri: str, s: BenchSettin
         "videos_per_min": 60.0 * n / wall if wall else None,
         "steady_videos_per_min": steady,
         "startup_s": (wall - 60.0 * n / steady) if steady else None,
+        "first_result_s": (min(df["scored_at"]).timestamp() - started_at) if len(df) else None,  # job start to first video scored
         "steady_window": cpu_window,  # CPU used per video in steady state by all our processes (actors, driver, Ray)
         "load_before": load_before,
         "load_after": load(),
@@ -691,18 +689,21 @@ def run_bench(s: BenchSettings) -> dict:
     if fast.precision == "bf16" and device == "cpu" and not cpu_bf16_supported():
         fast = dataclasses.replace(fast, precision="fp32")  # emulated bf16 is slower than fp32
     videos_dir, videos = prepare_archive(s)
-    model_uri, bundle = prepare_model(s)
+    model_uri = prepare_model(s)
     settings = dataclasses.asdict(s)
     settings.update(device_resolved=device, fast=dataclasses.asdict(fast), reference=dataclasses.asdict(REFERENCE))
     report["settings"] = settings
     report["archive"] = {"folder": str(videos_dir), "videos": len(videos), "distinct_files": len({p.resolve() for p in videos}),
                          "bytes_per_video": float(np.mean([p.stat().st_size for p in videos]))}
-    report["model"] = {"uri": model_uri, "spec": bundle.spec.to_dict(), "describe": bundle.spec.describe()}
     distinct = list({p.resolve(): p for p in videos}.values())
     stage_paths = distinct[: max(1, s.stage_videos)]
     if s.run_pipeline:  # first: the driver's memory is then the job's own, and Ray is gone for the timings below
         log.warning("bench: pipeline (%d videos)", len(videos))
         report["pipeline"] = run_pipeline(videos_dir, len(videos), model_uri, s, fast)
+    from dfbatch import registry
+
+    bundle = registry.fetch(model_uri)
+    report["model"] = {"uri": model_uri, "spec": bundle.spec.to_dict(), "describe": bundle.spec.describe()}
     threads = 1
     stages = {}
     log.warning("bench: stages (%d videos, 1 thread)", len(stage_paths))
@@ -795,14 +796,14 @@ def format_report(r: dict) -> str:
     if p := r.get("pipeline"):
         plan = p["plan"]
         lines.append(f"pipeline (Ray, fast): {p['videos']} videos in {p['wall_s']:.1f} s -> {p['videos_per_min']:.1f} videos/min wall "
-                     f"(steady {_f(p['steady_videos_per_min'], '{:.1f}')}/min, start-up {_f(p['startup_s'], '{:.1f}')} s); counts {p['counts']}")
+                     f"(steady {_f(p['steady_videos_per_min'], '{:.1f}')}/min, start-up {_f(p['startup_s'], '{:.1f}')} s, first video scored after {_f(p['first_result_s'], '{:.1f}')} s); counts {p['counts']}")
         layout = (f"{plan['face_workers']} actors x {plan['face_cpus']} CPU, each decode + faces + model" if plan.get("fused") else
                   f"{plan['face_workers']} face actors x {plan['face_cpus']} CPU (MTCNN on {plan.get('face_device', 'cpu')}), "
                   f"{plan['score_workers']} model actor(s) x {plan['score_cpus']} CPU / {plan['score_gpus']} GPU on {plan['device']}")
         lines.append(f"  plan: {layout}; "
                      f"load {p['load_before']} -> {p['load_after']}, other processes used {_f(p['resources']['cpu']['others_share'], '{:.0%}')} of the CPUs")
         mem = p["resources"]
-        roles = ", ".join(f"{k} {v['peak_rss_mb']:.0f} MB ({v['peak_private_mb']:.0f} private)" for k, v in sorted(mem["per_role"].items()) if k in ("face_worker", "score_worker", "driver", "raylet"))
+        roles = ", ".join(f"{k} {v['peak_rss_mb']:.0f} MB ({v['peak_private_mb']:.0f} private)" for k, v in sorted(mem["per_role"].items()) if k in ("face_score_worker", "face_worker", "score_worker", "driver", "raylet"))
         lines.append(f"  peak RSS: {roles}; object store peak {_f(mem['object_store_peak_mb'], '{:.1f}')} MB")
     lines.append("")
     lines.append(f"ideal (stage sum on {sm['cpus']} CPUs): {_f(sm['ideal_videos_per_min'], '{:.1f}')} videos/min; "
