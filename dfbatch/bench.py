@@ -77,6 +77,7 @@ class BenchSettings:
     fast: Profile = FAST
     rows_per_block: int = 2  # listing rows per Ray Data block: small blocks keep the face actors evenly loaded
     videos_per_score_batch: int | None = None  # None: the job's default (8), 2 on CPU
+    score_workers: int | None = None  # None: the job's plan (CPU only: model inside each face actor)
     quick: bool = False
 
     @classmethod
@@ -619,6 +620,7 @@ def run_pipeline(videos_dir: Path, n_videos: int, model_uri: str, s: BenchSettin
             device=s.device,
             precision=profile.precision,
             rows_per_block=s.rows_per_block,
+            score_workers=s.score_workers,
             videos_per_score_batch=s.videos_per_score_batch or (2 if cpu_only else 8),
             sampling=SamplingConfig(frames=s.frames, backend=profile.backend),
             faces=FaceConfig(detect_max_side=profile.detect_max_side, detect_every=profile.detect_every),
@@ -695,7 +697,10 @@ def run_bench(s: BenchSettings) -> dict:
     report["settings"] = settings
     report["archive"] = {"folder": str(videos_dir), "videos": len(videos), "distinct_files": len({p.resolve() for p in videos}),
                          "bytes_per_video": float(np.mean([p.stat().st_size for p in videos]))}
-    distinct = list({p.resolve(): p for p in videos}.values())
+    first: dict[Path, Path] = {}
+    for path in videos:
+        first.setdefault(path.resolve(), path)  # the first link to each distinct file
+    distinct = list(first.values())
     stage_paths = distinct[: max(1, s.stage_videos)]
     if s.run_pipeline:  # first: the driver's memory is then the job's own, and Ray is gone for the timings below
         log.warning("bench: pipeline (%d videos)", len(videos))

@@ -40,6 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline-videos", type=int, default=None, help="videos through the sequential baseline (default 3)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--score-workers", type=int, default=None, help="separate model actors (default on CPU: the model runs inside each face actor)")
     p.add_argument("--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--decode-backend", choices=("decord", "pyav"), default=FAST.backend, help=f"fast path decode backend (default {FAST.backend})")
     p.add_argument("--detect-max-side", type=int, default=FAST.detect_max_side, help=f"fast path MTCNN frame size (default {FAST.detect_max_side})")
@@ -55,12 +56,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def settings_from_args(args: argparse.Namespace):
     from dfbatch.bench import BenchSettings, Profile
 
-    for flag in ("videos", "unique", "frames", "stage_videos", "baseline_videos", "cpus", "detect_max_side", "detect_every"):
+    for flag in ("videos", "unique", "frames", "stage_videos", "baseline_videos", "cpus", "detect_max_side", "detect_every", "score_workers"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
     fast = Profile("fast", args.decode_backend, args.detect_max_side, args.detect_every, args.precision)
-    given = {k: getattr(args, k) for k in ("archive", "videos", "unique", "size", "seconds", "frames", "model", "stage_videos", "baseline_videos", "cpus", "ray_address") if getattr(args, k) is not None}
+    given = {k: getattr(args, k) for k in ("archive", "videos", "unique", "size", "seconds", "frames", "model", "stage_videos", "baseline_videos", "cpus", "ray_address", "score_workers") if getattr(args, k) is not None}
     common = dict(device=args.device, fast=fast, run_pipeline=not args.no_pipeline, run_baseline=not args.no_baseline, run_reference=not args.no_reference)
     if args.quick:
         return BenchSettings.quick_settings(args.output, **common, **given)
