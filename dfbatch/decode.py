@@ -153,12 +153,13 @@ def _decode_decord(path: str, want: int, threads: int, rotation: int, max_side: 
         del vr  # decord keeps native buffers until the reader is released (dmlc/decord#157)
 
 
-def _presentation_order(path: str, deadline: float) -> list[int] | None:
-    """Sorted pts of every video packet (frame i of the video = the i-th smallest, as decord indexes frames);
-    None when a packet has no pts or two share one (the caller then decodes sequentially)."""
+def _packet_index(path: str, deadline: float) -> tuple[list[int], list[bool]] | None:
+    """pts and keyframe flag of every video packet in decode order (demux only, no decoding); None when a
+    packet has no pts or two share one (the caller then decodes sequentially)."""
     import av
 
     pts: list[int] = []
+    keys: list[bool] = []
     with av.open(path, metadata_errors="ignore") as container:
         for n, packet in enumerate(container.demux(container.streams.video[0])):
             if packet.size == 0:  # the demuxer's final flush packet
@@ -166,45 +167,78 @@ def _presentation_order(path: str, deadline: float) -> list[int] | None:
             if packet.pts is None:
                 return None
             pts.append(int(packet.pts))
+            keys.append(bool(packet.is_keyframe))
             if n % 4096 == 0 and time.monotonic() > deadline:
                 raise DecodeError("over limit time_budget_s while decoding")
-    pts.sort()
-    return pts if pts and len(set(pts)) == len(pts) else None
+    return (pts, keys) if pts and len(set(pts)) == len(pts) else None
 
 
 def _decode_pyav_sparse(path: str, want: int, threads: int, rotation: int, max_side: int, deadline: float) -> tuple[np.ndarray, list[np.ndarray], float] | None:
-    """Decode only what the sampled frames need: packets of frames nobody references are skipped
-    (`skip_frame=NONREF` except on wanted frames), decoding stops after the last wanted frame.
-    Frames are bit-identical to a full decode (skipped frames are never used for prediction). None: cannot
-    map packets to frames (no/duplicate pts), or a wanted frame did not come out; use the sequential path."""
+    """Decode only what the sampled frames need. Frame i = the packet with the i-th smallest pts (decord's
+    indexing). Whole GOPs without a wanted frame are skipped by seeking to the keyframe a wanted frame needs;
+    inside a GOP, packets of unwanted frames are sent with `skip_frame=NONREF` (frames nothing references are
+    not decoded); decoding stops after the last wanted frame. Frames are bit-identical to a full decode.
+    None: packets cannot be mapped to frames (no/duplicate pts) or a wanted frame did not come out (damaged
+    file); the caller then decodes sequentially."""
     import av
 
-    order = _presentation_order(path, deadline)
-    if order is None:
+    index = _packet_index(path, deadline)
+    if index is None:
         return None
-    indices = sample_indices(len(order), want)
-    wanted = {order[i]: int(i) for i in indices.tolist()}
+    pts, keys = index
+    order = sorted(pts)
+    decode_pos = {p: i for i, p in enumerate(pts)}
+    wanted = {order[i]: int(i) for i in sample_indices(len(order), want).tolist()}
+    key_positions = [i for i, k in enumerate(keys) if k]
+
+    def start_of(p: int) -> int:
+        """Decode position of the keyframe to start from for the frame with pts p: the last keyframe before it
+        in decode order that is not displayed after it (open-GOP leading frames need the GOP before)."""
+        pos = decode_pos[p]
+        for k in reversed(key_positions):
+            if k <= pos and pts[k] <= p:
+                return k
+        return 0
+
     got: dict[int, np.ndarray] = {}
     scale = 1.0
+    fed = -1  # decode position of the last packet sent to the decoder
+    tried_seeks: set[int] = set()
     with av.open(path, metadata_errors="ignore") as container:
         stream = container.streams.video[0]
         ctx = stream.codec_context
         ctx.thread_count = max(1, threads)
         ctx.thread_type = "AUTO" if threads > 1 else "SLICE"
-        for packet in container.demux(stream):
-            if packet.size:
-                ctx.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
-            try:
-                decoded = ctx.decode(packet if packet.size else None)
-            except av.error.EOFError:
-                break
-            except av.error.FFmpegError:  # a damaged packet: the frames that depend on it may still come out
-                continue
-            for frame in decoded:
-                idx = wanted.get(frame.pts)
-                if idx is not None and idx not in got:
-                    got[idx], scale = _fit(frame.to_ndarray(format="rgb24"), rotation, max_side)
-            if len(got) == len(wanted) or time.monotonic() > deadline:
+        seek_to = None
+        while True:
+            if seek_to is not None:
+                container.seek(pts[seek_to], stream=stream, backward=True, any_frame=False)
+                ctx.flush_buffers()
+                seek_to = None
+            for packet in container.demux(stream):
+                if packet.size:
+                    fed = decode_pos.get(packet.pts, fed)
+                    ctx.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
+                try:
+                    decoded = ctx.decode(packet if packet.size else None)
+                except av.error.EOFError:
+                    break
+                except av.error.FFmpegError:  # a damaged packet: the frames that depend on it may still come out
+                    continue
+                for frame in decoded:
+                    idx = wanted.get(frame.pts)
+                    if idx is not None and idx not in got:
+                        got[idx], scale = _fit(frame.to_ndarray(format="rgb24"), rotation, max_side)
+                if len(got) == len(wanted) or time.monotonic() > deadline or not packet.size:
+                    break
+                pending = [p for p, i in wanted.items() if i not in got]
+                if all(decode_pos[p] > fed for p in pending):  # nothing in the decoder's delay: a seek loses nothing
+                    nxt = min(start_of(p) for p in pending)
+                    if nxt > fed + 1 and nxt not in tried_seeks:
+                        seek_to = nxt
+                        tried_seeks.add(nxt)
+                        break
+            if seek_to is None:
                 break
         if time.monotonic() > deadline:
             raise DecodeError("over limit time_budget_s while decoding")

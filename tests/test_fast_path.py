@@ -2,7 +2,8 @@
 bf16 model) against the reference path (decord, MTCNN on every sampled frame at 640 px, fp32) on real clips.
 
 Stated tolerances (docs/performance.md):
-* decode: PyAV returns the same frame indices and bit-identical pixels as decord (8-bit H.264 here);
+* decode: PyAV returns the same frame indices and bit-identical pixels as decord (8-bit H.264 here, also
+  with a keyframe every second, closed and open GOP, where it seeks);
 * faces: every reference track seen in >= 2 x detect_every (8) sampled frames has a fast twin covering >= 90 %
   of its frames, and the fast path has no other such track (shorter flickers may differ: MTCNN runs on every
   4th frame only); box IoU per frame >= 0.5, mean per track >= 0.75 (boxes between detections are interpolated);
@@ -105,6 +106,23 @@ def test_pyav_frames_identical_to_decord(clips, decoded):
         assert d.frames.shape == p.frames.shape, clip
         assert np.array_equal(d.frames, p.frames), f"{clip}: max diff {np.abs(d.frames.astype(int) - p.frames.astype(int)).max()}"
         assert _decode_pyav_sparse(clip, FRAMES, 1, 0, 1920, float("inf")) is not None, f"{clip}: sparse decode not taken"
+
+
+@pytest.mark.parametrize("gop", ["keyint=30:min-keyint=30:scenecut=0", "keyint=30:min-keyint=30:scenecut=0:open-gop=1:bframes=3"])
+def test_pyav_seeks_over_gops_same_frames(tmp_path, gop):
+    """A 30 s clip with a keyframe every second: the sparse decoder seeks to the GOPs that hold sampled
+    frames (open-GOP leading frames start from the GOP before) and returns decord's frames, bit for bit."""
+    from dfbatch import synth
+    from dfbatch.decode import _decode_pyav_sparse, read_frames
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (180, 320, 3), dtype=np.uint8)
+    path = synth.write_video(tmp_path / "gops.mp4", (np.roll(base, 3 * i, axis=1) for i in range(900)), 30, **{"x264-params": f"mbtree=0:{gop}"})
+    d = read_frames(str(path), SamplingConfig(backend="decord"), LimitsConfig(), frames=FRAMES)
+    p = read_frames(str(path), SamplingConfig(backend="pyav"), LimitsConfig(), frames=FRAMES)
+    assert d.indices.tolist() == p.indices.tolist() and len(p.indices) == FRAMES
+    assert np.array_equal(d.frames, p.frames)
+    assert _decode_pyav_sparse(str(path), FRAMES, 1, 0, 1920, float("inf")) is not None
 
 
 @pytest.mark.slow
