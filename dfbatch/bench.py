@@ -1,12 +1,12 @@
 """`dfbatch bench`: what the product is for, measured in one run on the same videos and the same model.
 
+* **pipeline** (first): videos/min through the Ray Data job (`pipeline.run_score`, fast settings), wall clock
+  (start-up included) and steady state (from the per-call `scored_at` stamps), with peak RSS per process
+  role, CPU used by our processes vs the machine, and the object store's high-water mark sampled meanwhile;
 * **stages** in isolation, one core each (CPU seconds per video): decode, detect, crop (track + fill + crop),
   model, for the *reference* settings (decord, MTCNN on every sampled frame at 640 px, fp32) and the *fast*
   ones (PyAV sparse decode, MTCNN on every 4th sampled frame at 320 px with boxes interpolated, bf16);
 * **agreement** of the fast path with the reference on those videos (tracks, box IoU, probabilities);
-* **pipeline**: videos/min through the Ray Data job (`pipeline.run_score`, fast settings), wall clock
-  (start-up included) and steady state (from the per-batch `scored_at` stamps), with peak RSS per worker
-  role and object-store use sampled while it runs;
 * **baseline**: the straightforward way, one video at a time: OpenCV reads the first N frames one by one,
   MTCNN (facenet-pytorch defaults) on every full-resolution frame, the most confident face cropped, the same
   model in fp32 per video;
@@ -26,7 +26,7 @@ import os
 import platform
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np

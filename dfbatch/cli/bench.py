@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", default="bench-out", metavar="OUT", help="folder for the archive cache, model, results and bench.json (default bench-out)")
     p.add_argument("--quick", action="store_true", help="a few short small clips and a tiny model: proves the bench runs (numbers meaningless)")
     p.add_argument("--archive", default=None, metavar="DIR", help="score the videos in DIR instead of the generated archive")
-    p.add_argument("--videos", type=int, default=None, help="videos through the pipeline (default 120; distinct clips repeat by symlink)")
+    p.add_argument("--videos", type=int, default=None, help="videos through the pipeline (default 120; distinct clips repeat by symlink; ignored with --archive)")
     p.add_argument("--unique", type=int, default=None, help="distinct generated clips (default 8)")
     p.add_argument("--size", type=_size, default=None, metavar="WxH", help="generated clip size (default 1280x720)")
     p.add_argument("--seconds", type=float, default=None, help="generated clip length (default 10)")
