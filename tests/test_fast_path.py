@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pathlib import Path
 
 from dfbatch.config import FaceConfig, LimitsConfig, SamplingConfig
 
@@ -32,13 +33,12 @@ DP_FRAME, DP_VIDEO, DP_END_TO_END = 0.03, 0.01, 0.06
 def clips(tmp_path_factory):
     """Real clips: two 1280x720 H.264 clips made from tests/data (carphone, astronaut) and the carphone original."""
     from dfbatch import synth
-    from tests.conftest import CARPHONE
 
     root = tmp_path_factory.mktemp("fast_path")
     return [
         str(synth.real_clip(root / "carphone_720p.mp4", seed=3, size=(1280, 720), seconds=4.0, fps=30, source="pristine")),
         str(synth.real_clip(root / "astronaut_720p.mp4", seed=4, size=(1280, 720), seconds=4.0, fps=30, source="astronaut")),
-        str(CARPHONE),
+        str(Path(__file__).parent / "data" / "carphone_pristine.mp4"),
     ]
 
 
