@@ -223,8 +223,10 @@ def run_score(cfg: ScoreConfig) -> Summary:
     listing = Listing(iter_videos(cfg.sources, storage), skip_ids=done, rows_per_table=cfg.rows_per_block)
     first = next(iter_first := iter(listing), None)  # lists up to the first block: a bad SOURCE fails before any run starts
     counts = listing.counts
-    mlflow.set_experiment(cfg.experiment)
-    with mlflow.start_run(run_name=f"score-{job_id}") as run:
+    client = mlflow.MlflowClient()  # no global set_experiment: the caller's MLflow state stays as it was
+    experiment = client.get_experiment_by_name(cfg.experiment)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(cfg.experiment)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"score-{job_id}") as run:
         summary.mlflow_run_id = run.info.run_id
         mlflow.log_params(
             {
