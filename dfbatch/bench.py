@@ -756,6 +756,8 @@ def summarize(r: dict) -> dict:
         "pipeline_overhead_throughput": (_ratio(ideal, steady) - 1.0) if ideal and steady else None,
         "pipeline_overhead_throughput_load_adjusted": (_ratio(ideal * (1.0 - window["others_share"]), steady) - 1.0) if ideal and steady and window else None,
         "others_cpu_share_steady": window["others_share"] if window else None,
+        # what an otherwise idle machine would give in steady state: all cores / CPU seconds per video in the run
+        "pipeline_steady_videos_per_min_idle_estimate": 60.0 * cpus / window["ours_cpu_s_per_video"] if window else None,
         "reference_stage_sum_cpu_s_per_video": (stages.get("reference") or {}).get("sum_cpu_s_per_video"),
     }
     s["targets"] = {
@@ -816,6 +818,8 @@ def format_report(r: dict) -> str:
                  f"{_f(sm['pipeline_overhead_throughput'], '{:.0%}')}, {_f(sm['pipeline_overhead_throughput_load_adjusted'], '{:.0%}')} "
                  f"without the {_f(sm['others_cpu_share_steady'], '{:.0%}')} of the CPUs other processes took); "
                  f"speed-up vs baseline {_f(sm['speedup_vs_baseline'], '{:.1f}x')} wall ({_f(sm['steady_speedup_vs_baseline'], '{:.1f}x')} steady)")
+    if sm.get("pipeline_steady_videos_per_min_idle_estimate"):
+        lines.append(f"idle-machine estimate (cores / pipeline CPU s per video): {sm['pipeline_steady_videos_per_min_idle_estimate']:.1f} videos/min steady")
     lines.append("targets: " + "; ".join(f"{k}: {'n/a' if v is None else ('PASS' if v else 'MISS')}" for k, v in sm["targets"].items()))
     if r.get("quick"):
         lines.append("(--quick: tiny model and clips; the numbers prove the bench runs, they measure nothing)")

@@ -161,7 +161,9 @@ def build_dataset(cfg: ScoreConfig, listing, storage: Storage, bundle, plan: dic
         return ds.map_batches(
             FaceScoreStage,
             fn_constructor_kwargs=dict(face_kwargs=face_kwargs, score_kwargs=score_kwargs),
-            batch_size=1,
+            # 2 videos per call: their sequences share one forward pass, which halves the LSTM's weight reads
+            # (measured on CPU: 0.43 -> 0.35 s per video in bf16; 4 is slower again, activations leave the cache)
+            batch_size=min(2, max(1, cfg.videos_per_score_batch)),
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=plan["face_workers"]),
             num_cpus=plan["face_cpus"],
