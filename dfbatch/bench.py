@@ -826,5 +826,52 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
+def format_markdown(r: dict) -> str:
+    """The headline numbers as a Markdown table (for the README / docs/performance.md)."""
+    st, m, sm, stages = r["settings"], r["machine"], r["summary"], r["stages"]
+    ref, fast = stages.get("reference"), stages["fast"]
+    p, b, ag = r.get("pipeline") or {}, r.get("baseline") or {}, r.get("agreement") or {}
+    rows = [
+        f"Machine: {m['cpu_model']}, {m['usable_cpus']} CPUs, {m['memory_gb']} GB, GPU: {', '.join(m['gpus']) or 'none'}; torch {r['versions']['torch']}, "
+        f"ray {r['versions']['ray']}; bench started {r['started']}, load average {r['load_start']} at start, {r['load_end']} at the end. "
+        f"{r['archive']['videos']} videos ({r['archive']['distinct_files']} distinct) {st['size'][0]}x{st['size'][1]} {st['seconds']:g} s H.264, "
+        f"{st['frames']} frames, {r['model']['describe']}.",
+        "",
+        "| stage, 1 thread, CPU s per video | reference | fast |",
+        "|---|---|---|",
+    ]
+    for k in ("decode", "detect", "crop", "model"):
+        rows.append(f"| {k} | {_f(ref and ref['cpu_s_per_video'][k], '{:.3f}')} | {fast['cpu_s_per_video'][k]:.3f} |")
+    rows.append(f"| **sum** | {_f(ref and ref['sum_cpu_s_per_video'], '{:.3f}')} | **{fast['sum_cpu_s_per_video']:.3f}** |")
+    rows += ["", "| | value |", "|---|---|"]
+    if p:
+        w = p.get("steady_window") or {}
+        rows += [
+            f"| pipeline, wall clock ({p['videos']} videos, start-up included) | **{p['videos_per_min']:.1f} videos/min** ({p['wall_s']:.1f} s) |",
+            f"| pipeline, steady state | {_f(p['steady_videos_per_min'], '{:.1f}')} videos/min (start-up {_f(p['startup_s'], '{:.1f}')} s) |",
+            f"| CPU share other processes took during the steady state | {_f(w.get('others_share'), '{:.0%}')} |",
+            f"| pipeline CPU s per video (all our processes, steady) | {_f(w.get('ours_cpu_s_per_video'), '{:.3f}')} |",
+            f"| idle-machine estimate (cores / CPU s per video) | {_f(sm.get('pipeline_steady_videos_per_min_idle_estimate'), '{:.1f}')} videos/min |",
+        ]
+    if b:
+        rows.append(f"| baseline (sequential, {b['threads']} thread(s)) | {b['videos_per_min']:.1f} videos/min ({b['wall_s_per_video']:.2f} s/video) |")
+    rows += [
+        f"| speed-up vs baseline | **{_f(sm['speedup_vs_baseline'], '{:.1f}x')}** wall, {_f(sm['steady_speedup_vs_baseline'], '{:.1f}x')} steady |",
+        f"| ideal (stage sum on {sm['cpus']} CPUs) | {_f(sm['ideal_videos_per_min'], '{:.1f}')} videos/min |",
+        f"| pipeline overhead (CPU s per video / stage sum - 1) | **{_f(sm['pipeline_overhead'], '{:.0%}')}** |",
+    ]
+    if p:
+        mem = p["resources"]
+        for role, v in sorted(mem["per_role"].items()):
+            if role in ("face_score_worker", "face_worker", "score_worker", "driver"):
+                rows.append(f"| peak RSS {role} ({v['processes']}) | {v['peak_rss_mb']:.0f} MB ({v['peak_private_mb']:.0f} MB private) |")
+        rows.append(f"| object store high-water mark | {_f(mem['object_store_peak_mb'], '{:.0f}')} MB |")
+    if ag:
+        rows.append(f"| fast vs reference | same frames: {ag['same_frames']}; long tracks missed: {ag['long_tracks_missed']}; box IoU min {_f(ag['min_frame_iou'], '{:.2f}')}, "
+                    f"mean {_f(ag['mean_frame_iou'], '{:.2f}')}; max dP video {_f(ag['max_abs_dprob_video'], '{:.4f}')} |")
+    rows += ["", "Targets: " + "; ".join(f"{k}: {'n/a' if v is None else ('met' if v else 'missed')}" for k, v in sm["targets"].items()) + "."]
+    return "\n".join(rows)
+
+
 __all__ = ["BenchSettings", "FAST", "REFERENCE", "Profile", "agreement", "format_report", "machine_info", "measure_stages",
-           "run_baseline", "run_bench", "run_pipeline", "summarize"]
+           "run_baseline", "run_bench", "run_pipeline", "summarize", "format_markdown"]

@@ -50,6 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-baseline", action="store_true", help="skip the sequential baseline")
     p.add_argument("--no-reference", action="store_true", help="skip the reference-settings stage timings (and the agreement check)")
     p.add_argument("--json", action="store_true", help="print the whole report as JSON instead of the table")
+    p.add_argument("--markdown", action="store_true", help="also print the headline numbers as a Markdown table")
     p.set_defaults(func=run)
 
 
@@ -69,9 +70,11 @@ def settings_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from dfbatch.bench import format_report, run_bench
+    from dfbatch.bench import format_markdown, format_report, run_bench
 
     report = run_bench(settings_from_args(args))
     print(json.dumps(report, indent=2, default=str) if args.json else format_report(report))
+    if args.markdown:
+        print("\n" + format_markdown(report))
     print(f"\nwritten: {args.output}/bench.json")
     return 0
