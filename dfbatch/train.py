@@ -45,6 +45,7 @@ import json
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
 import uuid
@@ -82,6 +83,7 @@ class TrainConfig:
     input_size: int = 112
     seq_len: int = 16
     dropout: float = 0.3
+    freeze_blocks: int = 0  # the backbone's first N blocks keep their (pretrained) weights: cheaper steps
     # optimisation
     epochs: int = 10
     batch_size: int = 8  # sequences per worker per step
@@ -98,6 +100,7 @@ class TrainConfig:
     sbi_fraction: float = 0.5
     augment: bool = True
     pool_size: int = 256
+    shuffle_buffer: int = 256  # train rows shuffled locally per epoch (prepared parts are label-ordered); 0: off
     loader_threads: int | None = None  # threads building sequences per worker (None: cpus_per_worker)
     val_sbi: str = "auto"  # auto | on | off
     val_frame_aggregation: str = "mean"  # like ScoreConfig.frame_aggregation (mean | max | median | model)
@@ -123,6 +126,8 @@ class TrainConfig:
     s3_endpoint_url: str | None = None
     augment_config: dict = field(default_factory=dict)  # AugmentConfig overrides
     sbi_config: dict = field(default_factory=dict)  # SBIConfig overrides (margin comes from the shards)
+    progress: bool = False  # rank 0 prints one line per epoch (loss, val metrics, time) to stdout
+    worker_log_level: str = "INFO"  # level of the logs of the Ray Train controller and workers (ray.train, root)
 
     def __post_init__(self) -> None:
         checks = [
@@ -131,6 +136,8 @@ class TrainConfig:
             (self.num_workers >= 1, "--workers must be >= 1"),
             (self.lr > 0, "--lr must be > 0"),
             (self.seq_len >= 1, "--seq-len must be >= 1"),
+            (self.freeze_blocks >= 0, "--freeze-blocks must be >= 0"),
+            (self.shuffle_buffer >= 0, "--shuffle-buffer must be >= 0"),
             (self.balance in ("sampler", "none"), "--balance: sampler or none"),
             (self.sbi in SBI_MODES, f"--sbi: one of {', '.join(SBI_MODES)}"),
             (0.0 <= self.sbi_fraction <= 1.0, "--sbi-fraction must be within [0, 1]"),
@@ -141,6 +148,8 @@ class TrainConfig:
             (self.val_frame_aggregation in ("mean", "max", "median", "model"), "bad val frame aggregation"),
             (self.val_track_aggregation in ("mean", "max", "median"), "bad val track aggregation"),
             (self.patience >= 0 and self.keep_checkpoints >= 1, "--patience >= 0 and --keep-checkpoints >= 1"),
+            (str(self.worker_log_level).upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+             "worker log level: DEBUG, INFO, WARNING, ERROR or CRITICAL"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -378,8 +387,10 @@ def _lr_at(cfg: TrainConfig, epoch: int) -> float:
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / span))
 
 
-def _iter_rows(it, batch_size: int = 16, columns: list[str] | None = None) -> Iterator[dict]:
-    for batch in it.iter_batches(batch_size=batch_size, batch_format="pyarrow", prefetch_batches=2):
+def _iter_rows(it, batch_size: int = 16, columns: list[str] | None = None, shuffle_buffer: int = 0,
+               seed: int | None = None) -> Iterator[dict]:
+    shuffle = dict(local_shuffle_buffer_size=shuffle_buffer, local_shuffle_seed=seed) if shuffle_buffer else {}
+    for batch in it.iter_batches(batch_size=batch_size, batch_format="pyarrow", prefetch_batches=2, **shuffle):
         if columns:
             batch = batch.select([c for c in columns if c in batch.column_names])
         yield from batch.to_pylist()
@@ -436,6 +447,20 @@ def _validate(model, spec, rows: Iterable[dict], cfg: TrainConfig, builder: Sequ
     return video_metrics(y, p)
 
 
+def freeze_backbone_blocks(model, n: int) -> int:
+    """Stop gradients into the first ``n`` child blocks of the backbone body (their BatchNorm statistics still
+    adapt); returns the number of frozen parameters."""
+    if n <= 0:
+        return 0
+    body = model.backbone.body if hasattr(model, "backbone") else model.model  # native | seed-compatible
+    frozen = 0
+    for block in list(body.children())[:n]:
+        for p in block.parameters():
+            p.requires_grad_(False)
+            frozen += p.numel()
+    return frozen
+
+
 def train_loop_per_worker(config: dict) -> None:
     """The Ray Train worker function (see module doc)."""
     import ray.train
@@ -447,6 +472,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     cfg = TrainConfig.from_dict(config["cfg"])
     spec = ModelSpec.from_dict(config["spec"])
+    logging.getLogger().setLevel(str(cfg.worker_log_level).upper())  # Ray Train sets the worker's root to INFO
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -468,8 +494,10 @@ def train_loop_per_worker(config: dict) -> None:
         opt_state, scaler_state = saved["optimizer"], saved.get("scaler")
         if rank == 0:
             log.info("resuming after epoch %d", state["epoch"])
+    freeze_backbone_blocks(model, cfg.freeze_blocks)
     model = ray.train.torch.prepare_model(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
     if opt_state is not None:
         optimizer.load_state_dict(opt_state)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
@@ -535,7 +563,9 @@ def train_loop_per_worker(config: dict) -> None:
             return [(seq, 1 if it.label == "FAKE" else 0) for seq, it in zip(seqs, items)]
 
         pending: list[Item] = []
-        for row in _iter_rows(train_it, columns=SHARD_COLUMNS):
+        # the sampler's pools fill from this stream: shuffled, an epoch does not start with one label only
+        for row in _iter_rows(train_it, columns=SHARD_COLUMNS, shuffle_buffer=cfg.shuffle_buffer,
+                              seed=int(rng.integers(2**31))):
             pending.append(sampler.feed(row))
             seen += 1
             if len(pending) == cfg.batch_size:
@@ -579,6 +609,12 @@ def train_loop_per_worker(config: dict) -> None:
         metrics = _sanitize(metrics)
         state["epoch"] = epoch + 1
         state["history"].append(metrics)
+        if cfg.progress and rank == 0:  # stdout itself: Ray Train's print patch would print it twice
+            sys.stdout.write(f"epoch {epoch + 1}/{cfg.epochs}  train loss {metrics['train_loss']:.3f}  "
+                             f"val AUC {metrics.get('val_auc', float('nan')):.3f}  val log loss "
+                             f"{metrics.get('val_log_loss', float('nan')):.3f}  ({metrics['epoch_time_s']:.0f} s)"
+                             + ("  early stop" if stop else "") + "\n")
+            sys.stdout.flush()
 
         with tempfile.TemporaryDirectory(prefix="dfbatch-ckpt-") as d:
             ckpt = None
@@ -736,7 +772,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     """Train (or resume) on Ray Train, log to MLflow, register the best checkpoint. See the module doc."""
     import ray
     from mlflow import MlflowClient
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from dfbatch import registry
@@ -794,7 +830,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints,
                                                                 checkpoint_score_attribute="score",
                                                                 checkpoint_score_order="max"),
-                             failure_config=FailureConfig(max_failures=cfg.max_failures)),
+                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             logging_config=LoggingConfig(log_level=str(cfg.worker_log_level).upper())),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"]),
     )
