@@ -392,8 +392,13 @@ def run_baseline(paths: list[Path], bundle, frames: int, device: str = "cpu") ->
         for threads in dict.fromkeys([os.cpu_count() or 1, 1]):
             torch.set_num_threads(threads)
             cv2.setNumThreads(threads)
-            if not tried:
-                one(paths[0])  # warm-up (first MTCNN/model calls)
+            if not tried:  # warm-up: first MTCNN and model calls
+                cap = cv2.VideoCapture(str(paths[0]))
+                ok, bgr = cap.read()
+                cap.release()
+                if ok:
+                    mtcnn.detect(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+                predict_crops(net, np.zeros((1, 2, size, size, 3), np.uint8), device=device)
             tried[threads] = one(paths[0])["wall_s"]
         best = min(tried, key=tried.get)
         torch.set_num_threads(best)
