@@ -163,9 +163,9 @@ class ScoreStage:
 
 class FaceScoreStage:
     """CPU-only clusters: one actor per core does decode + faces + model for its video (`FaceStage` then
-    `ScoreStage` in one process). On CPU a batch of sequences costs the same per video as one, so batching
-    across videos buys nothing; in exchange the layout balances itself on any core count (no ratio of model
-    to face actors to tune) and crops never pass through the object store."""
+    `ScoreStage` in one process; 2 videos per call share a forward pass, more buys nothing on CPU). The layout
+    balances itself on any core count (no ratio of model to face actors to tune) and crops never pass
+    through the object store."""
 
     def __init__(self, *, face_kwargs: dict, score_kwargs: dict):
         from dfbatch.faces import FaceStage
