@@ -767,7 +767,9 @@ def summarize(r: dict) -> dict:
     }
     s["targets"] = {
         "pipeline_videos_per_min >= 60": None if wall_rate is None else wall_rate >= TARGETS["pipeline_videos_per_min"],
-        "speedup_vs_baseline >= 6": None if s["speedup_vs_baseline"] is None else s["speedup_vs_baseline"] >= TARGETS["speedup_vs_baseline"],
+        "speedup_vs_baseline >= 6 (wall, pipeline start-up included)": None if s["speedup_vs_baseline"] is None else s["speedup_vs_baseline"] >= TARGETS["speedup_vs_baseline"],
+        # like for like: the baseline's s/video is measured warm (after its MTCNN and model are loaded)
+        "speedup_vs_baseline >= 6 (steady state, both warm)": None if s["steady_speedup_vs_baseline"] is None else s["steady_speedup_vs_baseline"] >= TARGETS["speedup_vs_baseline"],
         "pipeline_overhead <= 20% (CPU per video, steady state)": None if s["pipeline_overhead"] is None else s["pipeline_overhead"] <= TARGETS["pipeline_overhead"],
     }
     return s

@@ -130,7 +130,7 @@ def build_dataset(cfg: ScoreConfig, listing, storage: Storage, bundle, plan: dic
     import ray
 
     from dfbatch.faces import FaceStage
-    from dfbatch.score import FaceScoreStage, ScoreStage
+    from dfbatch.score import FaceScoreStage, ScoreStage, shareable_bundle
 
     ds = ray.data.from_arrow_refs([ray.put(table) for table in listing])
     face_kwargs = dict(
@@ -143,7 +143,7 @@ def build_dataset(cfg: ScoreConfig, listing, storage: Storage, bundle, plan: dic
         threads=plan.get("face_threads", max(1, int(plan["face_cpus"]))),
         device=plan.get("face_device", "cpu"),
     )
-    bundle_ref = ray.put(bundle)
+    bundle_ref = ray.put(shareable_bundle(bundle))
     score_kwargs = dict(
         bundle_ref=[bundle_ref],
         device=plan["device"],

@@ -66,5 +66,5 @@ def test_quick_bench_end_to_end(tmp_path):
     summary = report["summary"]
     for key in ("ideal_videos_per_min", "pipeline_videos_per_min", "baseline_videos_per_min", "speedup_vs_baseline", "pipeline_overhead", "targets"):
         assert key in summary, key
-    assert len(summary["targets"]) == 3
+    assert len(summary["targets"]) == 4
     assert list(out.glob("bench-*.json")), "timestamped copy missing"
