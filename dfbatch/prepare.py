@@ -331,32 +331,11 @@ def read_shards(output: str, split: str | None = None, storage: Storage | None =
     return pads.dataset(files, schema=SHARD_SCHEMA, format="parquet", filesystem=store.fs).to_table().to_pandas()
 
 
-class ShardDatasink:
-    """Ray Data datasink: each write task commits one part (see ShardStore.write_part)."""
+def ShardDatasink(output: str, storage: Storage, job_id: str):
+    """Ray Data datasink: each write task commits one shard part (see ShardStore.write_part)."""
+    from dfbatch.sink import CommitDatasink
 
-    def __new__(cls, *args, **kwargs):  # build the subclass lazily so importing this module does not import Ray
-        from ray.data import Datasink
-
-        class _Sink(Datasink):
-            def __init__(self, output: str, storage: Storage, job_id: str):
-                self.output, self.storage, self.job_id = output, storage, job_id
-                self.totals: Counter = Counter()
-
-            def write(self, blocks, ctx) -> dict:
-                rows = []
-                for block in blocks:
-                    rows.extend(block.to_pylist() if isinstance(block, pa.Table) else pa.Table.from_pandas(block).to_pylist())
-                return ShardStore(self.output, self.storage).write_part(rows, self.job_id)
-
-            def on_write_complete(self, write_result) -> None:
-                for counts in write_result.write_returns:
-                    self.totals.update(counts or {})
-
-            @property
-            def min_rows_per_write(self) -> int:
-                return 32
-
-        return _Sink(*args, **kwargs)
+    return CommitDatasink(output, storage, job_id, store_cls=ShardStore, min_rows=32)
 
 
 # ----------------------------------------------------------------------------------------------------- job
