@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dfbatch.config import REFERENCE_FACES, FaceConfig, SamplingConfig
+
 log = logging.getLogger(__name__)
 
 BENCH_FORMAT = "dfbatch-bench/1"
@@ -46,13 +48,17 @@ class Profile:
     detect_max_side: int
     detect_every: int
     precision: str  # fp32 | bf16 | fp16
+    min_face_px: int | None = FaceConfig.min_face_px
 
     def describe(self) -> str:
-        return f"{self.backend}, MTCNN {self.detect_max_side} px every {self.detect_every}, {self.precision}"
+        return f"{self.backend}, MTCNN {self.detect_max_side} px every {self.detect_every}, faces >= {self.min_face_px or 'auto'} px, {self.precision}"
+
+    def faces(self) -> FaceConfig:
+        return FaceConfig(detect_max_side=self.detect_max_side, detect_every=self.detect_every, min_face_px=self.min_face_px)
 
 
-REFERENCE = Profile("reference", "decord", 640, 1, "fp32")
-FAST = Profile("fast", "pyav", 320, 4, "bf16")
+REFERENCE = Profile("reference", "decord", REFERENCE_FACES["detect_max_side"], REFERENCE_FACES["detect_every"], "fp32", REFERENCE_FACES["min_face_px"])
+FAST = Profile("fast", SamplingConfig.backend, FaceConfig.detect_max_side, FaceConfig.detect_every, "auto")  # the job's defaults
 
 
 @dataclass
@@ -103,6 +109,8 @@ def _cpu_model() -> str:
 def machine_info() -> dict:
     import torch
 
+    from dfbatch.model import cpu_bf16_supported
+
     try:
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):
@@ -119,15 +127,6 @@ def machine_info() -> dict:
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else [],
     }
     return info
-
-
-def cpu_bf16_supported() -> bool:
-    import torch
-
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:
-        return False
 
 
 def versions() -> dict:
@@ -238,7 +237,7 @@ def measure_stages(paths: list[Path], profile: Profile, bundle, frames: int, dev
     import cv2
     import torch
 
-    from dfbatch.config import FaceConfig, LimitsConfig, SamplingConfig
+    from dfbatch.config import LimitsConfig
     from dfbatch.decode import read_frames
     from dfbatch.faces import FaceDetector, faces_in_frames
     from dfbatch.score import Scorer
@@ -246,7 +245,7 @@ def measure_stages(paths: list[Path], profile: Profile, bundle, frames: int, dev
     torch.set_num_threads(threads)
     cv2.setNumThreads(threads)
     sampling = SamplingConfig(frames=frames, backend=profile.backend, decode_threads=threads)
-    faces_cfg = FaceConfig(detect_max_side=profile.detect_max_side, detect_every=profile.detect_every)
+    faces_cfg = profile.faces()
     detector = FaceDetector(faces_cfg, device=device)
     scorer = Scorer(bundle.spec, bundle.state_dict, device=device, precision=profile.precision, threads=threads)
     crop_size = int(bundle.spec.input_size)
@@ -595,7 +594,7 @@ def run_pipeline(videos_dir: Path, n_videos: int, model_uri: str, s: BenchSettin
     import ray
     import ray.data
 
-    from dfbatch.config import FaceConfig, SamplingConfig, ScoreConfig
+    from dfbatch.config import ScoreConfig
     from dfbatch.pipeline import init_ray, run_score
     from dfbatch.sink import read_results
 
@@ -628,7 +627,7 @@ def run_pipeline(videos_dir: Path, n_videos: int, model_uri: str, s: BenchSettin
             score_workers=s.score_workers,
             videos_per_score_batch=s.videos_per_score_batch or (2 if cpu_only else 8),
             sampling=SamplingConfig(frames=s.frames, backend=profile.backend),
-            faces=FaceConfig(detect_max_side=profile.detect_max_side, detect_every=profile.detect_every),
+            faces=profile.faces(),
         )
         load_before = load()
         with ResourceMonitor() as mon:
@@ -684,6 +683,8 @@ def run_bench(s: BenchSettings) -> dict:
     """Run everything `s` asks for; returns the report (also written to OUT/bench.json)."""
     import torch
 
+    from dfbatch.model import resolve_precision
+
     out = Path(s.output)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -693,8 +694,7 @@ def run_bench(s: BenchSettings) -> dict:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     fast = s.fast
-    if fast.precision == "bf16" and device == "cpu" and not cpu_bf16_supported():
-        fast = dataclasses.replace(fast, precision="fp32")  # emulated bf16 is slower than fp32
+    fast = dataclasses.replace(fast, precision=resolve_precision(fast.precision, device))  # auto: bf16 where native
     videos_dir, videos = prepare_archive(s)
     model_uri = prepare_model(s)
     settings = dataclasses.asdict(s)

@@ -28,14 +28,25 @@ class SamplingConfig:
 class FaceConfig:
     """MTCNN detection on downscaled frames, IoU tracking, crops with a margin."""
 
-    detect_max_side: int = 640  # frames are downscaled so their longest side is at most this for MTCNN
-    detect_every: int = 1  # run MTCNN on every k-th sampled frame; boxes are interpolated in between
+    detect_max_side: int = 320  # MTCNN sees frames downscaled to this longest side (less if min_face_px needs more)
+    detect_every: int = 4  # run MTCNN on every k-th sampled frame (and the last); boxes are interpolated in between
     min_face_prob: float = 0.90
-    min_face_px: int = 24  # minimum face size in full-resolution pixels
+    # smallest face searched, full-resolution pixels: None = 24 px or 12 px at the detection size, whichever is
+    # larger (48 px in 720p at 320 px); a number is honoured exactly (the detection size grows when needed)
+    min_face_px: int | None = None
     margin: float = 0.25  # fraction of the box size added on each side before cropping
     iou_threshold: float = 0.3  # link detections in consecutive frames into one track
     max_tracks: int = 4  # score at most this many tracks (largest first)
     min_track_frames: int = 2  # a track seen in fewer sampled frames is dropped (unless it is the only one)
+
+    @property
+    def min_face(self) -> int:
+        """The size filter in full-resolution pixels (the detection size may raise it further when unset)."""
+        return self.min_face_px or 24
+
+
+# the detection settings before the fast path (`dfbatch score --reference`; the benchmark's reference profile)
+REFERENCE_FACES = {"detect_max_side": 640, "detect_every": 1, "min_face_px": None}
 
 
 @dataclass
@@ -64,7 +75,7 @@ class ScoreConfig:
     frame_aggregation: str = "mean"
     threshold: float | None = None  # None: the registered model's threshold
     device: str = "auto"  # auto | cpu | cuda
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast)
+    precision: str = "auto"  # auto (bf16 where the GPU/CPU has it, else fp32) | fp32 | bf16 | fp16
     score_batch_size: int = 16  # track sequences per forward pass
     videos_per_score_batch: int = 8  # videos handed to one scoring call
     face_workers: int | None = None  # CPU face-stage actors; None: one per CPU (min 1)
@@ -85,8 +96,10 @@ class ScoreConfig:
             raise UserError(f"unknown track aggregation {self.track_aggregation!r} (choose from {', '.join(TRACK_AGGREGATIONS)})")
         if self.frame_aggregation not in FRAME_AGGREGATIONS:
             raise UserError(f"unknown frame aggregation {self.frame_aggregation!r} (choose from {', '.join(FRAME_AGGREGATIONS)})")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise UserError(f"unknown precision {self.precision!r} (fp32, bf16 or fp16)")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise UserError(f"unknown precision {self.precision!r} (auto, fp32, bf16 or fp16)")
+        if self.faces.detect_every < 1 or self.faces.detect_max_side < 12 or (self.faces.min_face_px or 1) < 1:
+            raise UserError("--detect-every must be at least 1, --detect-max-side at least 12, --min-face-px at least 1")
         if self.sampling.frames is not None and self.sampling.frames < 1:
             raise UserError("--frames must be at least 1")
         if self.sampling.backend not in ("decord", "pyav"):

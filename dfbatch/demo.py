@@ -124,16 +124,12 @@ def build_archives(cfg: DemoConfig) -> tuple[str, str]:
 
 
 _NOISY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.air", "mlflow", "alembic")
-# for the processes of a Ray started by the demo (Ray Train controller and workers, Ray Data coordinators):
-# no progress bars, Ray Data and Python deprecation chatter off. A variable the user set wins.
-_QUIET_WORKER_ENV = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_DATA_LOG_LEVEL": "ERROR",
-                     "PYTHONWARNINGS": "ignore::DeprecationWarning"}
 
 
 @contextlib.contextmanager
 def quiet_ray(enabled: bool = True, bars: bool = False):
     """Ray Data progress bars off (unless `bars`) and Ray/MLflow INFO logs hidden in the driver (the Ray Train
-    workers get the same through the datasets' DataContext and `_QUIET_WORKER_ENV`); restored afterwards."""
+    workers get the same through the datasets' DataContext and `pipeline.QUIET_WORKER_ENV`); restored afterwards."""
     if not enabled:
         yield
         return
@@ -157,46 +153,15 @@ def quiet_ray(enabled: bool = True, bars: bool = False):
             logging.getLogger(name).setLevel(level)
 
 
-def _start_ray(quiet: bool) -> int:
-    """Start (or join) Ray; returns the cluster's CPU count.
-
-    Quiet: the processes of a Ray started here log errors only and get `_QUIET_WORKER_ENV` (Ray Train's placement
-    group monitor, for one, warns every second when there is no dashboard to ask); the driver's own logging and
-    Ray Data defaults stay as they were, so `dfbatch score`'s progress bars are unchanged."""
-    import ray
-
-    from dfbatch.pipeline import init_ray
-
-    if not quiet or ray.is_initialized():
-        init_ray()
-        return max(1, int(ray.cluster_resources().get("CPU", 1)))
-    from ray.data import DataContext
-
-    DataContext.get_current()  # the driver's defaults, fixed before the workers' environment changes
-    for k, v in _QUIET_WORKER_ENV.items():
-        os.environ.setdefault(k, v)
-    root = logging.getLogger()
-    root_state = (root.level, list(root.handlers))
-    notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
-    notice.setLevel(logging.ERROR)  # the one-time "token authentication is enabled" notice
-    try:
-        # as pipeline.init_ray, plus the job's logging config (it reaches every worker of the job)
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
-                 logging_level=logging.WARNING, logging_config=ray.LoggingConfig(log_level="ERROR"))
-    finally:
-        notice.setLevel(logging.NOTSET)
-        root.setLevel(root_state[0])  # ray.init applied the job's config to this process too: undo it here
-        root.handlers[:] = root_state[1]
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))
-
-
 def run_demo(cfg: DemoConfig) -> dict:
     """Run every step; returns the evaluation metrics (plus paths and timings)."""
+    import ray
+
     from dfbatch import registry
     from dfbatch.config import ScoreConfig
     from dfbatch.datasets import load_labels
     from dfbatch.evaluate import format_table, join_labels, video_metrics
-    from dfbatch.pipeline import run_score
+    from dfbatch.pipeline import init_ray, run_score
     from dfbatch.prepare import PrepareConfig, run_prepare
     from dfbatch.sink import read_results
     from dfbatch.train import train
@@ -215,7 +180,8 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     t = time.time()
     say("2/4 preparing face-sequence shards (decode + MTCNN + tracks + crops: the scoring job's own stages)")
-    cpus = _start_ray(cfg.quiet)
+    init_ray(quiet=cfg.quiet)
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     shards = os.path.join(cfg.root, "shards")
     with quiet_ray(cfg.quiet):
         prep = run_prepare(PrepareConfig(sources=[os.path.join(train_dir, "labels.csv")], output=shards,

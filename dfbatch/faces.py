@@ -25,6 +25,8 @@ from dfbatch.decode import DecodeError, local_copy, read_frames
 from dfbatch.storage import Storage, redact
 
 
+MTCNN_MIN_PX = 12  # facenet's P-Net window: smaller faces are never found (and min_face_size < 12 raises)
+
 # one row per video between the face stage and the score stage (crops: uint8 (sum of track lengths, S, S, 3))
 FACE_ROWS_SCHEMA = pa.schema(
     [
@@ -143,6 +145,15 @@ def _channels_last(mtcnn):
     return mtcnn
 
 
+def detection_scale(h: int, w: int, scale: float, cfg: FaceConfig) -> float:
+    """Factor from decoded frames (h x w, `scale` x full resolution) to MTCNN's input: the longest side goes
+    down to `detect_max_side`, but never so far that a face of an explicit `min_face_px` falls below 12 px."""
+    fit = cfg.detect_max_side / max(h, w)
+    if cfg.min_face_px:
+        fit = max(fit, MTCNN_MIN_PX / (cfg.min_face_px * scale))
+    return min(1.0, fit)
+
+
 class FaceDetector:
     """facenet-pytorch MTCNN with its shipped weights, batched over a video's frames."""
 
@@ -159,13 +170,13 @@ class FaceDetector:
         import cv2
 
         h, w = frames.shape[1:3]
-        det_scale = min(1.0, self.cfg.detect_max_side / max(h, w))
+        det_scale = detection_scale(h, w, scale, self.cfg)
         small = frames
         if det_scale < 1.0:
             size = (max(1, round(w * det_scale)), max(1, round(h * det_scale)))
             small = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames])
         to_full = 1.0 / (det_scale * scale)
-        min_size = int(max(12, min(self.cfg.min_face_px / to_full, min(small.shape[1:3]) - 1)))
+        min_size = int(max(MTCNN_MIN_PX, min(self.cfg.min_face / to_full, min(small.shape[1:3]) - 1)))
         mtcnn = self._mtcnn.get(min_size) or self._mtcnn.setdefault(min_size, self._factory(min_size))
         if str(self.device).startswith("cuda"):  # one pinned, non-blocking upload; MTCNN then runs on the GPU
             import torch
@@ -179,7 +190,7 @@ class FaceDetector:
                 continue
             b = np.asarray(b, dtype=float) * to_full
             p = np.asarray(p, dtype=float)
-            keep = (p >= self.cfg.min_face_prob) & (np.minimum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) >= self.cfg.min_face_px)
+            keep = (p >= self.cfg.min_face_prob) & (np.minimum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) >= self.cfg.min_face)
             out.append((b[keep], p[keep]))
         return out
 
@@ -310,7 +321,7 @@ def _process_video(ref: dict, detector: FaceDetector, storage: Storage, sampling
             video = read_frames(path, sampling, limits, frames=frames, max_side=1920, deadline=deadline)
         info = video.info
         row.update(duration_s=info.duration_s, fps=info.fps, width=info.width, height=info.height, n_frames=len(video.indices), frame_indices=video.indices.tolist())
-        if min(video.frames.shape[1:3]) < max(12, detector.cfg.min_face_px * video.scale):  # no face fits (MTCNN raises below 12 px)
+        if min(video.frames.shape[1:3]) < max(MTCNN_MIN_PX, detector.cfg.min_face * video.scale):  # no face fits (MTCNN raises below 12 px)
             tracks, crops, n_faces = [], np.zeros((0, crop_size, crop_size, 3), np.uint8), 0
         else:
             tracks, crops, n_faces = faces_in_frames(video.frames, video.scale, detector, detector.cfg, crop_size)

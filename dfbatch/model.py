@@ -546,12 +546,22 @@ def import_seed_file(path: str | os.PathLike, frames: int) -> tuple[Detector, Mo
 
 
 # ---------------------------------------------------------------------------------------- inference
+def cpu_bf16_supported() -> bool:
+    """True when oneDNN has native bf16 kernels on this CPU (AVX512-BF16/AMX); emulated bf16 is slower than fp32."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:
+        return False
+
+
 def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """'auto' -> bf16 on CUDA with bf16 support, else fp32. fp16 needs CUDA."""
+    """'auto' -> bf16 where the device has native bf16 (CUDA, or a CPU with bf16 kernels), else fp32.
+    fp16 needs CUDA."""
     device = torch.device(device)
     precision = (precision or "fp32").lower()
     if precision == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_bf16_supported()
+        return "bf16" if native else "fp32"
     if precision not in PRECISIONS:
         raise UserError(f"precision must be one of {', '.join(PRECISIONS)} or auto, got {precision!r}")
     if precision == "fp16" and device.type != "cuda":

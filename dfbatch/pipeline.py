@@ -63,12 +63,41 @@ def model_identity(bundle) -> tuple[str, str]:
     return name, "sha256-" + digest.hexdigest()[:12]
 
 
-def init_ray(address: str | None = None) -> None:
-    """Join the cluster at `address` / RAY_ADDRESS (set under `ray job submit`), else start a local Ray."""
+# for the processes of a job started with init_ray(quiet=True) (Ray Train controller and workers, Ray Data
+# coordinators): no progress bars, Ray Data and Python deprecation chatter off. A variable the user set wins.
+QUIET_WORKER_ENV = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_DATA_LOG_LEVEL": "ERROR",
+                    "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+
+
+def init_ray(address: str | None = None, *, quiet: bool = False) -> None:
+    """Join the cluster at `address` / RAY_ADDRESS (set under `ray job submit`), else start a local Ray.
+
+    quiet: the job's Ray processes log errors only and get `QUIET_WORKER_ENV` (Ray Train's controller, for one,
+    warns every second that it cannot ask the dashboard for placement group state); this process's own logging
+    and Ray Data defaults stay as they were."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False, logging_level=logging.WARNING)
+    if ray.is_initialized():
+        return
+    kwargs = dict(address=address or os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False, logging_level=logging.WARNING)
+    if not quiet:
+        ray.init(**kwargs)
+        return
+    from ray.data import DataContext
+
+    DataContext.get_current()  # the driver's defaults, fixed before the workers' environment changes
+    for k, v in QUIET_WORKER_ENV.items():
+        os.environ.setdefault(k, v)
+    root = logging.getLogger()
+    root_state = (root.level, list(root.handlers))
+    notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    notice.setLevel(logging.ERROR)  # the one-time "token authentication is enabled" notice
+    try:
+        ray.init(**kwargs, logging_config=ray.LoggingConfig(log_level="ERROR"))  # reaches every process of the job
+    finally:
+        notice.setLevel(logging.NOTSET)
+        root.setLevel(root_state[0])  # ray.init applied the job's config to this process too: undo it here
+        root.handlers[:] = root_state[1]
 
 
 def plan_resources(cfg: ScoreConfig) -> dict:
@@ -244,6 +273,7 @@ def run_score(cfg: ScoreConfig) -> Summary:
                 "decode_backend": cfg.sampling.backend,
                 "detect_max_side": cfg.faces.detect_max_side,
                 "detect_every": cfg.faces.detect_every,
+                "min_face_px": cfg.faces.min_face_px or "auto",
             }
         )
         mlflow.set_tags({"output": redact(cfg.output), "dfbatch.version": __version__, "dfbatch.job_id": job_id})

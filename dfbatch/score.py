@@ -21,8 +21,9 @@ AGGREGATORS = {"max": np.max, "mean": np.mean, "median": np.median}
 class Scorer:
     """One model in inference mode; `score` takes uint8 RGB sequences (T,S,S,3) of any lengths."""
 
-    def __init__(self, spec, state_dict, *, device: str = "cpu", precision: str = "fp32", batch_size: int = 16, threads: int | None = None, compile: bool = False):
-        """CPU: channels_last; bf16 casts the weights once (autocast would re-cast them on every call).
+    def __init__(self, spec, state_dict, *, device: str = "cpu", precision: str = "auto", batch_size: int = 16, threads: int | None = None, compile: bool = False):
+        """`precision` auto: bf16 where the device has it natively, else fp32.
+        CPU: channels_last; bf16 casts the weights once (autocast would re-cast them on every call).
         CUDA: channels_last + autocast, pinned uint8 input copied non-blocking. `compile`: torch.compile."""
         import torch
 
@@ -33,6 +34,7 @@ class Scorer:
         self.spec = spec
         self.batch_size = max(1, batch_size)
         self.device = torch.device(device)
+        precision = M.resolve_precision(precision, self.device)
         net = M.load_weights(M.build_model(spec), state_dict)
         self.net = M.prepare_for_inference(net, self.device, precision)
         self.precision = precision

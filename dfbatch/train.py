@@ -807,7 +807,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         except Exception as exc:  # an unreachable artifact store must not stop training
             log.warning("could not log training_data.json: %s", redact(str(exc))[:200])
 
-    init_ray()
+    init_ray(quiet=str(cfg.worker_log_level).upper() in ("ERROR", "CRITICAL", "WARNING"))
     n_gpus = int(ray.cluster_resources().get("GPU", 0))
     use_gpu = bool(n_gpus) if cfg.use_gpu is None else cfg.use_gpu
     if use_gpu and n_gpus == 0:

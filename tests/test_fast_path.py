@@ -1,5 +1,6 @@
-"""The fast path (PyAV sparse decode, MTCNN on every 4th sampled frame at 320 px with interpolated boxes,
-bf16 model) against the reference path (decord, MTCNN on every sampled frame at 640 px, fp32) on real clips.
+"""The fast path (the job's defaults: PyAV sparse decode, MTCNN on every 4th sampled frame at 320 px with
+interpolated boxes, bf16 model) against the reference path (`--reference`: decord, MTCNN on every sampled frame
+at 640 px, faces >= 24 px, fp32) on real clips.
 
 Stated tolerances (docs/performance.md):
 * decode: PyAV returns the same frame indices and bit-identical pixels as decord (8-bit H.264 here, also
@@ -19,11 +20,11 @@ import numpy as np
 import pytest
 from pathlib import Path
 
-from dfbatch.config import FaceConfig, LimitsConfig, SamplingConfig
+from dfbatch.config import REFERENCE_FACES, FaceConfig, LimitsConfig, SamplingConfig
 
 FRAMES = 32
-REF_FACES = FaceConfig(detect_max_side=640, detect_every=1)
-FAST_FACES = FaceConfig(detect_max_side=320, detect_every=4)
+REF_FACES = FaceConfig(**REFERENCE_FACES)
+FAST_FACES = FaceConfig()  # the job's defaults
 LONG_TRACK = 2 * FAST_FACES.detect_every
 IOU_FRAME, IOU_MEAN, COVERAGE = 0.5, 0.75, 0.9
 DP_FRAME, DP_VIDEO, DP_END_TO_END = 0.03, 0.01, 0.06
@@ -220,3 +221,53 @@ def test_plan_fits_the_cluster(monkeypatch, cluster, workers, expect):
         assert plan[k] == v, (k, plan)
     assert plan["face_workers"] * plan["face_cpus"] + plan["score_workers"] * plan["score_cpus"] <= cluster["CPU"] + 1e-6
     assert plan["face_workers"] * plan["face_gpus"] + plan["score_workers"] * plan["score_gpus"] <= cluster.get("GPU", 0) + 1e-6
+
+
+def test_job_defaults_are_the_fast_path():
+    """`dfbatch score` runs the fast path unless told otherwise; `--reference` restores the reference settings."""
+    from dfbatch.cli import build_parser
+    from dfbatch.cli.score import config_from_args
+
+    cfg = config_from_args(build_parser().parse_args(["score", "in", "-o", "out"]))
+    assert (cfg.sampling.backend, cfg.faces.detect_max_side, cfg.faces.detect_every, cfg.precision) == ("pyav", 320, 4, "auto")
+    ref = config_from_args(build_parser().parse_args(["score", "in", "-o", "out", "--reference", "--detect-every", "2"]))
+    assert (ref.faces.detect_max_side, ref.faces.detect_every, ref.faces.min_face_px, ref.precision) == (640, 1, None, "fp32")
+    own = config_from_args(build_parser().parse_args(["score", "in", "-o", "out", "--min-face-px", "20", "--precision", "fp32"]))
+    assert (own.faces.min_face_px, own.precision) == (20, "fp32")
+
+
+@pytest.mark.parametrize(("size", "min_face", "side"), [((720, 1280), None, 320), ((720, 1280), 24, 640), ((1080, 1920), None, 320),
+                                                        ((1080, 1920), 48, 480), ((144, 176), 24, 176), ((2160, 3840), 48, 960)])
+def test_detection_size_never_hides_min_face(size, min_face, side):
+    """MTCNN's input shrinks to detect_max_side, but with an explicit min_face_px only as far as such a face
+    stays >= 12 px; small videos are never upscaled."""
+    from dfbatch.faces import detection_scale
+
+    h, w = size
+    scale = min(1.0, 1920 / max(h, w))  # frames are decoded at most 1920 px wide
+    got = detection_scale(round(h * scale), round(w * scale), scale, FaceConfig(min_face_px=min_face))
+    assert round(got * max(h, w) * scale) == side
+    assert min_face is None or min_face * scale * got >= 12 - 1e-9 or got == 1.0
+
+
+def test_min_face_px_is_honoured_by_real_mtcnn():
+    """A 36 px face in a 1280x720 frame: missed by the defaults (MTCNN at 320 px finds faces >= 48 px), found with
+    --min-face-px 24 (the detection size grows to 640 px)."""
+    import cv2
+
+    from dfbatch.faces import FaceDetector
+
+    img = cv2.cvtColor(cv2.imread(str(Path(__file__).parent / "data" / "astronaut.png")), cv2.COLOR_BGR2RGB)
+    big = FaceDetector(FaceConfig(detect_max_side=640, detect_every=1, min_face_px=24)).detect(img[None], 1.0)[0][0]
+    assert len(big) == 1, "the portrait has one face"
+    face = float(max(big[0][2] - big[0][0], big[0][3] - big[0][1]))
+    k = 36.0 / face
+    small = cv2.resize(img, (round(img.shape[1] * k), round(img.shape[0] * k)), interpolation=cv2.INTER_AREA)
+    frame = np.full((720, 1280, 3), 90, np.uint8)
+    frame[300 : 300 + small.shape[0], 600 : 600 + small.shape[1]] = small
+    frames = np.repeat(frame[None], 2, axis=0)
+    assert [len(b) for b, _ in FaceDetector(FaceConfig()).detect(frames, 1.0)] == [0, 0]
+    found = FaceDetector(FaceConfig(min_face_px=24)).detect(frames, 1.0)
+    assert [len(b) for b, _ in found] == [1, 1]
+    x0, y0, x1, y1 = found[0][0][0]
+    assert 24 <= max(x1 - x0, y1 - y0) < 48 and 590 <= x0 <= 600 + small.shape[1]

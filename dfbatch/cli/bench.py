@@ -45,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--decode-backend", choices=("decord", "pyav"), default=FAST.backend, help=f"fast path decode backend (default {FAST.backend})")
     p.add_argument("--detect-max-side", type=int, default=FAST.detect_max_side, help=f"fast path MTCNN frame size (default {FAST.detect_max_side})")
     p.add_argument("--detect-every", type=int, default=FAST.detect_every, help=f"fast path: MTCNN on every k-th sampled frame (default {FAST.detect_every})")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=FAST.precision, help=f"fast path model precision (default {FAST.precision}; fp32 on CPUs without bf16)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=FAST.precision, help="fast path model precision (default auto: bf16 where the GPU/CPU has it natively, else fp32)")
     p.add_argument("--no-pipeline", action="store_true", help="skip the end-to-end Ray run")
     p.add_argument("--no-baseline", action="store_true", help="skip the sequential baseline")
     p.add_argument("--no-reference", action="store_true", help="skip the reference-settings stage timings (and the agreement check)")

@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 
-from dfbatch.config import DEFAULT_MODEL_URI, FRAME_AGGREGATIONS, TRACK_AGGREGATIONS, FaceConfig, LimitsConfig, SamplingConfig, ScoreConfig
+from dfbatch.config import DEFAULT_MODEL_URI, FRAME_AGGREGATIONS, REFERENCE_FACES, TRACK_AGGREGATIONS, FaceConfig, LimitsConfig, SamplingConfig, ScoreConfig
 from dfbatch.errors import UserError
 
 
@@ -30,13 +30,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint (default: AWS_ENDPOINT_URL)")
     p.add_argument("--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else start a local Ray)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast precision of the model (bf16/fp16 on GPU)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=ScoreConfig.precision, help="model precision (default auto: bf16 where the GPU/CPU has it natively, else fp32; fp16 needs a GPU)")
     p.add_argument("--batch-size", type=int, default=16, help="face sequences per forward pass")
     p.add_argument("--face-workers", type=int, default=None, help="CPU actors decoding + detecting (default: one per free CPU)")
     p.add_argument("--score-workers", type=int, default=None, help="model actors (default: one per GPU, else 1)")
     p.add_argument("--decode-backend", choices=("decord", "pyav"), default=SamplingConfig.backend, help=f"frame decoder (default {SamplingConfig.backend}; the other one is the fallback)")
-    p.add_argument("--detect-max-side", type=int, default=FaceConfig.detect_max_side, help="downscale frames to this longest side for MTCNN")
-    p.add_argument("--detect-every", type=int, default=FaceConfig.detect_every, help="run MTCNN on every k-th sampled frame, track in between")
+    p.add_argument("--detect-max-side", type=int, default=FaceConfig.detect_max_side, help=f"downscale frames to this longest side for MTCNN, unless --min-face-px needs more (default {FaceConfig.detect_max_side})")
+    p.add_argument("--detect-every", type=int, default=FaceConfig.detect_every, help=f"run MTCNN on every k-th sampled frame (and the last), interpolate boxes in between (default {FaceConfig.detect_every})")
+    p.add_argument("--min-face-px", type=int, default=FaceConfig.min_face_px, help="smallest face searched, in full-resolution pixels; MTCNN's input grows as needed (default: 24 px, or 12 px at the detection size if larger: 48 px in 720p)")
+    p.add_argument("--reference", action="store_true", help="the slow reference settings: MTCNN on every sampled frame at 640 px, fp32 (overrides the three flags above and --precision)")
     p.add_argument("--max-duration", type=float, default=LimitsConfig.max_duration_s, help="seconds; longer videos get a failed row")
     p.add_argument("--time-budget", type=float, default=LimitsConfig.time_budget_s, help="seconds of decode + detection per video")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -44,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> ScoreConfig:
-    for flag in ("frames", "batch_size", "face_workers", "score_workers", "detect_max_side", "detect_every"):
+    for flag in ("frames", "batch_size", "face_workers", "score_workers", "detect_max_side", "detect_every", "min_face_px"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
@@ -61,12 +63,12 @@ def config_from_args(args: argparse.Namespace) -> ScoreConfig:
         threshold=args.threshold,
         device=args.device,
         ray_address=args.ray_address,
-        precision=args.precision,
+        precision="fp32" if args.reference else args.precision,
         score_batch_size=args.batch_size,
         face_workers=args.face_workers,
         score_workers=args.score_workers,
         sampling=SamplingConfig(frames=args.frames, backend=args.decode_backend),
-        faces=FaceConfig(detect_max_side=args.detect_max_side, detect_every=args.detect_every),
+        faces=FaceConfig(**REFERENCE_FACES) if args.reference else FaceConfig(detect_max_side=args.detect_max_side, detect_every=args.detect_every, min_face_px=args.min_face_px),
         limits=LimitsConfig(max_duration_s=args.max_duration, time_budget_s=args.time_budget),
     )
 
