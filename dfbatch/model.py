@@ -572,6 +572,23 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def fold_batchnorm(model: Detector) -> Detector:
+    """Inference only: fold each BatchNorm of the convolutional body into the convolution before it (the same
+    function in one pass over the activations instead of two; ResNeXt50 at 112 px: ~10 % less CPU time).
+    A body torch.fx cannot trace is left as it is."""
+    from torch.fx.experimental.optimization import fuse
+
+    owner, attr = (model.backbone, "body") if hasattr(model, "backbone") else (model, "model")
+    body = getattr(owner, attr, None)
+    if body is None or model.training:
+        return model
+    try:
+        setattr(owner, attr, fuse(body, inplace=False))
+    except Exception as exc:  # e.g. data-dependent control flow; unfused is only slower
+        log.debug("batchnorm folding skipped for %s: %s", type(body).__name__, exc)
+    return model
+
+
 def prepare_for_inference(model: Detector, device: torch.device | str = "cpu", precision: str = "fp32") -> Detector:
     """eval(), move to `device`, channels_last on CUDA (convolutions); weights stay fp32 (autocast does the rest)."""
     device = torch.device(device)

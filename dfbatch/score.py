@@ -23,7 +23,7 @@ class Scorer:
 
     def __init__(self, spec, state_dict, *, device: str = "cpu", precision: str = "auto", batch_size: int = 16, threads: int | None = None, compile: bool = False):
         """`precision` auto: bf16 where the device has it natively, else fp32.
-        CPU: channels_last; bf16 casts the weights once (autocast would re-cast them on every call).
+        BatchNorm folded into the convolutions. CPU: channels_last; bf16 casts the weights once (autocast would re-cast them on every call).
         CUDA: channels_last + autocast, pinned uint8 input copied non-blocking. `compile`: torch.compile."""
         import torch
 
@@ -35,7 +35,7 @@ class Scorer:
         self.batch_size = max(1, batch_size)
         self.device = torch.device(device)
         precision = M.resolve_precision(precision, self.device)
-        net = M.load_weights(M.build_model(spec), state_dict)
+        net = M.fold_batchnorm(M.load_weights(M.build_model(spec), state_dict).eval())
         self.net = M.prepare_for_inference(net, self.device, precision)
         self.precision = precision
         self.cast = None  # input dtype when the weights themselves are cast (CPU bf16)

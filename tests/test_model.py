@@ -126,6 +126,35 @@ def test_inference_helpers_cpu():
         predict_crops(model, crops, "cpu", "fp16")
 
 
+@pytest.mark.parametrize("backbone", ["resnext50_32x4d", "mobilenet_v2", "tiny"])
+def test_batchnorm_folding_keeps_the_function(backbone):
+    """fold_batchnorm (used by the scorer) leaves no BatchNorm in the body and the same logits, with BatchNorm
+    statistics and affine parameters that are far from their defaults (a fresh model would hide mistakes)."""
+    from dfbatch.model import fold_batchnorm
+
+    torch.manual_seed(0)
+    spec = ModelSpec(backbone=backbone, hidden_dim=16, input_size=64, seq_len=3)
+    model = build_model(spec)
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.5, generator=g)
+            m.running_var.uniform_(0.5, 2.0, generator=g)
+            m.weight.data.uniform_(0.5, 1.5, generator=g)
+            m.bias.data.normal_(0, 0.2, generator=g)
+    model.eval()
+    x = preprocess(torch.from_numpy(_crops(2, 3, 64)), spec)
+    with torch.inference_mode():
+        ref = model(x)
+        folded = fold_batchnorm(model)
+        got = folded(x)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.backbone.body.modules())
+    assert float(ref.abs().max()) > 1e-3
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+    training = fold_batchnorm(build_model(spec).train())  # a model in training mode is left alone
+    assert any(isinstance(m, nn.BatchNorm2d) for m in training.backbone.body.modules())
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_inference_helpers_gpu():
     torch.manual_seed(0)
