@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dfbatch import __version__
-from dfbatch.config import FaceConfig, LimitsConfig, SamplingConfig
+from dfbatch.config import REFERENCE_FACES, FaceConfig, LimitsConfig, SamplingConfig
 from dfbatch.errors import UserError
 from dfbatch.storage import Storage, is_s3, redact
 
@@ -93,7 +93,8 @@ class PrepareConfig:
     s3_endpoint_url: str | None = None
     reader_options: dict = field(default_factory=dict)  # e.g. {"compression": "c23"} for FF++
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    faces: FaceConfig = field(default_factory=FaceConfig)
+    # training data is made once: the reference detection (MTCNN on every frame at 640 px), not the fast path
+    faces: FaceConfig = field(default_factory=lambda: FaceConfig(**REFERENCE_FACES))
     limits: LimitsConfig = field(default_factory=LimitsConfig)
 
     def __post_init__(self) -> None:

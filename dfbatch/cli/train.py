@@ -20,7 +20,7 @@ def _fractions(text: str) -> tuple[float, float, float]:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from dfbatch.config import FaceConfig
+    from dfbatch.config import REFERENCE_FACES, FaceConfig
 
     p = sub.add_parser(
         "prepare",
@@ -45,7 +45,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--retry-failed", action="store_true", help="process videos that failed last time again")
     p.add_argument("--limit", type=int, default=None, help="at most this many labelled videos (trials)")
     p.add_argument("--face-workers", type=int, default=None, help="CPU actors decoding + detecting (default: one per CPU)")
-    p.add_argument("--detect-max-side", type=int, default=FaceConfig.detect_max_side)
+    p.add_argument("--detect-max-side", type=int, default=REFERENCE_FACES["detect_max_side"], help="MTCNN input size (default: the reference 640 px; training data is made once)")
+    p.add_argument("--detect-every", type=int, default=REFERENCE_FACES["detect_every"], help="MTCNN on every k-th sampled frame (default 1)")
+    p.add_argument("--min-face-px", type=int, default=REFERENCE_FACES["min_face_px"], help="smallest face searched (default: 24 px, or 12 px at the detection size)")
     p.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint (default: AWS_ENDPOINT_URL)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run_prepare)
@@ -101,7 +103,7 @@ def prepare_config(args: argparse.Namespace):
     from dfbatch.config import FaceConfig, SamplingConfig
     from dfbatch.prepare import PrepareConfig
 
-    for flag in ("frames", "crop_size", "face_workers", "detect_max_side", "limit"):
+    for flag in ("frames", "crop_size", "face_workers", "detect_max_side", "detect_every", "min_face_px", "limit"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
@@ -110,7 +112,8 @@ def prepare_config(args: argparse.Namespace):
         official=not args.no_official_splits, frames=args.frames, crop_size=args.crop_size,
         jpeg_quality=args.jpeg_quality, retry_failed=args.retry_failed, limit=args.limit, face_workers=args.face_workers,
         s3_endpoint_url=args.endpoint_url, reader_options={"compression": args.compression} if args.compression else {},
-        sampling=SamplingConfig(frames=args.frames), faces=FaceConfig(margin=args.margin, detect_max_side=args.detect_max_side),
+        sampling=SamplingConfig(frames=args.frames), faces=FaceConfig(margin=args.margin, detect_max_side=args.detect_max_side,
+                                                                           detect_every=args.detect_every, min_face_px=args.min_face_px),
     )
 
 
