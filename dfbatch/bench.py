@@ -51,7 +51,7 @@ class Profile:
     min_face_px: int | None = FaceConfig.min_face_px
 
     def describe(self) -> str:
-        return f"{self.backend}, MTCNN {self.detect_max_side} px every {self.detect_every}, faces >= {self.min_face_px or 'auto'} px, {self.precision}"
+        return f"{self.backend}, MTCNN {self.detect_max_side} px every {self.detect_every}, min face {self.min_face_px or 'auto'}, {self.precision}"
 
     def faces(self) -> FaceConfig:
         return FaceConfig(detect_max_side=self.detect_max_side, detect_every=self.detect_every, min_face_px=self.min_face_px)
@@ -73,7 +73,7 @@ class BenchSettings:
     frames: int = 32
     model: str | None = None  # checkpoint file or models:/ URI; None: random-weight ResNeXt50-LSTM(2048) at 112 px
     stage_videos: int = 4
-    baseline_videos: int = 3
+    baseline_videos: int = 6
     device: str = "auto"  # auto | cpu | cuda
     cpus: int | None = None  # CPUs of a local Ray (None: all)
     ray_address: str | None = None

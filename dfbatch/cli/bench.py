@@ -37,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=int, default=None, help="frames sampled per video (default 32)")
     p.add_argument("--model", default=None, help="checkpoint file or models:/ URI (default: random-weight ResNeXt50-LSTM(2048) at 112 px)")
     p.add_argument("--stage-videos", type=int, default=None, help="videos timed stage by stage (default 4)")
-    p.add_argument("--baseline-videos", type=int, default=None, help="videos through the sequential baseline (default 3)")
+    p.add_argument("--baseline-videos", type=int, default=None, help="videos through the sequential baseline (default 6)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
     p.add_argument("--score-workers", type=int, default=None, help="separate model actors (default on CPU: the model runs inside each face actor)")
