@@ -772,6 +772,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     """Train (or resume) on Ray Train, log to MLflow, register the best checkpoint. See the module doc."""
     import ray
     from mlflow import MlflowClient
+    from ray.data import DataContext
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -807,7 +808,10 @@ def train(cfg: TrainConfig) -> TrainResult:
         except Exception as exc:  # an unreachable artifact store must not stop training
             log.warning("could not log training_data.json: %s", redact(str(exc))[:200])
 
-    init_ray(quiet=str(cfg.worker_log_level).upper() in ("ERROR", "CRITICAL", "WARNING"))
+    init_ray(quiet=True)  # Ray's own processes log errors only (the controller polls a dashboard we do not start)
+    data_ctx = DataContext.get_current()
+    saved_bars = data_ctx.enable_progress_bars
+    data_ctx.enable_progress_bars = False  # the datasets carry it to the workers: epoch lines instead of bars
     n_gpus = int(ray.cluster_resources().get("GPU", 0))
     use_gpu = bool(n_gpus) if cfg.use_gpu is None else cfg.use_gpu
     if use_gpu and n_gpus == 0:
@@ -840,6 +844,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     except Exception as exc:
         client.set_terminated(run_id, status="FAILED")
         raise UserError(f"training failed: {_one_line(exc)}") from exc
+    finally:
+        data_ctx.enable_progress_bars = saved_bars
     if getattr(result, "error", None):
         client.set_terminated(run_id, status="FAILED")
         raise UserError(f"training failed: {result.error}")

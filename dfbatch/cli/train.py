@@ -161,6 +161,7 @@ def train_config(args: argparse.Namespace):
         if value is not None and name in fields and key not in ("data", "output", "config"):
             values[name] = value
     values["data"], values["output"] = args.data, args.output
+    values.setdefault("progress", not args.json)  # the CLI prints one line per epoch
     if values.get("endpoint_url"):
         values["s3_endpoint_url"] = values.pop("endpoint_url")
     values.pop("endpoint_url", None)
