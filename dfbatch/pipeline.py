@@ -109,6 +109,8 @@ def plan_resources(cfg: ScoreConfig) -> dict:
     use_gpu = cfg.device == "cuda" or (cfg.device == "auto" and n_gpu > 0)
     if cfg.device == "cuda" and n_gpu == 0:
         raise UserError("--device cuda: the Ray cluster has no GPUs")
+    if cfg.precision == "fp16" and not use_gpu:
+        raise UserError("--precision fp16 needs a GPU and the Ray cluster has none; use auto, bf16 or fp32")
     face_threads = max(1, int(cfg.cpus_per_face_worker))
     score_threads = cfg.torch_threads or max(1, int(cfg.cpus_per_score_worker))
     face_device, face_gpus, fused = "cpu", 0.0, False

@@ -271,3 +271,18 @@ def test_min_face_px_is_honoured_by_real_mtcnn():
     assert [len(b) for b, _ in found] == [1, 1]
     x0, y0, x1, y1 = found[0][0][0]
     assert 24 <= max(x1 - x0, y1 - y0) < 48 and 590 <= x0 <= 600 + small.shape[1]
+
+
+def test_fp16_on_a_cluster_without_gpus_is_a_user_error(monkeypatch):
+    """fp16 has no CPU kernels worth using: refused on the driver, before any actor starts (not in each actor)."""
+    import ray
+
+    from dfbatch.config import ScoreConfig
+    from dfbatch.errors import UserError
+    from dfbatch.pipeline import plan_resources
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0})
+    with pytest.raises(UserError, match="fp16 needs a GPU"):
+        plan_resources(ScoreConfig(sources=["x"], output="y", precision="fp16"))
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0, "GPU": 1.0})
+    assert plan_resources(ScoreConfig(sources=["x"], output="y", precision="fp16"))["device"] == "cuda"

@@ -143,6 +143,8 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
         (["score", "{clips}", "-o", "{tmp}/o", "--model", "{tmp}/missing.pt"], r"missing\.pt"),
         (["score", "{clips}", "-o", "/proc/dfbatch-out"], r"cannot write to output"),
         (["score", "{clips}", "-o", "{tmp}/o", "--frames", "0"], r"--frames must be at least 1"),
+        (["score", "{clips}", "-o", "{tmp}/o", "--precision", "fp16", "--device", "cpu"], r"fp16 needs a GPU"),
+        (["score", "{clips}", "-o", "{tmp}/o", "--detect-max-side", "8"], r"--detect-max-side at least 12"),
     ],
 )
 def test_user_mistakes_are_one_line_errors(args, pattern, mlflow_uri, tiny_model, clip_dir, tmp_path):
