@@ -219,14 +219,6 @@ class _Clock:
         return out
 
 
-def _split_tracks(tracks, crops: np.ndarray) -> list[np.ndarray]:
-    seqs, start = [], 0
-    for t in tracks:
-        seqs.append(crops[start : start + len(t.frame_pos)])
-        start += len(t.frame_pos)
-    return seqs
-
-
 def _video_probability(results: list[tuple[np.ndarray, float]]) -> float | None:
     """The job's default aggregation: mean of frame probabilities per track, max over tracks."""
     return max(float(np.mean(f)) for f, _ in results) if results else None
@@ -239,8 +231,8 @@ def measure_stages(paths: list[Path], profile: Profile, bundle, frames: int, dev
 
     from dfbatch.config import LimitsConfig
     from dfbatch.decode import read_frames
-    from dfbatch.faces import FaceDetector, faces_in_frames
-    from dfbatch.score import Scorer
+    from dfbatch.faces import FaceDetector, detection_positions, faces_in_frames
+    from dfbatch.score import Scorer, split_by_lengths
 
     torch.set_num_threads(threads)
     cv2.setNumThreads(threads)
@@ -257,7 +249,7 @@ def measure_stages(paths: list[Path], profile: Profile, bundle, frames: int, dev
         timings: dict = {}
         tracks, crops, n_faces = faces_in_frames(video.frames, video.scale, detector, faces_cfg, crop_size, timings=timings)
         clock.lap()
-        results = scorer.score(_split_tracks(tracks, crops)) if len(tracks) else []
+        results = scorer.score(split_by_lengths(crops, [len(t.frame_pos) for t in tracks])) if len(tracks) else []
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         mod_wall, mod_cpu = clock.lap()
@@ -267,7 +259,7 @@ def measure_stages(paths: list[Path], profile: Profile, bundle, frames: int, dev
             "video": path.name,
             "frames": len(video.indices),
             "frame_indices": video.indices.tolist(),
-            "detections_run": len(range(0, len(video.frames), max(1, faces_cfg.detect_every))) + (1 if (len(video.frames) - 1) % max(1, faces_cfg.detect_every) else 0),
+            "detections_run": len(detection_positions(len(video.frames), faces_cfg.detect_every)),
             "n_faces": n_faces,
             "tracks": [{"frame_pos": t.frame_pos, "boxes": t.boxes} for t in tracks],
             "crops": int(len(crops)),

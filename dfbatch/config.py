@@ -100,7 +100,7 @@ class ScoreConfig:
             raise UserError(f"unknown precision {self.precision!r} (auto, fp32, bf16 or fp16)")
         if self.precision == "fp16" and self.device == "cpu":
             raise UserError("--precision fp16 needs a GPU; on CPU use auto, bf16 or fp32")
-        if self.faces.detect_every < 1 or self.faces.detect_max_side < 12 or (self.faces.min_face_px or 1) < 1:
+        if self.faces.detect_every < 1 or self.faces.detect_max_side < 12 or (self.faces.min_face_px is not None and self.faces.min_face_px < 1):
             raise UserError("--detect-every must be at least 1, --detect-max-side at least 12, --min-face-px at least 1")
         if self.sampling.frames is not None and self.sampling.frames < 1:
             raise UserError("--frames must be at least 1")

@@ -202,14 +202,20 @@ def select_tracks(tracks: list[Track], cfg: FaceConfig) -> list[Track]:
     return solid[: cfg.max_tracks]
 
 
+def detection_positions(n_frames: int, every: int) -> list[int]:
+    """Sampled frames MTCNN runs on: every `every`-th one, and the last (boxes are interpolated in between)."""
+    positions = list(range(0, n_frames, max(1, every)))
+    if positions and positions[-1] != n_frames - 1:
+        positions.append(n_frames - 1)
+    return positions
+
+
 def faces_in_frames(frames: np.ndarray, scale: float, detector: FaceDetector, cfg: FaceConfig, crop_size: int, timings: dict | None = None) -> tuple[list[Track], np.ndarray, int]:
     """Detect (every `detect_every`-th frame), track, fill gaps and crop. Returns tracks, crops, n_faces.
     `timings` (optional) gets wall/CPU seconds `detect_s`, `detect_cpu_s`, `crop_s`, `crop_cpu_s` added (track +
     fill + crop count as crop; the benchmark's split)."""
     step = max(1, cfg.detect_every)
-    positions = list(range(0, len(frames), step))
-    if positions[-1] != len(frames) - 1:
-        positions.append(len(frames) - 1)
+    positions = detection_positions(len(frames), step)
     t0, c0 = time.perf_counter(), time.process_time()
     found = detector.detect(frames[positions], scale)
     t1, c1 = time.perf_counter(), time.process_time()

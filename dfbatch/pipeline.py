@@ -171,8 +171,8 @@ def build_dataset(cfg: ScoreConfig, listing, storage: Storage, bundle, plan: dic
         limits=cfg.limits,
         frames=frames,
         crop_size=int(bundle.spec.input_size),
-        threads=plan.get("face_threads", max(1, int(plan["face_cpus"]))),
-        device=plan.get("face_device", "cpu"),
+        threads=plan["face_threads"],
+        device=plan["face_device"],
     )
     bundle_ref = ray.put(shareable_bundle(bundle))
     score_kwargs = dict(
@@ -180,14 +180,14 @@ def build_dataset(cfg: ScoreConfig, listing, storage: Storage, bundle, plan: dic
         device=plan["device"],
         precision=cfg.precision,
         batch_size=cfg.score_batch_size,
-        threads=plan.get("score_threads") or cfg.torch_threads or max(1, int(plan["score_cpus"])),
+        threads=plan["score_threads"],
         threshold=threshold,
         track_aggregation=cfg.track_aggregation,
         frame_aggregation=cfg.frame_aggregation,
         run_id=run_id,
-        compile=plan.get("compile", False),
+        compile=plan["compile"],
     )
-    if plan.get("fused"):  # CPU only: the model runs inside each face actor
+    if plan["fused"]:  # CPU only: the model runs inside each face actor
         score_kwargs["threads"] = face_kwargs["threads"]
         return ds.map_batches(
             FaceScoreStage,
@@ -206,7 +206,7 @@ def build_dataset(cfg: ScoreConfig, listing, storage: Storage, bundle, plan: dic
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=plan["face_workers"]),
         num_cpus=plan["face_cpus"],
-        num_gpus=plan.get("face_gpus") or None,
+        num_gpus=plan["face_gpus"] or None,
     )
     ds = ds.map_batches(
         ScoreStage,

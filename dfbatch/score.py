@@ -75,18 +75,19 @@ class Scorer:
         return out
 
 
+def split_by_lengths(crops: np.ndarray, lengths: list[int]) -> list[np.ndarray]:
+    """The face stage's crops (all tracks, one after another) as one sequence per track."""
+    ends = np.cumsum(lengths, dtype=np.int64)
+    return [crops[end - n : end] for n, end in zip(lengths, ends.tolist())]
+
+
 def _split_crops(row: dict) -> list[np.ndarray]:
-    tracks = json.loads(row["tracks"])
+    lengths = [len(t["frame_indices"]) for t in json.loads(row["tracks"])]
     size = int(row["crop_size"])
     crops = np.frombuffer(row["crops"], dtype=np.uint8).reshape(-1, size, size, 3)
-    seqs, start = [], 0
-    for t in tracks:
-        n = len(t["frame_indices"])
-        seqs.append(crops[start : start + n])
-        start += n
-    if start != len(crops):
-        raise ValueError(f"crops ({len(crops)}) do not match tracks ({start} frames)")
-    return seqs
+    if sum(lengths) != len(crops):
+        raise ValueError(f"crops ({len(crops)}) do not match tracks ({sum(lengths)} frames)")
+    return split_by_lengths(crops, lengths)
 
 
 def score_rows(rows: list[dict], scorer: Scorer, *, threshold: float, track_aggregation: str = "max", frame_aggregation: str = "mean", model_info: dict, run_id: str | None) -> list[dict]:

@@ -13,6 +13,23 @@ from dfbatch.errors import UserError
 COMMAND_MODULES = ["score", "models", "evaluate", "demo", "train", "bench"]
 
 
+def size_arg(text: str) -> tuple[int, int]:
+    """argparse type for WIDTHxHEIGHT."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 1280x720, got {text!r}") from None
+    return w, h
+
+
+def require_positive(args: argparse.Namespace, *flags: str) -> None:
+    """One-line user error for a numeric flag below 1 (unset flags are skipped)."""
+    for flag in flags:
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dfbatch", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

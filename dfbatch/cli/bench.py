@@ -5,15 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from dfbatch.errors import UserError
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
-    return w, h
+from dfbatch.cli import require_positive, size_arg
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--archive", default=None, metavar="DIR", help="score the videos in DIR instead of the generated archive")
     p.add_argument("--videos", type=int, default=None, help="videos through the pipeline (default 120; distinct clips repeat by symlink; ignored with --archive)")
     p.add_argument("--unique", type=int, default=None, help="distinct generated clips (default 8)")
-    p.add_argument("--size", type=_size, default=None, metavar="WxH", help="generated clip size (default 1280x720)")
+    p.add_argument("--size", type=size_arg, default=None, metavar="WxH", help="generated clip size (default 1280x720)")
     p.add_argument("--seconds", type=float, default=None, help="generated clip length (default 10)")
     p.add_argument("--frames", type=int, default=None, help="frames sampled per video (default 32)")
     p.add_argument("--model", default=None, help="checkpoint file or models:/ URI (default: random-weight ResNeXt50-LSTM(2048) at 112 px)")
@@ -57,10 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def settings_from_args(args: argparse.Namespace):
     from dfbatch.bench import BenchSettings, Profile
 
-    for flag in ("videos", "unique", "frames", "stage_videos", "baseline_videos", "cpus", "detect_max_side", "detect_every", "score_workers"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
+    require_positive(args, "videos", "unique", "frames", "stage_videos", "baseline_videos", "cpus", "detect_max_side", "detect_every", "score_workers")
     fast = Profile("fast", args.decode_backend, args.detect_max_side, args.detect_every, args.precision)
     given = {k: getattr(args, k) for k in ("archive", "videos", "unique", "size", "seconds", "frames", "model", "stage_videos", "baseline_videos", "cpus", "ray_address", "score_workers") if getattr(args, k) is not None}
     common = dict(device=args.device, fast=fast, run_pipeline=not args.no_pipeline, run_baseline=not args.no_baseline, run_reference=not args.no_reference)

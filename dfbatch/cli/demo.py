@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from dfbatch.cli import size_arg
 from dfbatch.errors import UserError
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 480x270, got {text!r}") from None
-    return w, h
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clips", type=int, default=d.n_train, help=f"training REAL and FAKE clips each (default {d.n_train})")
     p.add_argument("--heldout-clips", type=int, default=d.n_heldout,
                    help=f"held-out REAL and FAKE clips each (default {d.n_heldout})")
-    p.add_argument("--size", type=_size, default=d.size, help=f"clip size WIDTHxHEIGHT (default {d.size[0]}x{d.size[1]})")
+    p.add_argument("--size", type=size_arg, default=d.size, help=f"clip size WIDTHxHEIGHT (default {d.size[0]}x{d.size[1]})")
     p.add_argument("--seconds", type=float, default=d.seconds, help=f"clip length (default {d.seconds:g} s)")
     p.add_argument("--ray-logs", action="store_true", help="show Ray's progress bars and INFO logs while preparing and training")
     p.set_defaults(func=run)

@@ -7,7 +7,7 @@ import json
 import os
 
 from dfbatch.config import DEFAULT_MODEL_URI, FRAME_AGGREGATIONS, REFERENCE_FACES, TRACK_AGGREGATIONS, FaceConfig, LimitsConfig, SamplingConfig, ScoreConfig
-from dfbatch.errors import UserError
+from dfbatch.cli import require_positive
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -46,10 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> ScoreConfig:
-    for flag in ("frames", "batch_size", "face_workers", "score_workers", "detect_max_side", "detect_every", "min_face_px"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
+    require_positive(args, "frames", "batch_size", "face_workers", "score_workers", "detect_max_side", "detect_every", "min_face_px")
     return ScoreConfig(
         sources=args.sources,
         output=args.output,

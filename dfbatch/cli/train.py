@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 
+from dfbatch.cli import require_positive
 from dfbatch.errors import UserError
 
 
@@ -103,10 +104,7 @@ def prepare_config(args: argparse.Namespace):
     from dfbatch.config import FaceConfig, SamplingConfig
     from dfbatch.prepare import PrepareConfig
 
-    for flag in ("frames", "crop_size", "face_workers", "detect_max_side", "detect_every", "min_face_px", "limit"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
+    require_positive(args, "frames", "crop_size", "face_workers", "detect_max_side", "detect_every", "min_face_px", "limit")
     return PrepareConfig(
         sources=args.sources, output=args.output, layout=args.layout, fractions=args.split, split_seed=args.split_seed,
         official=not args.no_official_splits, frames=args.frames, crop_size=args.crop_size,
