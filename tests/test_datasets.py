@@ -10,7 +10,7 @@ import uuid
 import pandas as pd
 import pytest
 
-from dfbatch import datasets as ds
+from dfbatch.training import labels as ds
 from dfbatch.errors import UserError
 
 

@@ -39,8 +39,8 @@ def test_archives_and_stratified_val_split(tmp_path):
 @pytest.mark.slow
 def test_reduced_demo_end_to_end(tmp_path):
     """The CLI as a user runs it (a fresh process, its own local Ray), tiny sizes and one epoch."""
-    from dfbatch import registry
-    from dfbatch.sink import read_results
+    from dfbatch.models import registry
+    from dfbatch.io.results import read_results
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_DATA_DISABLE_PROGRESS_BARS",

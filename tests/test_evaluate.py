@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from dfbatch.evaluate import join_labels, video_metrics
+from dfbatch.evaluation.metrics import join_labels, video_metrics
 
 
 def test_metrics_over_ok_rows_and_status_counts(tmp_path):

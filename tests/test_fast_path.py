@@ -33,7 +33,7 @@ DP_FRAME, DP_VIDEO, DP_END_TO_END = 0.03, 0.01, 0.06
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
     """Real clips: two 1280x720 H.264 clips made from tests/data (carphone, astronaut) and the carphone original."""
-    from dfbatch import synth
+    from dfbatch.corpora import synth
 
     root = tmp_path_factory.mktemp("fast_path")
     return [
@@ -45,7 +45,7 @@ def clips(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def decoded(clips):
-    from dfbatch.decode import read_frames
+    from dfbatch.stages.decode import read_frames
 
     return {
         backend: [read_frames(c, SamplingConfig(backend=backend), LimitsConfig(), frames=FRAMES) for c in clips]
@@ -64,7 +64,7 @@ def sharp_model(reference_faces):
     reference crops of the clips (P(fake) per frame then spreads over (0, 1))."""
     import torch
 
-    from dfbatch.model import ModelSpec, build_model, preprocess
+    from dfbatch.models.detector import ModelSpec, build_model, preprocess
 
     torch.manual_seed(0)
     spec = ModelSpec(hidden_dim=256, input_size=112, seq_len=FRAMES, head="mean")
@@ -85,7 +85,7 @@ def sharp_model(reference_faces):
 
 
 def _faces(video, cfg, crop_size=112):
-    from dfbatch.faces import FaceDetector, faces_in_frames
+    from dfbatch.stages.faces import FaceDetector, faces_in_frames
 
     return faces_in_frames(video.frames, video.scale, FaceDetector(cfg), cfg, crop_size)
 
@@ -100,7 +100,7 @@ def _seqs(tracks, crops):
 
 @pytest.mark.slow
 def test_pyav_frames_identical_to_decord(clips, decoded):
-    from dfbatch.decode import _decode_pyav_sparse
+    from dfbatch.stages.decode import _decode_pyav_sparse
 
     for clip, d, p in zip(clips, decoded["decord"], decoded["pyav"]):
         assert d.indices.tolist() == p.indices.tolist(), clip
@@ -113,8 +113,8 @@ def test_pyav_frames_identical_to_decord(clips, decoded):
 def test_pyav_seeks_over_gops_same_frames(tmp_path, gop):
     """A 30 s clip with a keyframe every second: the sparse decoder seeks to the GOPs that hold sampled
     frames (open-GOP leading frames start from the GOP before) and returns decord's frames, bit for bit."""
-    from dfbatch import synth
-    from dfbatch.decode import _decode_pyav_sparse, read_frames
+    from dfbatch.corpora import synth
+    from dfbatch.stages.decode import _decode_pyav_sparse, read_frames
 
     rng = np.random.default_rng(0)
     base = rng.integers(0, 255, (180, 320, 3), dtype=np.uint8)
@@ -132,7 +132,7 @@ def test_mtcnn_channels_last_same_boxes(decoded):
     import torch
     from facenet_pytorch import MTCNN
 
-    from dfbatch.faces import FaceDetector
+    from dfbatch.stages.faces import FaceDetector
 
     video = decoded["pyav"][0]
     frames = video.frames[:6]
@@ -150,7 +150,7 @@ def test_mtcnn_channels_last_same_boxes(decoded):
 
 @pytest.mark.slow
 def test_fast_faces_agree_with_reference(decoded, reference_faces):
-    from dfbatch.faces import iou
+    from dfbatch.stages.faces import iou
 
     for (ref_tracks, _, _), fast_video in zip(reference_faces, decoded["pyav"]):
         fast_tracks, _, _ = _faces(fast_video, FAST_FACES)
@@ -171,7 +171,7 @@ def test_fast_faces_agree_with_reference(decoded, reference_faces):
 
 @pytest.mark.slow
 def test_bf16_model_within_tolerance(reference_faces, sharp_model):
-    from dfbatch.score import Scorer
+    from dfbatch.stages.score import Scorer
 
     spec, sd = sharp_model
     seqs = [s for tracks, crops, _ in reference_faces for s in _seqs(tracks, crops)]
@@ -186,7 +186,7 @@ def test_bf16_model_within_tolerance(reference_faces, sharp_model):
 @pytest.mark.slow
 def test_fast_path_end_to_end_probability(decoded, reference_faces, sharp_model):
     """Fast crops + bf16 vs reference crops + fp32, the job's aggregation (frame mean, max over tracks)."""
-    from dfbatch.score import Scorer
+    from dfbatch.stages.score import Scorer
 
     spec, sd = sharp_model
     ref_scorer, fast_scorer = Scorer(spec, sd, precision="fp32", threads=2), Scorer(spec, sd, precision="bf16", threads=2)
@@ -241,7 +241,7 @@ def test_job_defaults_are_the_fast_path():
 def test_detection_size_never_hides_min_face(size, min_face, side):
     """MTCNN's input shrinks to detect_max_side, but with an explicit min_face_px only as far as such a face
     stays >= 12 px; small videos are never upscaled."""
-    from dfbatch.faces import detection_scale
+    from dfbatch.stages.faces import detection_scale
 
     h, w = size
     scale = min(1.0, 1920 / max(h, w))  # frames are decoded at most 1920 px wide
@@ -255,7 +255,7 @@ def test_min_face_px_is_honoured_by_real_mtcnn():
     --min-face-px 24 (the detection size grows to 640 px)."""
     import cv2
 
-    from dfbatch.faces import FaceDetector
+    from dfbatch.stages.faces import FaceDetector
 
     img = cv2.cvtColor(cv2.imread(str(Path(__file__).parent / "data" / "astronaut.png")), cv2.COLOR_BGR2RGB)
     big = FaceDetector(FaceConfig(detect_max_side=640, detect_every=1, min_face_px=24)).detect(img[None], 1.0)[0][0]

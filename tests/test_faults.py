@@ -21,10 +21,10 @@ import boto3
 import pyarrow.parquet as pq
 import pytest
 
-from dfbatch import hostile
+from dfbatch.corpora import hostile
 from dfbatch.config import SamplingConfig, ScoreConfig
 from dfbatch.errors import UserError
-from dfbatch.sink import read_results
+from dfbatch.io.results import read_results
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -355,8 +355,8 @@ def s3_faults(s3_endpoint, tmp_path):
 
 
 def test_s3_listing_errors(s3_faults):
-    from dfbatch.sources import iter_videos
-    from dfbatch.storage import Storage
+    from dfbatch.io.listing import iter_videos
+    from dfbatch.io.storage import Storage
 
     storage = Storage(s3_faults.url)
     with pytest.raises(UserError) as err:

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dfbatch import hostile
+from dfbatch.corpora import hostile
 from dfbatch.config import FaceConfig, LimitsConfig, SamplingConfig, ScoreConfig
-from dfbatch.decode import read_frames
-from dfbatch.faces import FaceDetector, process_video
-from dfbatch.sources import _local_ref, iter_videos
-from dfbatch.storage import Storage
+from dfbatch.stages.decode import read_frames
+from dfbatch.stages.faces import FaceDetector, process_video
+from dfbatch.io.listing import _local_ref, iter_videos
+from dfbatch.io.storage import Storage
 
 FRAMES = 6  # sampled frames per video in these tests (MTCNN time is per frame)
 
@@ -142,7 +142,7 @@ _MEASURE = textwrap.dedent(
     import json, sys
     import av, cv2, decord, numpy  # loaded before the baseline: only decoding is measured
     from dfbatch.config import LimitsConfig, SamplingConfig
-    from dfbatch.decode import read_frames
+    from dfbatch.stages.decode import read_frames
 
     def hwm():
         return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
@@ -177,7 +177,7 @@ def test_large_inputs_hold_only_the_sampled_frames(tmp_path):
 def test_one_ray_job_over_the_corpus(corpus, ray_local, mlflow_uri, tiny_model, tmp_path):
     """Exactly one row per listed file, the right status, a one-line error; an input over a limit is a row."""
     from dfbatch.pipeline import run_score
-    from dfbatch.sink import read_results
+    from dfbatch.io.results import read_results
 
     root, expected = corpus
     src = tmp_path / "src"

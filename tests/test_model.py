@@ -12,7 +12,7 @@ import torchvision
 from torch import nn
 
 from dfbatch.errors import CheckpointError, ModelNotFound, UserError
-from dfbatch.model import (
+from dfbatch.models.detector import (
     BACKBONE_FEATURES,
     ModelSpec,
     build_model,
@@ -130,7 +130,7 @@ def test_inference_helpers_cpu():
 def test_batchnorm_folding_keeps_the_function(backbone):
     """fold_batchnorm (used by the scorer) leaves no BatchNorm in the body and the same logits, with BatchNorm
     statistics and affine parameters that are far from their defaults (a fresh model would hide mistakes)."""
-    from dfbatch.model import fold_batchnorm
+    from dfbatch.models.detector import fold_batchnorm
 
     torch.manual_seed(0)
     spec = ModelSpec(backbone=backbone, hidden_dim=16, input_size=64, seq_len=3)

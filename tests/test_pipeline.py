@@ -16,8 +16,8 @@ import pytest
 
 from dfbatch.config import ScoreConfig
 from dfbatch.pipeline import run_score
-from dfbatch.sink import FACES_SCHEMA, VIDEOS_SCHEMA, read_results
-from dfbatch.storage import Storage
+from dfbatch.io.results import FACES_SCHEMA, VIDEOS_SCHEMA, read_results
+from dfbatch.io.storage import Storage
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]

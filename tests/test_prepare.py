@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from dfbatch.errors import UserError
-from dfbatch.prepare import (
+from dfbatch.training.prepare import (
     PrepareConfig,
     ShardStore,
     decode_jpeg,
@@ -81,7 +81,7 @@ def test_changed_parameters_are_refused(tmp_path):
 
 @pytest.mark.slow
 def test_prepare_real_clips_then_resume(ray_local, tmp_path):
-    from dfbatch import synth
+    from dfbatch.corpora import synth
 
     arch = tmp_path / "arch"
     synth.demo_archive(arch, n_real=2, n_fake=2, size=(320, 180), seconds=1.0, fps=15, faceless=True, broken=True)
@@ -100,7 +100,7 @@ def test_prepare_real_clips_then_resume(ray_local, tmp_path):
     assert split["video_id"].notna().all() and set(split["split"]) <= {"train", "val"}
     merged = shards.merge(split[["video_id", "split", "label"]], on="video_id", suffixes=("", "_table"))
     assert (merged["split"] == merged["split_table"]).all() and (merged["label"] == merged["label_table"]).all()
-    from dfbatch.sources import video_id
+    from dfbatch.io.listing import video_id
 
     import os
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import dfbatch.cli
-from dfbatch import registry
-from dfbatch.errors import CheckpointError, ModelNotFound
-from dfbatch.model import ModelSpec, build_model, import_seed_state_dict, predict_crops, save_checkpoint
+from dfbatch.models import registry
+from dfbatch.errors import CheckpointError, ModelNotFound, redact
+from dfbatch.models.detector import ModelSpec, build_model, import_seed_state_dict, predict_crops, save_checkpoint
 
 SPEC = ModelSpec(backbone="tiny", hidden_dim=16, input_size=32, seq_len=4, head="mean")
 NAME = "det-test"
@@ -109,8 +109,8 @@ def test_register_refuses_mismatched_weights(store):
 
 
 def test_redact():
-    assert registry.redact("https://user:s3cret@mlflow.example/x?token=abc&a=1") == "https://***@mlflow.example/x?token=***&a=1"
-    assert registry.redact("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
+    assert redact("https://user:s3cret@mlflow.example/x?token=abc&a=1") == "https://***@mlflow.example/x?token=***&a=1"
+    assert redact("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
 
 
 # ---------------------------------------------------------------------------------------------- CLI

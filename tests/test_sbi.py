@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from dfbatch.augment import AugmentConfig, SequenceAugment, jpeg
-from dfbatch.sbi import SBIConfig, SelfBlender, self_blend
+from dfbatch.training.augment import AugmentConfig, SequenceAugment, jpeg
+from dfbatch.training.sbi import SBIConfig, SelfBlender, self_blend
 
 DATA = Path(__file__).parent / "data"
 

@@ -19,10 +19,10 @@ import boto3
 import pyarrow.parquet as pq
 import pytest
 
-from dfbatch import hostile
+from dfbatch.corpora import hostile
 from dfbatch.cli import main as cli_main
-from dfbatch.sink import ResultStore
-from dfbatch.storage import Storage
+from dfbatch.io.results import ResultStore
+from dfbatch.io.storage import Storage
 
 SECRET = "PLANTEDs3cr3t" + uuid.uuid4().hex[:12]
 

@@ -8,8 +8,8 @@ from datetime import datetime, timezone
 
 import pyarrow.parquet as pq
 
-from dfbatch.sink import FACES_SCHEMA, VIDEOS_SCHEMA, ResultStore, to_tables
-from dfbatch.storage import Storage
+from dfbatch.io.results import FACES_SCHEMA, VIDEOS_SCHEMA, ResultStore, to_tables
+from dfbatch.io.storage import Storage
 
 
 def _row(i: int, status: str = "ok", version: str = "1") -> dict:

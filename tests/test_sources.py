@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from dfbatch.errors import UserError
-from dfbatch.sources import Listing, is_video_name, iter_videos, video_id
-from dfbatch.storage import Storage
+from dfbatch.io.listing import Listing, is_video_name, iter_videos, video_id
+from dfbatch.io.storage import Storage
 
 
 def _tree(root):

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dfbatch import synth
+from dfbatch.corpora import synth
 
 SIZE = (640, 360)
 SECONDS = 2.0

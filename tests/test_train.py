@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from dfbatch.errors import UserError
-from dfbatch.prepare import ShardStore, decode_jpeg, encode_jpeg, read_shards
-from dfbatch.train import (
+from dfbatch.training.prepare import ShardStore, decode_jpeg, encode_jpeg, read_shards
+from dfbatch.training.trainer import (
     BalancedSampler,
     Item,
     SequenceBuilder,
@@ -137,7 +137,7 @@ def test_sequence_builder_decodes_blends_and_augments(shards):
     fake = b(Item(row, "FAKE", sbi=True), None)
     assert fake.shape == plain.shape and not np.array_equal(fake, plain)
     assert np.array_equal(fake, b(Item(row, "FAKE", sbi=True), None))  # val fakes are reproducible
-    from dfbatch.augment import AugmentConfig
+    from dfbatch.training.augment import AugmentConfig
 
     aug = SequenceBuilder(4, augment=AugmentConfig(p_flip=1, p_color=0, p_blur=0, p_downscale=0, p_jpeg=0))
     flipped = aug(Item(row, row["label"]), np.random.default_rng(0))
@@ -168,7 +168,7 @@ def test_threshold_and_video_metrics():
 def test_config_validation_and_unusable_data(tmp_path, shards):
     with pytest.raises(UserError, match="--sbi"):
         TrainConfig(data="x", output="y", sbi="sometimes")
-    from dfbatch.train import _data_description
+    from dfbatch.training.trainer import _data_description
 
     with pytest.raises(UserError, match="dfbatch prepare"):
         _data_description(TrainConfig(data=str(tmp_path), output="y"), ShardStore(str(tmp_path)))
@@ -208,9 +208,9 @@ def _history(client, run_id, key):
 def test_train_one_worker_registers_challenger_then_resumes(ray_local, shards, tmp_path):
     from mlflow import MlflowClient
 
-    from dfbatch import registry
-    from dfbatch.model import read_checkpoint
-    from dfbatch.train import train
+    from dfbatch.models import registry
+    from dfbatch.models.detector import read_checkpoint
+    from dfbatch.training.trainer import train
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     cfg = TrainConfig(data=shards, output=str(tmp_path / "ckpt"), name="one", epochs=1, num_workers=1,
@@ -244,7 +244,7 @@ def test_train_one_worker_registers_challenger_then_resumes(ray_local, shards, t
 def test_train_two_workers(ray_local, shards, tmp_path):
     from mlflow import MlflowClient
 
-    from dfbatch.train import train
+    from dfbatch.training.trainer import train
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     r = train(TrainConfig(data=shards, output=str(tmp_path / "ckpt"), name="two", epochs=1, num_workers=2,
@@ -258,9 +258,9 @@ def test_train_two_workers(ray_local, shards, tmp_path):
 
 @pytest.mark.slow
 def test_train_reads_shards_from_s3_and_checkpoints_to_s3(ray_local, s3_endpoint, tmp_path):
-    from dfbatch.model import read_checkpoint
-    from dfbatch.storage import Storage
-    from dfbatch.train import train
+    from dfbatch.models.detector import read_checkpoint
+    from dfbatch.io.storage import Storage
+    from dfbatch.training.trainer import train
 
     fs = Storage(s3_endpoint).fs("s3://dfbatch-train/")
     fs.mkdir("dfbatch-train")

@@ -18,10 +18,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dfbatch.datasets import load_labels
+    from dfbatch.training.labels import load_labels
     from dfbatch.errors import UserError
-    from dfbatch.evaluate import format_table, join_labels, video_metrics
-    from dfbatch.sink import read_results
+    from dfbatch.evaluation.metrics import format_table, join_labels, video_metrics
+    from dfbatch.io.results import read_results
 
     results = read_results(args.output)
     if args.model_version:

@@ -18,7 +18,7 @@ def add_parser(subparsers) -> None:
         return sp
 
     def naming(sp: argparse.ArgumentParser) -> None:
-        from dfbatch.registry import DEFAULT_MODEL_NAME
+        from dfbatch.models.registry import DEFAULT_MODEL_NAME
 
         sp.add_argument("--name", default=DEFAULT_MODEL_NAME, help=f"registered model name (default {DEFAULT_MODEL_NAME})")
         sp.add_argument("--alias", default=None, help="set this alias on the new version (champion, challenger)")
@@ -61,7 +61,8 @@ def _ts(ms) -> str:
 
 
 def _list(args) -> int:
-    from dfbatch.registry import list_models, redact, resolve_tracking_uri
+    from dfbatch.errors import redact
+    from dfbatch.models.registry import list_models, resolve_tracking_uri
 
     rows = list_models(args.tracking_uri, name=args.name)
     if args.json:
@@ -81,7 +82,7 @@ def _list(args) -> int:
 
 
 def _register(args) -> int:
-    from dfbatch.registry import register_uri
+    from dfbatch.models.registry import register_uri
 
     version = register_uri(args.source, args.name, alias=args.alias, threshold=args.threshold,
                            description=args.description, tracking_uri=args.tracking_uri)
@@ -90,7 +91,7 @@ def _register(args) -> int:
 
 
 def _alias(args) -> int:
-    from dfbatch.registry import set_alias
+    from dfbatch.models.registry import set_alias
 
     set_alias(args.name, args.version, args.alias, tracking_uri=args.tracking_uri)
     print(f"models:/{args.name}@{args.alias} -> version {args.version}")
@@ -98,7 +99,7 @@ def _alias(args) -> int:
 
 
 def _import_seed(args) -> int:
-    from dfbatch.registry import import_seed
+    from dfbatch.models.registry import import_seed
 
     version = import_seed(args.file, args.frames, args.name, alias=args.alias, threshold=args.threshold,
                           description=args.description, tracking_uri=args.tracking_uri)
@@ -111,7 +112,7 @@ def _done(name: str, version: str, alias: str | None) -> None:
 
 
 def _show(args) -> int:
-    from dfbatch.registry import show
+    from dfbatch.models.registry import show
 
     info = show(args.model, tracking_uri=args.tracking_uri)
     if args.json:

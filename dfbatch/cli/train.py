@@ -102,7 +102,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def prepare_config(args: argparse.Namespace):
     from dfbatch.config import FaceConfig, SamplingConfig
-    from dfbatch.prepare import PrepareConfig
+    from dfbatch.training.prepare import PrepareConfig
 
     require_positive(args, "frames", "crop_size", "face_workers", "detect_max_side", "detect_every", "min_face_px", "limit")
     return PrepareConfig(
@@ -116,7 +116,7 @@ def prepare_config(args: argparse.Namespace):
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    from dfbatch.prepare import run_prepare as run
+    from dfbatch.training.prepare import run_prepare as run
 
     s = run(prepare_config(args))
     if args.json:
@@ -137,7 +137,7 @@ _ARG_TO_FIELD = {"workers": "num_workers"}
 
 
 def train_config(args: argparse.Namespace):
-    from dfbatch.train import TrainConfig
+    from dfbatch.training.trainer import TrainConfig
 
     values: dict = {}
     if args.config:
@@ -167,7 +167,7 @@ def train_config(args: argparse.Namespace):
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from dfbatch.train import train
+    from dfbatch.training.trainer import train
 
     r = train(train_config(args))
     if args.json:

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pyarrow as pa
 
-from dfbatch.sink import SCORED_SCHEMA
+from dfbatch.io.results import SCORED_SCHEMA
 
 AGGREGATORS = {"max": np.max, "mean": np.mean, "median": np.median}
 
@@ -27,7 +27,7 @@ class Scorer:
         CUDA: channels_last + autocast, pinned uint8 input copied non-blocking. `compile`: torch.compile."""
         import torch
 
-        from dfbatch import model as M
+        from dfbatch.models import detector as M
 
         if threads:
             torch.set_num_threads(threads)
@@ -52,7 +52,7 @@ class Scorer:
         """(per-frame P(fake), sequence P(fake)) for each sequence; equal lengths are batched together."""
         import torch
 
-        from dfbatch.model import inference_context, preprocess
+        from dfbatch.models.detector import inference_context, preprocess
 
         out: list = [None] * len(sequences)
         by_len: dict[int, list[int]] = defaultdict(list)
@@ -192,7 +192,7 @@ class FaceScoreStage:
     through the object store."""
 
     def __init__(self, *, face_kwargs: dict, score_kwargs: dict):
-        from dfbatch.faces import FaceStage
+        from dfbatch.stages.faces import FaceStage
 
         self.faces = FaceStage(**face_kwargs)
         self.score = ScoreStage(**score_kwargs)

@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq  # manifests
 
 from dfbatch.config import VIDEO_EXTENSIONS
-from dfbatch.errors import UserError
-from dfbatch.storage import Storage, is_s3, redact, strip_userinfo
+from dfbatch.errors import UserError, one_line, redact
+from dfbatch.io.storage import Storage, is_s3, strip_userinfo
 
 MANIFEST_EXTENSIONS = (".txt", ".csv", ".parquet", ".lst")
 LISTING_SCHEMA = pa.schema(
@@ -139,12 +139,7 @@ def _iter_s3(uri: str, storage: Storage) -> Iterator[VideoRef]:
     except UserError:
         raise
     except Exception as exc:  # botocore errors: access denied, no such bucket, no endpoint
-        raise UserError(f"cannot list {redact(uri)}: {redact(_one_line(exc))}") from None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".strip(": ")
+        raise UserError(f"cannot list {redact(uri)}: {one_line(exc)}") from None
 
 
 def _manifest_entries(uri: str, storage: Storage) -> Iterator[dict]:
@@ -198,7 +193,7 @@ def _stat_s3(uri: str, storage: Storage) -> VideoRef:
         head = storage.boto3_client().head_object(Bucket=bucket, Key=key)
         return VideoRef(uri, int(head["ContentLength"]), str(head.get("ETag", "")).strip('"'))
     except Exception as exc:
-        return VideoRef(uri, None, None, f"cannot stat: {redact(_one_line(exc))}")
+        return VideoRef(uri, None, None, f"cannot stat: {one_line(exc)}")
 
 
 def iter_videos(sources: Iterable[str], storage: Storage) -> Iterator[VideoRef]:

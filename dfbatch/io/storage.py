@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -14,18 +13,6 @@ _S3_SCHEMES = ("s3://", "s3a://", "s3n://")
 
 def is_s3(uri: str) -> bool:
     return uri.startswith(_S3_SCHEMES)
-
-
-def redact(text: str) -> str:
-    """Remove credentials from a URI or message: user:password@, query strings, key-like tokens."""
-    text = re.sub(r"([a-z][a-z0-9+.-]*://)[^/@\s]+@", r"\1", str(text), flags=re.I)
-    text = re.sub(r"(?<![\w/:])[\w.%+~-]+:[^\s/@'\"]+@(?=[\w-])", "", text)  # user:password@ without a scheme (s3fs echoes 'user:pw@bucket')
-    text = re.sub(r"(?i)(X-Amz-[A-Za-z-]+|Signature|AWSAccessKeyId|token|secret|password)=[^&\s'\"]+", r"\1=***", text)
-    for var in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD"):
-        secret = os.environ.get(var)
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return text
 
 
 def strip_userinfo(uri: str) -> str:

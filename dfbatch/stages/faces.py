@@ -21,8 +21,9 @@ import numpy as np
 import pyarrow as pa
 
 from dfbatch.config import FaceConfig, LimitsConfig, SamplingConfig
-from dfbatch.decode import DecodeError, local_copy, read_frames
-from dfbatch.storage import Storage, redact
+from dfbatch.stages.decode import DecodeError, local_copy, read_frames
+from dfbatch.errors import one_line, redact
+from dfbatch.io.storage import Storage
 
 
 MTCNN_MIN_PX = 12  # facenet's P-Net window: smaller faces are never found (and min_face_size < 12 raises)
@@ -340,7 +341,7 @@ def _process_video(ref: dict, detector: FaceDetector, storage: Storage, sampling
         row["error"] = "out of memory while decoding"
         return row
     except Exception as exc:  # never let one video take the job down
-        row["error"] = redact(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")[:300]
+        row["error"] = one_line(exc)
         return row
     row["n_faces"] = n_faces
     row["n_tracks"] = len(tracks)

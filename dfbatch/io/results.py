@@ -24,9 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
-from ray.data import Datasink
 
-from dfbatch.storage import Storage, is_s3
+from dfbatch.io.storage import Storage, is_s3
 
 VIDEOS_SCHEMA = pa.schema(
     [
@@ -209,30 +208,3 @@ class ResultStore:
 def read_results(output: str, sub: str = "videos", storage: Storage | None = None):
     """Results under OUT as a pandas DataFrame (`sub` = videos | faces)."""
     return ResultStore(output, storage or Storage()).read(sub)
-
-
-class CommitDatasink(Datasink):
-    """Ray Data adapter: each write task hands its rows to `store_cls(output, storage).write_part`, which commits
-    one part and returns counts; the driver sums them in `totals`. Serves results (ResultStore) and shards."""
-
-    def __init__(self, output: str, storage: Storage, job_id: str, *, store_cls=None, min_rows: int = 128):
-        self.output, self.storage, self.job_id = output, storage, job_id
-        self.store_cls, self.min_rows = store_cls or ResultStore, min_rows
-        self.totals: Counter = Counter()
-
-    def write(self, blocks, ctx) -> dict:
-        rows = []
-        for block in blocks:
-            rows.extend(block.to_pylist() if isinstance(block, pa.Table) else pa.Table.from_pandas(block).to_pylist())
-        return self.store_cls(self.output, self.storage).write_part(rows, self.job_id)
-
-    def on_write_complete(self, write_result) -> None:
-        for counts in write_result.write_returns:
-            self.totals.update(counts or {})
-
-    @property
-    def min_rows_per_write(self) -> int:
-        return self.min_rows
-
-
-ResultsDatasink = CommitDatasink  # the scoring job's sink (store_cls defaults to ResultStore)

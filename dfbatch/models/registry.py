@@ -5,7 +5,7 @@ Storage format of a logged model (MLflow pyfunc, "model from code", nothing pick
     MLmodel                 flavor python_function, metadata: dfbatch_format, dfbatch_spec, threshold, weights_sha256
     artifacts/weights.pt    plain state dict (tensors only) -> torch.load(weights_only=True)
     artifacts/spec.json     ModelSpec.to_dict()
-    mlflow_model.py         dfbatch/mlflow_model.py (the pyfunc: load_context + predict)
+    mlflow_model.py         dfbatch/models/mlflow_model.py (the pyfunc: load_context + predict)
     input_example.json, serving_input_example.json, requirements.txt, ...
 
 `fetch()` never runs the logged code and never unpickles: it downloads `spec.json` + `weights.pt` and checks
@@ -31,14 +31,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import torch
 from torch import nn
 
-from dfbatch.errors import CheckpointError, ModelNotFound, UserError
-from dfbatch.model import (
+from dfbatch.errors import CheckpointError, ModelNotFound, UserError, redact
+from dfbatch.models.detector import (
     Detector,
     ModelSpec,
     build_model,
@@ -87,23 +86,6 @@ class ModelBundle:
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def redact(uri: str | None) -> str:
-    """URI with user:password and secret-looking query values replaced by ***."""
-    if not uri:
-        return ""
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return "***"
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rsplit("@", 1)[1]
-    query = re.sub(r"(?i)((?:password|passwd|pwd|token|secret|key|signature|credential)[^=&]*=)[^&]*", r"\1***", parts.query)
-    if (netloc, query) == (parts.netloc, parts.query):
-        return uri
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
 def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
     import mlflow
 
@@ -361,7 +343,7 @@ def register_uri(source: str, name: str = DEFAULT_MODEL_NAME, *, alias: str | No
 def import_seed(path: str | os.PathLike, frames: int, name: str = DEFAULT_MODEL_NAME, *, alias: str | None = None,
                 threshold: float = 0.5, description: str | None = None, tracking_uri: str | None = None) -> str:
     """Load a seed ResNeXt50-LSTM state dict (weights_only), check every key/shape, register it."""
-    from dfbatch.model import import_seed_state_dict
+    from dfbatch.models.detector import import_seed_state_dict
 
     p = Path(path)
     model, spec = import_seed_state_dict(load_state_dict_file(p), frames)
@@ -590,6 +572,6 @@ def show(model_uri: str, tracking_uri: str | None = None) -> dict[str, Any]:
 
 __all__ = [
     "DEFAULT_MODEL_NAME", "ModelBundle", "fetch", "register", "register_uri", "import_seed", "log_model",
-    "set_alias", "delete_alias", "set_threshold", "list_models", "show", "parse_model_uri", "redact",
+    "set_alias", "delete_alias", "set_threshold", "list_models", "show", "parse_model_uri",
     "resolve_tracking_uri",
 ]

@@ -49,7 +49,7 @@ _DEFAULT_CODEC = {".mp4": "libx264", ".mov": "libx264", ".mkv": "libx264", ".avi
 def assets_dir() -> Path:
     """Folder with the real material: ``$DFBATCH_ASSETS`` or ``<repo>/tests/data``."""
     env = os.environ.get("DFBATCH_ASSETS")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "tests" / "data"
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "tests" / "data"
 
 
 def _decode_all(path: Path) -> np.ndarray:

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from dfbatch.config import LimitsConfig, SamplingConfig
-from dfbatch.storage import Storage, is_s3, redact
+from dfbatch.errors import one_line
+from dfbatch.io.storage import Storage, is_s3
 
 
 class DecodeError(Exception):
@@ -52,15 +53,6 @@ def sample_indices(n_frames: int, k: int) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, n_frames - 1, k)).astype(np.int64))
 
 
-def _one_line(exc: BaseException) -> str:
-    if isinstance(getattr(exc, "strerror", None), str) and getattr(exc, "filename", None):
-        return redact(f"{type(exc).__name__}: {exc.strerror}"[:300])  # the path (maybe a temp copy) is in the row already
-    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
-    # decord's messages carry a C++ backtrace; the useful part is the first line that names the problem
-    msg = next((ln for ln in lines if "Error" in ln or "error" in ln or "cannot" in ln.lower()), lines[0] if lines else "")
-    return redact(f"{type(exc).__name__}: {msg}"[:300])
-
-
 def probe(path: str) -> VideoInfo:
     """Read container metadata and the first frame's display rotation with PyAV."""
     import av
@@ -92,7 +84,7 @@ def probe(path: str) -> VideoInfo:
     except DecodeError:
         raise
     except Exception as exc:
-        raise DecodeError(f"cannot open video: {_one_line(exc)}") from None
+        raise DecodeError(f"cannot open video: {one_line(exc)}") from None
     if rotation in (90, 270):
         width, height = height, width
     return VideoInfo(n_frames, fps, duration, width, height, rotation, stream.codec_context.name)
@@ -304,7 +296,7 @@ def read_frames(path: str, sampling: SamplingConfig, limits: LimitsConfig, *, fr
         except DecodeError:
             raise
         except Exception as exc:
-            errors.append(f"{backend}: {_one_line(exc)}")
+            errors.append(f"{backend}: {one_line(exc)}")
             continue
         if decoded:
             if not info.n_frames:
@@ -339,7 +331,7 @@ def local_copy(uri: str, storage: Storage, max_bytes: int) -> Iterator[str]:
         except PermissionError:
             raise DecodeError("access denied reading object") from None
         except Exception as exc:
-            raise DecodeError(f"cannot read object: {_one_line(exc)}") from None
+            raise DecodeError(f"cannot read object: {one_line(exc)}") from None
         yield tmp
     finally:
         with contextlib.suppress(OSError):

@@ -1,7 +1,7 @@
 """Train a detector on prepared face-sequence shards with Ray Train (TorchTrainer, DDP), log it to MLflow and
 register the best checkpoint as `challenger`.
 
-    from dfbatch.train import TrainConfig, train
+    from dfbatch.training.trainer import TrainConfig, train
     result = train(TrainConfig(data="prepared/", output="checkpoints/", epochs=10, num_workers=2))
     result.model_uri   # models:/dfbatch-detector/7  (alias challenger)
 
@@ -12,10 +12,10 @@ every worker runs the same number of steps — DDP needs that) and the whole of 
 Sampling (per worker, `BalancedSampler`): every incoming track emits exactly one training item, so step counts
 stay equal across workers. With ``balance="sampler"`` the item's class is REAL or FAKE with probability 1/2,
 drawn from bounded per-class pools fed by the stream (minority tracks are repeated, majority tracks thinned).
-Self-blended fakes (`dfbatch.sbi`, parameters once per sequence) are made from REAL tracks: ``sbi="mix"``
+Self-blended fakes (`dfbatch.training.sbi`, parameters once per sequence) are made from REAL tracks: ``sbi="mix"``
 makes a FAKE item self-blended with probability ``sbi_fraction`` (always when no labelled fake is at hand),
 ``sbi="only"`` ignores labelled fakes. Each item: ``seq_len`` frames (a random phase of an even stride over
-the track; padded with `lengths` when shorter), then `dfbatch.augment` (drawn once per sequence).
+the track; padded with `lengths` when shorter), then `dfbatch.training.augment` (drawn once per sequence).
 
 Validation each epoch: every worker scores the val tracks of its hash partition exactly like the scoring job
 (whole track subsampled to ``seq_len``; frame probabilities averaged per track — ``val_frame_aggregation`` —,
@@ -55,10 +55,10 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from dfbatch.augment import AugmentConfig, SequenceAugment
-from dfbatch.errors import UserError
-from dfbatch.sbi import SBIConfig, SelfBlender
-from dfbatch.storage import Storage, is_s3, redact
+from dfbatch.training.augment import AugmentConfig, SequenceAugment
+from dfbatch.errors import UserError, one_line, redact
+from dfbatch.training.sbi import SBIConfig, SelfBlender
+from dfbatch.io.storage import Storage, is_s3
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class TrainConfig:
                 raise UserError(msg)
 
     def spec(self):
-        from dfbatch.model import ModelSpec
+        from dfbatch.models.detector import ModelSpec
 
         return ModelSpec(backbone=self.backbone, temporal=self.temporal, hidden_dim=self.hidden_dim,
                          num_layers=self.num_layers, head=self.head, input_size=self.input_size,
@@ -282,7 +282,7 @@ class SequenceBuilder:
         self.blender = SelfBlender(sbi or SBIConfig())
 
     def decode(self, frames: list[bytes], positions: Iterable[int]) -> np.ndarray:
-        from dfbatch.prepare import decode_jpeg
+        from dfbatch.training.prepare import decode_jpeg
 
         return np.stack([decode_jpeg(frames[int(i)]) for i in positions])
 
@@ -411,7 +411,7 @@ def _validate(model, spec, rows: Iterable[dict], cfg: TrainConfig, builder: Sequ
     """Score this rank's partition of the val tracks, gather everything, compute video metrics (all ranks)."""
     import torch
 
-    from dfbatch.model import preprocess
+    from dfbatch.models.detector import preprocess
 
     net = getattr(model, "module", model)
     net.eval()
@@ -468,7 +468,7 @@ def train_loop_per_worker(config: dict) -> None:
     import torch
     import torch.nn.functional as F
 
-    from dfbatch.model import ModelSpec, build_model, load_weights, preprocess, read_checkpoint, save_checkpoint
+    from dfbatch.models.detector import ModelSpec, build_model, load_weights, preprocess, read_checkpoint, save_checkpoint
 
     cfg = TrainConfig.from_dict(config["cfg"])
     spec = ModelSpec.from_dict(config["spec"])
@@ -728,7 +728,7 @@ def _read_shards_ds(files: list[str], storage: Storage):
         if old is not None:
             ctx.use_datasource_v2 = False
         if not paths:
-            from dfbatch.prepare import SHARD_SCHEMA
+            from dfbatch.training.prepare import SHARD_SCHEMA
 
             return ray.data.from_arrow(SHARD_SCHEMA.empty_table().select(SHARD_COLUMNS))
         return ray.data.read_parquet(paths, filesystem=fs, columns=SHARD_COLUMNS, num_cpus=0)
@@ -752,14 +752,6 @@ def _copy_best(src_dir: str, cfg: TrainConfig) -> str:
     return uri
 
 
-def _one_line(exc: BaseException) -> str:
-    """First line plus the last (the worker's own exception) of a Ray Train error."""
-    lines = [ln.strip() for ln in redact(str(exc)).splitlines() if ln.strip()]
-    if not lines:
-        return type(exc).__name__
-    return (lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}")[:500]
-
-
 def _best_checkpoint(result):
     """The kept checkpoint with the highest score; ties go to the earlier epoch (what early stopping calls best)."""
     kept = [(c, m) for c, m in (getattr(result, "best_checkpoints", None) or []) if m and "score" in m]
@@ -776,10 +768,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from dfbatch import registry
-    from dfbatch.model import read_checkpoint
+    from dfbatch.models import registry
+    from dfbatch.models.detector import read_checkpoint
     from dfbatch.pipeline import init_ray
-    from dfbatch.prepare import ShardStore
+    from dfbatch.training.prepare import ShardStore
 
     started = time.time()
     spec = cfg.spec()
@@ -843,7 +835,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         result = trainer.fit()
     except Exception as exc:
         client.set_terminated(run_id, status="FAILED")
-        raise UserError(f"training failed: {_one_line(exc)}") from exc
+        raise UserError(f"training failed: {one_line(exc, limit=500, last=True)}") from exc
     finally:
         data_ctx.enable_progress_bars = saved_bars
     if getattr(result, "error", None):

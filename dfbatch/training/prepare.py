@@ -41,8 +41,8 @@ import pyarrow.parquet as pq
 
 from dfbatch import __version__
 from dfbatch.config import REFERENCE_FACES, FaceConfig, LimitsConfig, SamplingConfig
-from dfbatch.errors import UserError
-from dfbatch.storage import Storage, is_s3, redact
+from dfbatch.errors import UserError, one_line, redact
+from dfbatch.io.storage import Storage, is_s3
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def prepared_row(ref: dict, face_row: dict, jpeg_quality: int) -> dict:
 
 
 def _face_stage_base():
-    from dfbatch.faces import FaceStage
+    from dfbatch.stages.faces import FaceStage
 
     return FaceStage
 
@@ -313,7 +313,7 @@ class ShardStore:
         return [self.storage.uri(self.output, p) for p in self._ls(f"shards/{split}")]
 
     def split_table(self):
-        from dfbatch.datasets import load_split
+        from dfbatch.training.labels import load_split
 
         p = self.uri("split.parquet")
         if not self.fs.exists(self.path("split.parquet")):
@@ -334,7 +334,7 @@ def read_shards(output: str, split: str | None = None, storage: Storage | None =
 
 def ShardDatasink(output: str, storage: Storage, job_id: str):
     """Ray Data datasink: each write task commits one shard part (see ShardStore.write_part)."""
-    from dfbatch.sink import CommitDatasink
+    from dfbatch.io.datasink import CommitDatasink
 
     return CommitDatasink(output, storage, job_id, store_cls=ShardStore, min_rows=32)
 
@@ -346,7 +346,7 @@ def _storage_options(uri: str, endpoint: str | None) -> dict:
 
 def label_table(cfg: PrepareConfig, pin: dict[str, str] | None = None):
     """Labels of every source, with leak-free splits (pinned to an earlier run's groups)."""
-    from dfbatch import datasets
+    from dfbatch.training import labels as datasets
 
     opts = {}
     for src in cfg.sources:
@@ -364,7 +364,7 @@ def _listing(labels, store: ShardStore, storage: Storage, work: str, skip: set[s
     """Stat every labelled video (through `sources.iter_videos` on a manifest, so ids match scoring), attach
     the label columns, drop already-prepared ids. Yields Arrow tables of up to `chunk` rows; fills `ids`
     (uri -> video_id) and `counts` (returned first, as a mutable pair)."""
-    from dfbatch.sources import iter_videos
+    from dfbatch.io.listing import iter_videos
 
     manifest = f"{work}/manifest.parquet"
     store.fs.makedirs(work, exist_ok=True)
@@ -404,7 +404,7 @@ def run_prepare(cfg: PrepareConfig) -> PrepareSummary:
     """Prepare (or resume preparing) face-sequence shards for every labelled video."""
     import ray
 
-    from dfbatch.datasets import save_split, split_summary
+    from dfbatch.training.labels import save_split, split_summary
     from dfbatch.pipeline import init_ray
 
     started = time.time()
@@ -413,7 +413,7 @@ def run_prepare(cfg: PrepareConfig) -> PrepareSummary:
     try:
         store.check_writable()
     except Exception as exc:
-        raise UserError(f"cannot write to {redact(cfg.output)}: {type(exc).__name__}: {exc}") from None
+        raise UserError(f"cannot write to {redact(cfg.output)}: {one_line(exc)}") from None
     old = store.read_params()
     if old is not None:
         changed = {k: (old.get(k), v) for k, v in cfg.pinned().items() if old.get(k) != v}

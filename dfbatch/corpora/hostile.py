@@ -28,7 +28,7 @@ def _carphone() -> np.ndarray:
     """(120, 144, 176, 3) uint8 RGB frames of the real carphone clip (a man talking, face ~60 px)."""
     import av
 
-    from dfbatch.synth import assets_dir
+    from dfbatch.corpora.synth import assets_dir
 
     with av.open(str(assets_dir() / "carphone_pristine.mp4")) as c:
         frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])

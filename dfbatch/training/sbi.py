@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from dfbatch.augment import adjust_color, as_rng, downscale, gaussian_blur, jpeg, rgb_shift, sharpen
+from dfbatch.training.augment import adjust_color, as_rng, downscale, gaussian_blur, jpeg, rgb_shift, sharpen
 
 __all__ = ["SBIConfig", "SBIParams", "SBIResult", "SelfBlender", "self_blend"]
 

@@ -4,7 +4,7 @@ A sequence is a uint8 array (T, S, S, 3), RGB. Drawing the parameters once and a
 keeps the clip temporally consistent: a flip, colour cast, blur or compression level that changed from frame to
 frame would itself be an artefact the temporal model could learn to call FAKE.
 
-The image operations here (colour, blur, sharpen, downscale, JPEG) are shared with `dfbatch.sbi`.
+The image operations here (colour, blur, sharpen, downscale, JPEG) are shared with `dfbatch.training.sbi`.
 
     aug = SequenceAugment(AugmentConfig())
     out = aug(seq, rng)                 # or: params = aug.sample(rng); out = aug.apply(seq, params)
