@@ -602,7 +602,7 @@ def run_pipeline(videos_dir: Path, n_videos: int, model_uri: str, s: BenchSettin
         started_ray = not ray.is_initialized()
         if started_ray:
             if s.cpus and not (s.ray_address or os.environ.get("RAY_ADDRESS")):
-                ray.init(num_cpus=s.cpus, include_dashboard=False, logging_level=logging.WARNING)
+                ray.init(address="local", num_cpus=s.cpus, include_dashboard=False, logging_level=logging.WARNING)
             else:
                 init_ray(s.ray_address)
         cluster = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "memory", "object_store_memory")}
