@@ -85,6 +85,9 @@ class ScoreConfig:
     torch_threads: int | None = None  # None: cpus of the actor
     rows_per_block: int = 8  # listing rows per Ray Data block (the unit handed to one face actor)
     ray_address: str | None = None  # None: RAY_ADDRESS, else a new local Ray
+    model_resource: str | None = None  # custom Ray resource each model actor also asks 1 of (the node type holding the model)
+    listing_shards: int = 16  # at most this many listing read tasks per SOURCE (S3 key ranges, subtrees, row groups)
+    listing_lead: int = 4096  # videos listed ahead of the committed results (bounds the listing's memory)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     faces: FaceConfig = field(default_factory=FaceConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)

@@ -33,7 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=ScoreConfig.precision, help="model precision (default auto: bf16 where the GPU/CPU has it natively, else fp32; fp16 needs a GPU)")
     p.add_argument("--batch-size", type=int, default=16, help="face sequences per forward pass")
     p.add_argument("--face-workers", type=int, default=None, help="CPU actors decoding + detecting (default: one per free CPU)")
-    p.add_argument("--score-workers", type=int, default=None, help="model actors (default: one per GPU, else 1)")
+    p.add_argument("--score-workers", type=int, default=None, help="model actors (default: one per GPU, growing with the GPUs the cluster gets)")
+    p.add_argument("--model-resource", default=None, metavar="NAME", help="custom Ray resource each model actor also asks 1 of: the node type that runs the model (e.g. one started with --resources '{\"NAME\": 1}')")
     p.add_argument("--decode-backend", choices=("decord", "pyav"), default=SamplingConfig.backend, help=f"frame decoder (default {SamplingConfig.backend}; the other one is the fallback)")
     p.add_argument("--detect-max-side", type=int, default=FaceConfig.detect_max_side, help=f"downscale frames to this longest side for MTCNN, unless --min-face-px needs more (default {FaceConfig.detect_max_side})")
     p.add_argument("--detect-every", type=int, default=FaceConfig.detect_every, help=f"run MTCNN on every k-th sampled frame (and the last), interpolate boxes in between (default {FaceConfig.detect_every})")
@@ -64,6 +65,7 @@ def config_from_args(args: argparse.Namespace) -> ScoreConfig:
         score_batch_size=args.batch_size,
         face_workers=args.face_workers,
         score_workers=args.score_workers,
+        model_resource=args.model_resource,
         sampling=SamplingConfig(frames=args.frames, backend=args.decode_backend),
         faces=FaceConfig(**REFERENCE_FACES) if args.reference else FaceConfig(detect_max_side=args.detect_max_side, detect_every=args.detect_every, min_face_px=args.min_face_px),
         limits=LimitsConfig(max_duration_s=args.max_duration, time_budget_s=args.time_budget),
