@@ -136,14 +136,23 @@ def autoscaler_node_types() -> list[dict] | None:
 
 
 def autoscaler_running() -> bool:
-    """Whether a Ray autoscaler serves this cluster (it reports its state to the GCS)."""
+    """Whether a Ray autoscaler serves this cluster: v1 publishes its report in the GCS, v2 its state version."""
     try:
         from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_initialized
 
-        if not _internal_kv_initialized():
-            return False
-        status = _internal_kv_get("__autoscaling_status")
-        return bool(status) and "autoscaler_report" in json.loads(status)
+        status = _internal_kv_get("__autoscaling_status") if _internal_kv_initialized() else None
+        if status and "autoscaler_report" in json.loads(status):
+            return True
+    except Exception:
+        pass
+    try:
+        import ray
+        from ray._raylet import GcsClient
+        from ray.core.generated.autoscaler_pb2 import GetClusterStatusReply
+
+        reply = GetClusterStatusReply()
+        reply.ParseFromString(GcsClient(address=ray.get_runtime_context().gcs_address).get_cluster_status(timeout_s=5))
+        return reply.autoscaling_state.autoscaler_state_version > 0
     except Exception:
         return False
 
@@ -214,25 +223,28 @@ def plan_resources(cfg: ScoreConfig, view: dict | None = None) -> dict:
             face_share = min(face_share, free / cfg.face_workers)
         score_init, score_cpus, score_gpus, score_max = 0, 0.0, 0.0, 0
     else:
-        score_cpus, score_gpus = cfg.cpus_per_score_worker, 1.0 if use_gpu else 0.0
-        if use_gpu:
-            score_init = cfg.score_workers or max(1, int(n_gpu))
-            score_max = _pool_max(cfg.score_workers, gpu_cap, 1.0, score_init)
-        elif model_res:
-            score_init = cfg.score_workers or max(1, int(res.get(model_res, 0)))
-            score_max = _pool_max(cfg.score_workers, possible(view, model_res), 1.0, score_init)
-        else:  # CPU only with model actors asked for: they share the cores with one face actor per core
-            score_init = score_max = cfg.score_workers
-            score_cpus = min(score_cpus, max(LISTING_CPUS, n_cpu / 2 / score_init)) if n_cpu else score_cpus
-        left = free - (score_init * score_cpus if not use_gpu else min(free / 2, score_init * score_cpus))
-        if not use_gpu and not model_res:
-            face_init = cfg.face_workers or max(1, int(n_cpu) - score_init + 1)
-            if n_cpu:
-                face_share = min(face_share, max(LISTING_CPUS, left) / face_init)
-        else:
+        score_gpus = 1.0 if use_gpu else 0.0
+        if use_gpu or model_res:
+            # placed by its GPU / the named resource, the model actor asks for no logical CPU: the CPU stages can
+            # never crowd it out of its node. A node type given `CPU: 0` runs the model alone.
+            score_cpus = 0.0
+            if use_gpu:
+                score_init = cfg.score_workers or max(1, int(n_gpu))
+                score_max = _pool_max(cfg.score_workers, gpu_cap, 1.0, score_init)
+            else:
+                score_init = cfg.score_workers or max(1, int(res.get(model_res, 0)))
+                score_max = _pool_max(cfg.score_workers, possible(view, model_res), 1.0, score_init)
+            # at start the face actors leave a core of each GPU node to its model actor
+            left = free - (min(free / 2, score_init * cfg.cpus_per_score_worker) if n_gpu else 0.0)
             face_init = cfg.face_workers or max(1, int(left // face_share))
             if cfg.face_workers and n_cpu:
                 face_share = min(face_share, max(LISTING_CPUS, left) / cfg.face_workers)
+        else:  # CPU only with model actors asked for: they share the cores with one face actor per core
+            score_init = score_max = cfg.score_workers
+            score_cpus = min(cfg.cpus_per_score_worker, max(LISTING_CPUS, n_cpu / 2 / score_init)) if n_cpu else cfg.cpus_per_score_worker
+            face_init = cfg.face_workers or max(1, int(n_cpu) - score_init + 1)
+            if n_cpu:
+                face_share = min(face_share, max(LISTING_CPUS, free - score_init * score_cpus) / face_init)
     face_max = _pool_max(cfg.face_workers, cpu_cap, face_share, face_init)
     return {
         "cluster_cpus": n_cpu,
