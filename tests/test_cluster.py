@@ -97,8 +97,8 @@ def cluster(mlflow_uri, tiny_model):
 def test_a_head_without_cpus_waits_and_nodes_that_join_get_work(cluster, tmp_path):
     """Submitted to a head with no CPUs (and no autoscaler), the job waits; it runs once a 1-CPU worker joins,
     and a 2-CPU worker that joins mid-job gets actors of the autoscaling pool, which run tasks there."""
-    videos = _copies(tmp_path / "src", 200)
-    job = _score(cluster, tmp_path / "src", "-o", tmp_path / "out", frames=8)
+    videos = _copies(tmp_path / "src", 400)  # about a minute of work for one core: the second node joins well before the end
+    job = _score(cluster, tmp_path / "src", "-o", tmp_path / "out", frames=16)
     time.sleep(20)
     assert job.poll() is None, job.communicate()[1][-3000:]
     assert not _alive(cluster, "FaceScoreStage"), "an actor runs on a cluster without CPUs?"
@@ -170,8 +170,8 @@ def test_ray_job_submit_with_the_working_dir(cluster, tmp_path):
 def test_a_worker_killed_mid_job_loses_nothing_and_duplicates_nothing(cluster, tmp_path):
     """Node C is killed (all its processes, SIGKILL) while it runs tasks; the job ends (Ray retries the tasks
     elsewhere) or fails, and the same command run again leaves exactly one row per video."""
-    videos = _copies(tmp_path / "src", 150)
-    job = _score(cluster, tmp_path / "src", "-o", tmp_path / "out", frames=8)
+    videos = _copies(tmp_path / "src", 300)
+    job = _score(cluster, tmp_path / "src", "-o", tmp_path / "out", frames=16)
     c = cluster.nodes["C"]
     before = _ran_on(cluster, "MapWorker(MapBatches(FaceScoreStage))").get(c, 0)  # the earlier jobs' tasks
     _wait(lambda: _ran_on(cluster, "MapWorker(MapBatches(FaceScoreStage))").get(c, 0) > before and _alive(cluster, "FaceScoreStage", c), 300,
@@ -179,7 +179,7 @@ def test_a_worker_killed_mid_job_loses_nothing_and_duplicates_nothing(cluster, t
     cluster.remove("C")
     out, err = job.communicate(timeout=600)
     first = _json_block(out) if job.returncode == 0 else None
-    again = _summary(_score(cluster, tmp_path / "src", "-o", tmp_path / "out", frames=8))
+    again = _summary(_score(cluster, tmp_path / "src", "-o", tmp_path / "out", frames=16))
     df = _one_row_each(tmp_path / "out", videos)
     assert set(df.status) == {"ok"}
     done_first = first["scored"] if first else len(videos) - again["scored"]
