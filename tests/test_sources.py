@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from dfbatch.errors import UserError
-from dfbatch.io.listing import Listing, is_video_name, iter_videos, video_id
+from dfbatch.io.listing import is_video_name, iter_videos, video_id
 from dfbatch.io.storage import Storage
 
 
@@ -76,17 +76,6 @@ def test_manifests_txt_csv_parquet(tmp_path):
     pd.DataFrame({"path": ["x"]}).to_csv(root / "bad.csv", index=False)
     with pytest.raises(UserError, match="no 'uri' column"):
         list(iter_videos([str(root / "bad.csv")], Storage()))
-
-
-def test_listing_streams_small_tables_dedups_and_skips(tmp_path):
-    root = _tree(tmp_path / "src")
-    refs = list(iter_videos([str(root)], Storage()))
-    listing = Listing(iter_videos([str(root), str(root / "x.mp4")], Storage()), skip_ids={refs[0].video_id}, rows_per_table=3)
-    tables = list(listing)
-    assert listing.counts == {"listed": 6, "duplicates": 1, "skipped": 1, "to_score": 4}
-    assert [t.num_rows for t in tables] == [3, 1]
-    ids = [i for t in tables for i in t.column("video_id").to_pylist()]
-    assert refs[0].video_id not in ids and len(set(ids)) == 4
 
 
 def test_s3_prefix_listing_over_http(s3_endpoint):

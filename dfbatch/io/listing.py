@@ -399,33 +399,3 @@ def may_repeat(sources: list[str]) -> bool:
 def refs_table(refs: Iterable[VideoRef]) -> pa.Table:
     """A listing block: one row per ref with its video_id (the face stage's input)."""
     return pa.Table.from_pylist([asdict(r) | {"video_id": r.video_id} for r in refs], schema=LISTING_SCHEMA)
-
-
-class Listing:
-    """Streams refs as small Arrow tables (the Ray Data blocks of the job), dropping duplicates and ids in
-    skip_ids (already scored). Counts fill in while it is consumed: listed, skipped, duplicates, to_score."""
-
-    def __init__(self, refs: Iterable[VideoRef], *, skip_ids: set[str] | frozenset = frozenset(), rows_per_table: int = 8):
-        self.refs, self.skip_ids, self.rows = refs, skip_ids, max(1, rows_per_table)
-        self.counts = {"listed": 0, "skipped": 0, "duplicates": 0, "to_score": 0}
-
-    def __iter__(self) -> Iterator[pa.Table]:
-        seen: set[str] = set()
-        buf: list[dict] = []
-        for ref in self.refs:
-            self.counts["listed"] += 1
-            vid = ref.video_id
-            if vid in seen:
-                self.counts["duplicates"] += 1
-                continue
-            seen.add(vid)
-            if vid in self.skip_ids:
-                self.counts["skipped"] += 1
-                continue
-            buf.append(asdict(ref) | {"video_id": vid})
-            self.counts["to_score"] += 1
-            if len(buf) >= self.rows:
-                yield pa.Table.from_pylist(buf, schema=LISTING_SCHEMA)
-                buf = []
-        if buf:
-            yield pa.Table.from_pylist(buf, schema=LISTING_SCHEMA)
