@@ -104,7 +104,9 @@ def _serve() -> None:  # the helper process
         try:
             if msg["cmd"] == "start":
                 dash = msg["dashboard_port"]
-                args = dict(num_cpus=0, object_store_memory=msg["object_store_mb"] * 1024**2)
+                # a free port for the head's agent (the job server submits through it): the default 52365 may be
+                # taken by another Ray on this machine
+                args = dict(num_cpus=0, object_store_memory=msg["object_store_mb"] * 1024**2, dashboard_agent_listen_port=_free_port())
                 args |= dict(include_dashboard=True, dashboard_port=dash, dashboard_host="127.0.0.1") if dash else dict(include_dashboard=False)
                 cluster = Cluster(initialize_head=True, head_node_args=args)
                 reply = {"address": cluster.address, "node_id": cluster.head_node.node_id}

@@ -152,13 +152,13 @@ def test_ray_job_submit_places_stages_and_matches_one_node(cluster, clip_dir, ra
     assert not [n for n in names if n.split("/")[0] in (".git", ".venv", "demo", "mlruns", "bench-out")]
     assert pkg.stat().st_size < 20 * 1024**2
 
+    a = cluster.nodes.get("A") or cluster.add("A", 1)  # the CPU node (added by the test before, when it ran)
     b = cluster.add("B", 0, {"model_node": 1})
-    a = cluster.nodes["A"]
     runtime_env = json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"]}})
-    res = subprocess.run([str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", cluster.dashboard_url, "--working-dir", str(REPO),
-                          "--runtime-env-json", runtime_env, "--", "python", "jobs/score.py", str(clip_dir), "-o", str(tmp_path / "multi"),
-                          "--frames", "4", "--precision", "fp32", "--model-resource", "model_node", "--json"],
-                         env=cluster.env(), capture_output=True, text=True, timeout=600)
+    submit = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", cluster.dashboard_url, "--working-dir", str(REPO),
+              "--runtime-env-json", runtime_env, "--", "python", "jobs/score.py", str(clip_dir), "-o", str(tmp_path / "multi"),
+              "--frames", "4", "--precision", "fp32", "--model-resource", "model_node", "--json"]
+    res = subprocess.run(submit, env=cluster.env(), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0 and "succeeded" in res.stdout, (res.stdout[-3000:], res.stderr[-3000:])
     summary = _json_block(res.stdout)
     assert summary["resources"]["score_resources"] == {"model_node": 1.0} and not summary["resources"]["fused"]
