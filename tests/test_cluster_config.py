@@ -161,3 +161,15 @@ def test_gpu_check_commands_parse():
 
     settings = settings_from_args(build_parser().parse_args(gpu_check.bench_args(Path("out"))))
     assert settings.device == "cuda" and settings.size == (1920, 1080) and settings.run_pipeline
+
+
+def test_readme_and_cluster_files_state_what_each_actor_asks_for():
+    """The README's and cluster/'s words on resources are what the plan asks Ray for."""
+    from dfbatch.pipeline import plan_resources
+
+    plan = plan_resources(ScoreConfig(sources=["x"], output="y"), _view({"CPU": 16.0, "GPU": 1.0}))
+    readme = (REPO / "README.md").read_text()
+    assert plan["score_gpus"] == 1.0 and "a model actor 1 GPU (`num_gpus=1`, no logical CPU" in readme and plan["score_cpus"] == 0.0
+    assert f"a face actor (PyAV decode + MTCNN + crops, on its CPU) {plan['face_cpus']} CPU" in readme and plan["face_device"] == "cpu"
+    assert f"a listing task {plan['listing_cpus']} CPU" in readme
+    assert "one model actor per GPU (num_gpus=1)" in (CLUSTER / "aws-gpu.yaml").read_text()
