@@ -20,12 +20,15 @@ pytestmark = pytest.mark.slow
 BUCKET = "archive"
 EVERY = 20  # one key in EVERY has no row yet; the others were scored by an earlier run
 DRIVER = """
-import json, resource, sys
+import json, sys
 from dfbatch.config import SamplingConfig, ScoreConfig
 from dfbatch.pipeline import run_score
 s = run_score(ScoreConfig(sources=[sys.argv[1]], output=sys.argv[2], model_uri=sys.argv[3], s3_endpoint_url=sys.argv[4],
                           listing_lead=int(sys.argv[5]), sampling=SamplingConfig(frames=2)))
-print(json.dumps({"summary": s.to_dict(), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+# the driver's own peak: VmHWM (getrusage's ru_maxrss would also count the parent's memory at fork time)
+with open("/proc/self/status") as f:
+    peak = [int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM")][0]
+print(json.dumps({"summary": s.to_dict(), "peak_rss_mb": peak}))
 """
 
 
