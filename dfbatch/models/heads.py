@@ -4,9 +4,9 @@ A head function takes the `ModelSpec` and returns a module mapping per-frame fea
 and optional `lengths` (B,) to per-step features (B,T,hidden_dim); steps at or past a sequence's length are
 padding and must not change the valid steps (the detector's classifier runs on every step). Adding a head:
 
-    @register_head("bigru")
-    def bigru(spec):
-        return MyBiGRU(spec.feature_dim, spec.hidden_dim, spec.num_layers, spec.dropout)
+    @register_head("tcn")
+    def tcn(spec):
+        return CausalConvHead(spec.feature_dim, spec.hidden_dim, spec.num_layers, spec.dropout)
 
 `ModelSpec(temporal=...)`, `build_model`, checkpoints, `dfbatch train --temporal` and the MLflow registry then
 know it.
