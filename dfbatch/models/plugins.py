@@ -39,8 +39,9 @@ def load_plugins() -> None:
             log.warning(_failures[-1])
 
 
-class Registry(Generic[E], Mapping[str, E]):
-    """name -> entry, filled by a decorator; `get` raises a one-line UserError naming the choices."""
+class Registry(Generic[E]):
+    """name -> entry, filled by a decorator; `lookup` raises a one-line UserError naming the choices.
+    Iterating gives the names (built-in first, then plugins')."""
 
     def __init__(self, kind: str):
         self.kind = kind
@@ -51,7 +52,7 @@ class Registry(Generic[E], Mapping[str, E]):
             raise ValueError(f"{self.kind} {name!r} is already registered")
         self._entries[name] = entry
 
-    def get(self, name: str, default: Any = None) -> E:  # type: ignore[override]
+    def lookup(self, name: str) -> E:
         """The entry registered as `name` (plugins are loaded on a miss); UserError if there is none."""
         if name not in self._entries:
             load_plugins()
@@ -59,9 +60,6 @@ class Registry(Generic[E], Mapping[str, E]):
             extra = "".join(f"; {f}" for f in _failures)
             raise UserError(f"unknown {self.kind} {name!r}; choose one of {', '.join(self)}{extra}")
         return self._entries[name]
-
-    def __getitem__(self, name: str) -> E:
-        return self.get(name)
 
     def __contains__(self, name: object) -> bool:
         if name not in self._entries:
@@ -76,6 +74,9 @@ class Registry(Generic[E], Mapping[str, E]):
         load_plugins()
         return len(self._entries)
 
+    def entries(self) -> list[E]:
+        return [self._entries[name] for name in self]
+
     def field(self, attr: str) -> Mapping[str, Any]:
         """A live read-only view name -> getattr(entry, attr) (e.g. every backbone's feature width)."""
         return _FieldView(self, attr)
@@ -88,7 +89,7 @@ class _FieldView(Mapping[str, Any]):
     def __getitem__(self, name: str) -> Any:
         if name not in self._registry:
             raise KeyError(name)
-        return getattr(self._registry[name], self._attr)
+        return getattr(self._registry.lookup(name), self._attr)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._registry)

@@ -46,8 +46,8 @@ class ModelSpec:
         from dfbatch.models.backbones import BACKBONES
         from dfbatch.models.heads import TEMPORAL_HEADS
 
-        backbone = BACKBONES.get(self.backbone)  # UserError naming the choices
-        TEMPORAL_HEADS.get(self.temporal)
+        backbone = BACKBONES.lookup(self.backbone)  # UserError naming the choices
+        TEMPORAL_HEADS.lookup(self.temporal)
         if self.feature_dim is None:
             object.__setattr__(self, "feature_dim", backbone.features)
         elif int(self.feature_dim) != backbone.features:
