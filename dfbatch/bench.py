@@ -109,7 +109,7 @@ def _cpu_model() -> str:
 def machine_info() -> dict:
     import torch
 
-    from dfbatch.models.detector import cpu_bf16_supported
+    from dfbatch.models.inference import cpu_bf16_supported
 
     try:
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -194,7 +194,9 @@ def prepare_model(s: BenchSettings) -> str:
         return s.model
     import torch
 
-    from dfbatch.models.detector import ModelSpec, build_model, save_checkpoint
+    from dfbatch.models.checkpoints import save_checkpoint
+    from dfbatch.models.detector import build_model
+    from dfbatch.models.spec import ModelSpec
 
     if s.quick:
         spec = ModelSpec(backbone="tiny", hidden_dim=32, input_size=64, seq_len=s.frames, head="mean")
@@ -350,7 +352,9 @@ def run_baseline(paths: list[Path], bundle, frames: int, device: str = "cpu") ->
     from facenet_pytorch import MTCNN
 
     from dfbatch.stages.faces import square_crop
-    from dfbatch.models.detector import build_model, load_weights, predict_crops
+    from dfbatch.models.checkpoints import load_weights
+    from dfbatch.models.detector import build_model
+    from dfbatch.models.inference import predict_crops
 
     mtcnn = MTCNN(keep_all=True, device=device)  # facenet-pytorch defaults (min_face_size=20)
     net = load_weights(build_model(bundle.spec), bundle.state_dict).eval().to(device)
@@ -675,7 +679,7 @@ def run_bench(s: BenchSettings) -> dict:
     """Run everything `s` asks for; returns the report (also written to OUT/bench.json)."""
     import torch
 
-    from dfbatch.models.detector import resolve_precision
+    from dfbatch.models.inference import resolve_precision
 
     out = Path(s.output)
     out.mkdir(parents=True, exist_ok=True)

@@ -64,7 +64,8 @@ def sharp_model(reference_faces):
     reference crops of the clips (P(fake) per frame then spreads over (0, 1))."""
     import torch
 
-    from dfbatch.models.detector import ModelSpec, build_model, preprocess
+    from dfbatch.models.detector import build_model, preprocess
+    from dfbatch.models.spec import ModelSpec
 
     torch.manual_seed(0)
     spec = ModelSpec(hidden_dim=256, input_size=112, seq_len=FRAMES, head="mean")

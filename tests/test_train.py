@@ -209,7 +209,7 @@ def test_train_one_worker_registers_challenger_then_resumes(ray_local, shards, t
     from mlflow import MlflowClient
 
     from dfbatch.models import registry
-    from dfbatch.models.detector import read_checkpoint
+    from dfbatch.models.checkpoints import read_checkpoint
     from dfbatch.training.trainer import train
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -258,7 +258,7 @@ def test_train_two_workers(ray_local, shards, tmp_path):
 
 @pytest.mark.slow
 def test_train_reads_shards_from_s3_and_checkpoints_to_s3(ray_local, s3_endpoint, tmp_path):
-    from dfbatch.models.detector import read_checkpoint
+    from dfbatch.models.checkpoints import read_checkpoint
     from dfbatch.io.storage import Storage
     from dfbatch.training.trainer import train
 

@@ -27,16 +27,18 @@ class Scorer:
         CUDA: channels_last + autocast, pinned uint8 input copied non-blocking. `compile`: torch.compile."""
         import torch
 
-        from dfbatch.models import detector as M
+        from dfbatch.models.checkpoints import load_weights
+        from dfbatch.models.detector import build_model
+        from dfbatch.models.inference import fold_batchnorm, prepare_for_inference, resolve_precision
 
         if threads:
             torch.set_num_threads(threads)
         self.spec = spec
         self.batch_size = max(1, batch_size)
         self.device = torch.device(device)
-        precision = M.resolve_precision(precision, self.device)
-        net = M.fold_batchnorm(M.load_weights(M.build_model(spec), state_dict).eval())
-        self.net = M.prepare_for_inference(net, self.device, precision)
+        precision = resolve_precision(precision, self.device)
+        net = fold_batchnorm(load_weights(build_model(spec), state_dict).eval())
+        self.net = prepare_for_inference(net, self.device, precision)
         self.precision = precision
         self.cast = None  # input dtype when the weights themselves are cast (CPU bf16)
         if self.device.type == "cpu":
@@ -52,7 +54,8 @@ class Scorer:
         """(per-frame P(fake), sequence P(fake)) for each sequence; equal lengths are batched together."""
         import torch
 
-        from dfbatch.models.detector import inference_context, preprocess
+        from dfbatch.models.detector import preprocess
+        from dfbatch.models.inference import inference_context
 
         out: list = [None] * len(sequences)
         by_len: dict[int, list[int]] = defaultdict(list)

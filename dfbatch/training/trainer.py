@@ -156,7 +156,7 @@ class TrainConfig:
                 raise UserError(msg)
 
     def spec(self):
-        from dfbatch.models.detector import ModelSpec
+        from dfbatch.models.spec import ModelSpec
 
         return ModelSpec(backbone=self.backbone, temporal=self.temporal, hidden_dim=self.hidden_dim,
                          num_layers=self.num_layers, head=self.head, input_size=self.input_size,
@@ -468,7 +468,9 @@ def train_loop_per_worker(config: dict) -> None:
     import torch
     import torch.nn.functional as F
 
-    from dfbatch.models.detector import ModelSpec, build_model, load_weights, preprocess, read_checkpoint, save_checkpoint
+    from dfbatch.models.checkpoints import load_weights, read_checkpoint, save_checkpoint
+    from dfbatch.models.detector import build_model, preprocess
+    from dfbatch.models.spec import ModelSpec
 
     cfg = TrainConfig.from_dict(config["cfg"])
     spec = ModelSpec.from_dict(config["spec"])
@@ -769,7 +771,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     from ray.train.torch import TorchTrainer
 
     from dfbatch.models import registry
-    from dfbatch.models.detector import read_checkpoint
+    from dfbatch.models.checkpoints import read_checkpoint
     from dfbatch.pipeline import init_ray
     from dfbatch.training.prepare import ShardStore
 
