@@ -71,6 +71,7 @@ SHARD_SCHEMA = pa.schema([
     ("frame_indices", pa.list_(pa.int32())), ("crop_size", pa.int32()), ("fps", pa.float64()),
     ("frames", pa.list_(pa.binary())),
 ])
+SHARD_COLUMNS = ["video_id", "label", "track", "frames"]  # what training reads of a shard row
 # parameters that must not change between runs writing into one OUT
 _PINNED_PARAMS = ("frames", "crop_size", "margin", "fractions", "split_seed", "official")
 
