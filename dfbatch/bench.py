@@ -166,24 +166,38 @@ class _Clock:
         return out
 
 
-def _stage_tools(profile: Profile, bundle, frames: int, device: str, threads: int) -> dict:
-    """Decode settings, MTCNN and the model for one profile, on `threads` threads."""
+def _set_threads(n: int) -> None:
     import cv2
     import torch
 
-    from dfbatch.stages.faces import FaceDetector
-    from dfbatch.stages.score import Scorer
-
-    torch.set_num_threads(threads)
-    cv2.setNumThreads(threads)
-    faces_cfg = profile.faces()
-    return {"sampling": SamplingConfig(frames=frames, backend=profile.backend, decode_threads=threads),
-            "faces": faces_cfg, "detector": FaceDetector(faces_cfg, device=device),
-            "scorer": Scorer(bundle.spec, bundle.state_dict, device=device, precision=profile.precision, threads=threads),
-            "crop_size": int(bundle.spec.input_size)}
+    torch.set_num_threads(n)
+    cv2.setNumThreads(n)
 
 
-def _time_video(path: Path, tools: dict, frames: int, device: str) -> dict:
+@dataclass
+class _StageTools:
+    """Decode settings, MTCNN and the model of one profile."""
+
+    sampling: SamplingConfig
+    faces: FaceConfig
+    detector: object  # stages.faces.FaceDetector
+    scorer: object  # stages.score.Scorer
+    crop_size: int
+
+    @classmethod
+    def build(cls, profile: Profile, bundle, frames: int, device: str, threads: int) -> "_StageTools":
+        from dfbatch.stages.faces import FaceDetector
+        from dfbatch.stages.score import Scorer
+
+        _set_threads(threads)
+        faces = profile.faces()
+        return cls(SamplingConfig(frames=frames, backend=profile.backend, decode_threads=threads), faces,
+                   FaceDetector(faces, device=device),
+                   Scorer(bundle.spec, bundle.state_dict, device=device, precision=profile.precision, threads=threads),
+                   int(bundle.spec.input_size))
+
+
+def _time_video(path: Path, tools: _StageTools, frames: int, device: str) -> dict:
     """One video through decode, detect + crop, model: its results and wall/CPU seconds per stage."""
     import torch
 
@@ -193,13 +207,13 @@ def _time_video(path: Path, tools: dict, frames: int, device: str) -> dict:
     from dfbatch.stages.score import split_by_lengths
 
     clock = _Clock()
-    video = read_frames(str(path), tools["sampling"], LimitsConfig(), frames=frames, max_side=1920)
+    video = read_frames(str(path), tools.sampling, LimitsConfig(), frames=frames, max_side=1920)
     dec_wall, dec_cpu = clock.lap()
     timings: dict = {}
-    tracks, crops, n_faces = faces_in_frames(video.frames, video.scale, tools["detector"], tools["faces"],
-                                             tools["crop_size"], timings=timings)
+    tracks, crops, n_faces = faces_in_frames(video.frames, video.scale, tools.detector, tools.faces, tools.crop_size,
+                                             timings=timings)
     clock.lap()
-    results = tools["scorer"].score(split_by_lengths(crops, [len(t.frame_pos) for t in tracks])) if len(tracks) else []
+    results = tools.scorer.score(split_by_lengths(crops, [len(t.frame_pos) for t in tracks])) if len(tracks) else []
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     mod_wall, mod_cpu = clock.lap()
@@ -208,7 +222,7 @@ def _time_video(path: Path, tools: dict, frames: int, device: str) -> dict:
         "video": path.name,
         "frames": len(video.indices),
         "frame_indices": video.indices.tolist(),
-        "detections_run": len(detection_positions(len(video.frames), tools["faces"].detect_every)),
+        "detections_run": len(detection_positions(len(video.frames), tools.faces.detect_every)),
         "n_faces": n_faces,
         "tracks": [{"frame_pos": t.frame_pos, "boxes": t.boxes} for t in tracks],
         "crops": int(len(crops)),
@@ -222,7 +236,7 @@ def _time_video(path: Path, tools: dict, frames: int, device: str) -> dict:
 
 def measure_stages(paths: list[Path], profile: Profile, bundle, frames: int, device: str = "cpu", threads: int = 1) -> dict:
     """Each stage of the face + score path timed per video on `threads` threads (the first video is a warm-up)."""
-    tools = _stage_tools(profile, bundle, frames, device, threads)
+    tools = _StageTools.build(profile, bundle, frames, device, threads)
     per_video = [_time_video(path, tools, frames, device) for path in [paths[0], *paths]][1:]  # warm-up: first calls, page cache
     stages = ("decode", "detect", "crop", "model")
     mean_cpu = {k: float(np.mean([v["cpu_s"][k] for v in per_video])) for k in stages}
@@ -339,14 +353,6 @@ def _baseline_warm_up(path: Path, mtcnn, net, size: int, device: str) -> None:
     if ok:
         mtcnn.detect(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
     predict_crops(net, np.zeros((1, 2, size, size, 3), np.uint8), device=device)
-
-
-def _set_threads(n: int) -> None:
-    import cv2
-    import torch
-
-    torch.set_num_threads(n)
-    cv2.setNumThreads(n)
 
 
 def run_baseline(paths: list[Path], bundle, frames: int, device: str = "cpu") -> dict:
