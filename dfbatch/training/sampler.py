@@ -23,8 +23,6 @@ import numpy as np
 from dfbatch.training.augment import AugmentConfig, SequenceAugment
 from dfbatch.training.sbi import SBIConfig, SelfBlender
 
-SBI_MODES = ("off", "mix", "only")
-
 
 @dataclass
 class Item:
@@ -136,4 +134,4 @@ def collate(seqs: list[np.ndarray], seq_len: int) -> tuple[np.ndarray, np.ndarra
     return out, lengths
 
 
-__all__ = ["SBI_MODES", "BalancedSampler", "Item", "SequenceBuilder", "collate", "frame_positions"]
+__all__ = ["BalancedSampler", "Item", "SequenceBuilder", "collate", "frame_positions"]

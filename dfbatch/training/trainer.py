@@ -37,11 +37,11 @@ from typing import Any
 from dfbatch.errors import UserError, one_line, redact
 from dfbatch.io.storage import Storage, is_s3
 from dfbatch.stages.aggregate import FRAME_STRATEGIES, TRACK_STRATEGIES
-from dfbatch.training.sampler import SBI_MODES
 
 log = logging.getLogger(__name__)
 
 MONITORS = {"val_auc": "max", "val_log_loss": "min", "val_ap": "max", "val_balanced_accuracy": "max"}
+SBI_MODES = ("off", "mix", "only")  # how self-blended fakes join the training items (training.sampler)
 
 
 # ---------------------------------------------------------------------------------------------------- config
