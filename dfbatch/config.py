@@ -7,12 +7,14 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from dfbatch.stages.aggregate import FRAME_STRATEGIES, TRACK_STRATEGIES
+
 DEFAULT_MODEL_URI = "models:/dfbatch-detector@champion"
 VIDEO_EXTENSIONS = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .mts .m2ts .wmv .flv .3gp .ogv".split()
 )
-TRACK_AGGREGATIONS = ("max", "mean", "median")
-FRAME_AGGREGATIONS = ("mean", "max", "median", "model")
+TRACK_AGGREGATIONS = tuple(TRACK_STRATEGIES)  # the strategies live in dfbatch/stages/aggregate.py
+FRAME_AGGREGATIONS = tuple(FRAME_STRATEGIES)
 
 
 @dataclass

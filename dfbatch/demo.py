@@ -153,77 +153,96 @@ def quiet_ray(enabled: bool = True, bars: bool = False):
             logging.getLogger(name).setLevel(level)
 
 
-def run_demo(cfg: DemoConfig) -> dict:
-    """Run every step; returns the evaluation metrics (plus paths and timings)."""
-    import ray
+class _Steps:
+    """The demo's steps, each printing what it does (timings since the start)."""
 
-    from dfbatch.models import registry
-    from dfbatch.config import ScoreConfig
-    from dfbatch.training.labels import load_labels
-    from dfbatch.evaluation.metrics import format_table, join_labels, video_metrics
-    from dfbatch.pipeline import init_ray, run_score
-    from dfbatch.training.prepare import PrepareConfig, run_prepare
-    from dfbatch.io.results import read_results
-    from dfbatch.training.trainer import train
+    def __init__(self, cfg: DemoConfig):
+        from dfbatch.models import registry
 
-    t0 = time.time()
-    timings: dict[str, float] = {}
-    say = lambda msg: print(f"[demo {time.time() - t0:6.1f}s] {msg}", flush=True)  # noqa: E731
-    tracking_uri = registry.resolve_tracking_uri(cfg.tracking_uri)
-    default_store = cfg.tracking_uri is None and not os.environ.get("MLFLOW_TRACKING_URI")
-    root = os.path.abspath(cfg.root)
+        self.cfg = cfg
+        self.t0 = time.time()
+        self.timings: dict[str, float] = {}
+        self.tracking_uri = registry.resolve_tracking_uri(cfg.tracking_uri)
+        self.default_store = cfg.tracking_uri is None and not os.environ.get("MLFLOW_TRACKING_URI")
 
-    say(f"1/4 building the demo archives under {root}/archive from tests/data "
-        f"(REAL clips + FAKE clips made by dfbatch.synth; {cfg.size[0]}x{cfg.size[1]}, {cfg.seconds:g} s)")
-    train_dir, heldout_dir = build_archives(cfg)
-    timings["archive_s"] = time.time() - t0
+    def say(self, msg: str) -> None:
+        print(f"[demo {time.time() - self.t0:6.1f}s] {msg}", flush=True)
 
-    t = time.time()
-    say("2/4 preparing face-sequence shards (decode + MTCNN + tracks + crops: the scoring job's own stages)")
-    init_ray(quiet=cfg.quiet)
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    shards = os.path.join(cfg.root, "shards")
-    with quiet_ray(cfg.quiet):
-        prep = run_prepare(PrepareConfig(sources=[os.path.join(train_dir, "labels.csv")], output=shards,
-                                         frames=cfg.prepare_frames, crop_size=112))
-    sc = prep.split_counts
-    c = prep.counts
-    say(f"    {prep.labelled} videos"
-        + (f"; now ok {c.get('ok', 0)}, no_face {c.get('no_face', 0)}, failed {c.get('failed', 0)}" if prep.processed else "")
-        + (f"; {prep.skipped} prepared before" if prep.skipped else "")
-        + "; split " + ", ".join(f"{s} {v.get('REAL', 0)} REAL + {v.get('FAKE', 0)} FAKE" for s, v in sc.items()
-                                 if v.get("REAL", 0) + v.get("FAKE", 0)))
-    timings["prepare_s"] = time.time() - t
+    def archives(self) -> tuple[str, str]:
+        cfg = self.cfg
+        self.say(f"1/4 building the demo archives under {os.path.abspath(cfg.root)}/archive from tests/data "
+                 f"(REAL clips + FAKE clips made by dfbatch.synth; {cfg.size[0]}x{cfg.size[1]}, {cfg.seconds:g} s)")
+        dirs = build_archives(cfg)
+        self.timings["archive_s"] = time.time() - self.t0
+        return dirs
 
-    t = time.time()
-    tcfg = train_config(cfg, shards, cpus)
-    settings = write_train_yaml(tcfg, os.path.join(cfg.root, "train.yaml"))
-    say(f"3/4 training a MobileNetV2 (ImageNet) + LSTM detector with Ray Train: {tcfg.epochs} epochs on "
-        f"{tcfg.cpus_per_worker:g} CPU(s); best epoch by val log loss, threshold from val")
-    with quiet_ray(cfg.quiet):
-        result = train(tcfg)
-    if result.model_version:  # a rerun with nothing left to train registers nothing: point the alias again
-        registry.set_alias(cfg.model_name, result.model_version, cfg.alias, tracking_uri=tracking_uri)
-    timings["train_s"] = time.time() - t
-    best = result.best_metrics
-    say(f"    settings: {settings} (`dfbatch train {shards} -o CHECKPOINTS --config {settings}` trains the same way)")
-    say(f"    registered {result.model_uri} as models:/{cfg.model_name}@{cfg.alias} in {tracking_uri} "
-        f"(best epoch {result.best_epoch}: val AUC {best.get('val_auc', float('nan')):.3f}, "
-        f"threshold {result.threshold:.3f})")
+    def prepare(self, train_dir: str) -> tuple[str, int]:
+        """Shards of the training archive; returns (shards folder, CPUs of the local Ray)."""
+        import ray
 
-    t = time.time()
-    out = os.path.join(cfg.root, "results")
-    say(f"4/4 scoring the held-out archive (seed {cfg.heldout_seed}, never used for training) with the scoring job: "
-        f"dfbatch score {heldout_dir} -o {out} --rescore")
-    # the scoring job's progress bars show on a terminal (as in `dfbatch score`); a log file gets the results only
-    with quiet_ray(cfg.quiet, bars=sys.stdout.isatty()):
-        summary = run_score(ScoreConfig(sources=[heldout_dir], output=out, model_uri=f"models:/{cfg.model_name}@{cfg.alias}",
-                                        tracking_uri=tracking_uri, rescore=True))
-    timings["score_s"] = time.time() - t
-    joined = join_labels(read_results(out), load_labels(os.path.join(heldout_dir, "labels.csv"), layout="csv"))
-    metrics = video_metrics(joined)
-    timings["total_s"] = time.time() - t0
+        from dfbatch.pipeline import init_ray
+        from dfbatch.training.prepare import PrepareConfig, run_prepare
 
+        cfg, t = self.cfg, time.time()
+        self.say("2/4 preparing face-sequence shards (decode + MTCNN + tracks + crops: the scoring job's own stages)")
+        init_ray(quiet=cfg.quiet)
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        shards = os.path.join(cfg.root, "shards")
+        with quiet_ray(cfg.quiet):
+            prep = run_prepare(PrepareConfig(sources=[os.path.join(train_dir, "labels.csv")], output=shards,
+                                             frames=cfg.prepare_frames, crop_size=112))
+        sc, c = prep.split_counts, prep.counts
+        self.say(f"    {prep.labelled} videos"
+                 + (f"; now ok {c.get('ok', 0)}, no_face {c.get('no_face', 0)}, failed {c.get('failed', 0)}" if prep.processed else "")
+                 + (f"; {prep.skipped} prepared before" if prep.skipped else "")
+                 + "; split " + ", ".join(f"{s} {v.get('REAL', 0)} REAL + {v.get('FAKE', 0)} FAKE" for s, v in sc.items()
+                                          if v.get("REAL", 0) + v.get("FAKE", 0)))
+        self.timings["prepare_s"] = time.time() - t
+        return shards, cpus
+
+    def train(self, shards: str, cpus: int):
+        """Train, register as NAME@ALIAS; returns (TrainResult, TrainConfig)."""
+        from dfbatch.models import registry
+        from dfbatch.training.trainer import train
+
+        cfg, t = self.cfg, time.time()
+        tcfg = train_config(cfg, shards, cpus)
+        settings = write_train_yaml(tcfg, os.path.join(cfg.root, "train.yaml"))
+        self.say(f"3/4 training a MobileNetV2 (ImageNet) + LSTM detector with Ray Train: {tcfg.epochs} epochs on "
+                 f"{tcfg.cpus_per_worker:g} CPU(s); best epoch by val log loss, threshold from val")
+        with quiet_ray(cfg.quiet):
+            result = train(tcfg)
+        if result.model_version:  # a rerun with nothing left to train registers nothing: point the alias again
+            registry.set_alias(cfg.model_name, result.model_version, cfg.alias, tracking_uri=self.tracking_uri)
+        self.timings["train_s"] = time.time() - t
+        best = result.best_metrics
+        self.say(f"    settings: {settings} (`dfbatch train {shards} -o CHECKPOINTS --config {settings}` trains the same way)")
+        self.say(f"    registered {result.model_uri} as models:/{cfg.model_name}@{cfg.alias} in {self.tracking_uri} "
+                 f"(best epoch {result.best_epoch}: val AUC {best.get('val_auc', float('nan')):.3f}, "
+                 f"threshold {result.threshold:.3f})")
+        return result, tcfg
+
+    def score(self, heldout_dir: str):
+        """Score the held-out archive with the scoring job; returns (Summary, results folder)."""
+        from dfbatch.config import ScoreConfig
+        from dfbatch.pipeline import run_score
+
+        cfg, t = self.cfg, time.time()
+        out = os.path.join(cfg.root, "results")
+        self.say(f"4/4 scoring the held-out archive (seed {cfg.heldout_seed}, never used for training) with the scoring job: "
+                 f"dfbatch score {heldout_dir} -o {out} --rescore")
+        # the scoring job's progress bars show on a terminal (as in `dfbatch score`); a log file gets the results only
+        with quiet_ray(cfg.quiet, bars=sys.stdout.isatty()):
+            summary = run_score(ScoreConfig(sources=[heldout_dir], output=out, model_uri=f"models:/{cfg.model_name}@{cfg.alias}",
+                                            tracking_uri=self.tracking_uri, rescore=True))
+        self.timings["score_s"] = time.time() - t
+        return summary, out
+
+
+def _print_results(steps: _Steps, heldout_dir: str, joined, metrics: dict, result, tcfg, summary, out: str) -> None:
+    from dfbatch.evaluation.metrics import format_table
+
+    cfg, timings, tracking_uri = steps.cfg, steps.timings, steps.tracking_uri
     auc = metrics.get("auc")
     print()
     print(f"held-out results ({os.path.abspath(heldout_dir)}; true_label from its labels.csv):")
@@ -241,10 +260,27 @@ def run_demo(cfg: DemoConfig) -> dict:
     print(f"model:    models:/{cfg.model_name}@{cfg.alias} = {result.model_uri}   (MLflow store {tracking_uri})")
     print(f"results:  {os.path.abspath(out)}/videos/*.parquet   (scoring run {summary.mlflow_run_id})")
     print(f"training: {result.storage_path}   (MLflow run {result.run_id}, experiment {tcfg.experiment})")
-    store = "" if default_store else f" --tracking-uri {tracking_uri}"
+    store = "" if steps.default_store else f" --tracking-uri {tracking_uri}"
     model = "" if (cfg.model_name, cfg.alias) == ("dfbatch-detector", "champion") else f" --model models:/{cfg.model_name}@{cfg.alias}"
-    where = " (from this folder)" if default_store else ""
+    where = " (from this folder)" if steps.default_store else ""
     print(f"next:     dfbatch score YOUR_VIDEOS/ -o out/{model}{store}   # scores with this model{where}")
     print(f"          dfbatch models show {cfg.model_name}@{cfg.alias}{store}")
-    return {"metrics": metrics, "timings": timings, "model_uri": result.model_uri, "results": out,
-            "tracking_uri": tracking_uri, "train": result.to_dict(), "summary": summary.to_dict()}
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    """Run every step; returns the evaluation metrics (plus paths and timings)."""
+    from dfbatch.evaluation.metrics import join_labels, video_metrics
+    from dfbatch.io.results import read_results
+    from dfbatch.training.labels import load_labels
+
+    steps = _Steps(cfg)
+    train_dir, heldout_dir = steps.archives()
+    shards, cpus = steps.prepare(train_dir)
+    result, tcfg = steps.train(shards, cpus)
+    summary, out = steps.score(heldout_dir)
+    joined = join_labels(read_results(out), load_labels(os.path.join(heldout_dir, "labels.csv"), layout="csv"))
+    metrics = video_metrics(joined)
+    steps.timings["total_s"] = time.time() - steps.t0
+    _print_results(steps, heldout_dir, joined, metrics, result, tcfg, summary, out)
+    return {"metrics": metrics, "timings": steps.timings, "model_uri": result.model_uri, "results": out,
+            "tracking_uri": steps.tracking_uri, "train": result.to_dict(), "summary": summary.to_dict()}

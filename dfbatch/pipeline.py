@@ -19,6 +19,7 @@ from dfbatch import __version__
 from dfbatch.config import ScoreConfig
 from dfbatch.errors import UserError, one_line, redact
 from dfbatch.io.storage import Storage, is_s3
+from dfbatch.stages.aggregate import describe
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +265,7 @@ def run_score(cfg: ScoreConfig) -> Summary:
                 "model_name": name,
                 "model_version": version,
                 "frames": frames,
-                "aggregation": f"tracks={cfg.track_aggregation},frames={cfg.frame_aggregation}",
+                "aggregation": describe(frame_aggregation=cfg.frame_aggregation, track_aggregation=cfg.track_aggregation),
                 "threshold": threshold,
                 "precision": cfg.precision,
                 "rescore": cfg.rescore,

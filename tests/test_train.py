@@ -14,17 +14,10 @@ import pytest
 
 from dfbatch.errors import UserError
 from dfbatch.training.prepare import ShardStore, decode_jpeg, encode_jpeg, read_shards
-from dfbatch.training.trainer import (
-    BalancedSampler,
-    Item,
-    SequenceBuilder,
-    TrainConfig,
-    aggregate_videos,
-    collate,
-    frame_positions,
-    video_metrics,
-    youden_threshold,
-)
+from dfbatch.evaluation.metrics import youden_threshold
+from dfbatch.training.loop import aggregate_videos, val_metrics
+from dfbatch.training.sampler import BalancedSampler, Item, SequenceBuilder, collate, frame_positions
+from dfbatch.training.trainer import TrainConfig
 
 DATA = Path(__file__).parent / "data"
 
@@ -144,19 +137,19 @@ def test_sequence_builder_decodes_blends_and_augments(shards):
     assert flipped.shape == plain.shape
 
 
-def test_threshold_and_video_metrics():
+def test_threshold_and_val_metrics():
     y = np.array([0, 0, 0, 0, 1, 1, 1])
     p = np.array([0.1, 0.2, 0.3, 0.45, 0.4, 0.8, 0.9])
     thr = youden_threshold(y, p)
     assert thr == pytest.approx(0.4)  # TPR 1, FPR 1/4 (J .75) beats 0.8 (TPR 2/3, FPR 0)
     assert youden_threshold([0, 0, 1, 1], [0.1, 0.6, 0.5, 0.9]) == pytest.approx(0.9)  # tie: the higher one
-    m = video_metrics(y, p)
+    m = val_metrics(y, p)
     from sklearn.metrics import log_loss, roc_auc_score
 
     assert m["val_auc"] == pytest.approx(roc_auc_score(y, p))
     assert m["val_log_loss"] == pytest.approx(log_loss(y, p))
     assert m["val_threshold"] == pytest.approx(thr) and m["val_balanced_accuracy"] == pytest.approx((1 + 3 / 4) / 2)
-    one = video_metrics(np.zeros(3), np.array([0.1, 0.2, 0.3]))
+    one = val_metrics(np.zeros(3), np.array([0.1, 0.2, 0.3]))
     assert np.isnan(one["val_auc"]) and one["val_threshold"] == 0.5
     ids, yy, pp = aggregate_videos([("a", "FAKE", 0, [0.2, 0.4], 0.9), ("a", "FAKE", 1, [0.8, 0.8], 0.1),
                                     ("b", "REAL", 0, [0.1, 0.3], 0.5)], "mean", "max")

@@ -23,6 +23,7 @@ import pyarrow as pa
 from dfbatch.config import FaceConfig, LimitsConfig, SamplingConfig
 from dfbatch.stages.decode import DecodeError, local_copy, read_frames
 from dfbatch.errors import one_line, redact
+from dfbatch.io.results import VIDEOS_SCHEMA  # the columns the results share
 from dfbatch.io.storage import Storage
 
 
@@ -30,24 +31,9 @@ MTCNN_MIN_PX = 12  # facenet's P-Net window: smaller faces are never found (and 
 
 # one row per video between the face stage and the score stage (crops: uint8 (sum of track lengths, S, S, 3))
 FACE_ROWS_SCHEMA = pa.schema(
-    [
-        ("video_uri", pa.string()),
-        ("video_id", pa.string()),
-        ("size_bytes", pa.int64()),
-        ("status", pa.string()),
-        ("error", pa.string()),
-        ("duration_s", pa.float64()),
-        ("fps", pa.float64()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("n_frames", pa.int32()),
-        ("frame_indices", pa.list_(pa.int32())),
-        ("n_faces", pa.int32()),
-        ("n_tracks", pa.int32()),
-        ("tracks", pa.string()),
-        ("crops", pa.binary()),
-        ("crop_size", pa.int32()),
-    ]
+    [VIDEOS_SCHEMA.field(n) for n in ("video_uri", "video_id", "size_bytes", "status", "error", "duration_s", "fps", "width",
+                                      "height", "n_frames", "frame_indices", "n_faces", "n_tracks")]
+    + [pa.field("tracks", pa.string()), pa.field("crops", pa.binary()), pa.field("crop_size", pa.int32())]
 )
 
 

@@ -14,8 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from dfbatch.io.results import SCORED_SCHEMA
-
-AGGREGATORS = {"max": np.max, "mean": np.mean, "median": np.median}
+from dfbatch.stages.aggregate import FRAME_AGGREGATION, TRACK_AGGREGATION, aggregate, describe
 
 
 class Scorer:
@@ -93,10 +92,10 @@ def _split_crops(row: dict) -> list[np.ndarray]:
     return split_by_lengths(crops, lengths)
 
 
-def score_rows(rows: list[dict], scorer: Scorer, *, threshold: float, track_aggregation: str = "max", frame_aggregation: str = "mean", model_info: dict, run_id: str | None) -> list[dict]:
+def score_rows(rows: list[dict], scorer: Scorer, *, threshold: float, track_aggregation: str = TRACK_AGGREGATION, frame_aggregation: str = FRAME_AGGREGATION, model_info: dict, run_id: str | None) -> list[dict]:
     """Score every `ok` row's tracks in shared batches; fill the result columns of all rows."""
     now = datetime.now(timezone.utc)
-    aggregation = f"tracks={track_aggregation},frames={frame_aggregation}"
+    aggregation = describe(frame_aggregation=frame_aggregation, track_aggregation=track_aggregation)
     jobs: list[tuple[int, int]] = []
     seqs: list[np.ndarray] = []
     for i, row in enumerate(rows):
@@ -132,16 +131,13 @@ def score_rows(rows: list[dict], scorer: Scorer, *, threshold: float, track_aggr
         tracks = json.loads(row["tracks"])
         pos = {f: k for k, f in enumerate(row["frame_indices"])}
         frame_best = np.full(n, np.nan)
-        track_scores = []
-        for track, (frame_p, seq_p) in zip(tracks, results_i):
-            score = seq_p if frame_aggregation == "model" else float(AGGREGATORS[frame_aggregation](frame_p))
+        track_scores, prob = aggregate(results_i, frame_aggregation=frame_aggregation, track_aggregation=track_aggregation)
+        for track, (frame_p, _), score in zip(tracks, results_i, track_scores):
             track["frame_scores"] = [round(float(p), 6) for p in frame_p]
             track["fake_probability"] = score
-            track_scores.append(score)
             for f, p in zip(track["frame_indices"], frame_p):
                 k = pos[f]
                 frame_best[k] = p if np.isnan(frame_best[k]) else max(frame_best[k], p)
-        prob = float(AGGREGATORS[track_aggregation](track_scores))
         row["tracks"] = json.dumps(tracks)
         row["frame_scores"] = [None if np.isnan(v) else float(v) for v in frame_best]
         row["fake_probability"] = prob

@@ -42,6 +42,8 @@ import pyarrow.parquet as pq
 from dfbatch import __version__
 from dfbatch.config import REFERENCE_FACES, FaceConfig, LimitsConfig, SamplingConfig
 from dfbatch.errors import UserError, one_line, redact
+from dfbatch.io.listing import LISTING_SCHEMA
+from dfbatch.io.results import VIDEOS_SCHEMA
 from dfbatch.io.storage import Storage, is_s3
 
 log = logging.getLogger(__name__)
@@ -49,28 +51,33 @@ log = logging.getLogger(__name__)
 PREPARE_FORMAT = "dfbatch-shards/1"
 SPLIT_DIRS = ("train", "val", "test")
 LABEL_COLUMNS = ("label", "group", "split", "dataset", "original")
-LISTING_SCHEMA = pa.schema([
-    ("video_uri", pa.string()), ("video_id", pa.string()), ("size_bytes", pa.int64()), ("mtime", pa.string()),
-    ("list_error", pa.string()),
-    ("label", pa.string()), ("group", pa.string()), ("split", pa.string()), ("dataset", pa.string()),
-    ("original", pa.string()),
-])
+_LABEL_FIELDS = [pa.field(c, pa.string()) for c in LABEL_COLUMNS]
+
+
+def _result_fields(*names: str) -> list[pa.Field]:
+    """Columns shared with the scoring job's results: defined once, in `io.results.VIDEOS_SCHEMA`."""
+    return [VIDEOS_SCHEMA.field(n) for n in names]
+
+
+# the prepare job's listing: the scoring job's listing rows plus the label columns
+LABELLED_LISTING_SCHEMA = pa.schema(list(LISTING_SCHEMA) + _LABEL_FIELDS)
 # PrepareStage output: one row per video, tracks nested
-PREPARED_SCHEMA = pa.schema([
-    ("video_uri", pa.string()), ("video_id", pa.string()), ("label", pa.string()), ("group", pa.string()),
-    ("split", pa.string()), ("dataset", pa.string()), ("original", pa.string()),
-    ("status", pa.string()), ("error", pa.string()), ("n_frames", pa.int32()), ("n_faces", pa.int32()),
-    ("n_tracks", pa.int32()), ("crop_size", pa.int32()), ("fps", pa.float64()), ("duration_s", pa.float64()),
-    ("track_frame_indices", pa.list_(pa.list_(pa.int32()))), ("track_frames", pa.list_(pa.list_(pa.binary()))),
-])
-VIDEOS_SCHEMA = pa.schema([f for f in PREPARED_SCHEMA if not f.name.startswith("track_")]
-                          + [pa.field("prepared_at", pa.string()), pa.field("job_id", pa.string())])
+PREPARED_SCHEMA = pa.schema(
+    _result_fields("video_uri", "video_id") + _LABEL_FIELDS
+    + _result_fields("status", "error", "n_frames", "n_faces", "n_tracks") + [pa.field("crop_size", pa.int32())]
+    + _result_fields("fps", "duration_s")
+    + [pa.field("track_frame_indices", pa.list_(pa.list_(pa.int32()))),
+       pa.field("track_frames", pa.list_(pa.list_(pa.binary())))])
+# OUT/videos/: the index of prepared videos (the commit record and the resume set) — not scoring results
+PREPARED_VIDEOS_SCHEMA = pa.schema([f for f in PREPARED_SCHEMA if not f.name.startswith("track_")]
+                                   + [pa.field("prepared_at", pa.string()), pa.field("job_id", pa.string())])
 SHARD_SCHEMA = pa.schema([
     ("video_id", pa.string()), ("video_uri", pa.string()), ("label", pa.string()), ("group", pa.string()),
     ("split", pa.string()), ("dataset", pa.string()), ("track", pa.int32()), ("n_frames", pa.int32()),
     ("frame_indices", pa.list_(pa.int32())), ("crop_size", pa.int32()), ("fps", pa.float64()),
     ("frames", pa.list_(pa.binary())),
 ])
+SHARD_COLUMNS = ["video_id", "label", "track", "frames"]  # what training reads of a shard row
 # parameters that must not change between runs writing into one OUT
 _PINNED_PARAMS = ("frames", "crop_size", "margin", "fractions", "split_seed", "official")
 
@@ -192,8 +199,7 @@ class PrepareStage:
         self.jpeg_quality = jpeg_quality
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        listing = [c for c in ("video_uri", "video_id", "size_bytes", "mtime", "list_error") if c in batch.column_names]
-        faces = self.inner(batch.select(listing))
+        faces = self.inner(batch.select([c for c in LISTING_SCHEMA.names if c in batch.column_names]))
         rows = [prepared_row(ref, face, self.jpeg_quality) for ref, face in zip(batch.to_pylist(), faces.to_pylist())]
         return pa.Table.from_pylist(rows, schema=PREPARED_SCHEMA)
 
@@ -256,9 +262,9 @@ class ShardStore:
                     "video_id": r["video_id"], "video_uri": r["video_uri"], "label": r["label"], "group": r["group"],
                     "split": split, "dataset": r.get("dataset"), "track": t, "n_frames": len(frames),
                     "frame_indices": idx, "crop_size": r.get("crop_size"), "fps": r.get("fps"), "frames": frames})
-        videos = [{**{k: r.get(k) for k in VIDEOS_SCHEMA.names}, "prepared_at": now, "job_id": job_id} for r in rows]
+        videos = [{**{k: r.get(k) for k in PREPARED_VIDEOS_SCHEMA.names}, "prepared_at": now, "job_id": job_id} for r in rows]
         tables = [(f"shards/{s}", pa.Table.from_pylist(v, schema=SHARD_SCHEMA)) for s, v in sorted(shards.items())]
-        tables.append(("videos", pa.Table.from_pylist(videos, schema=VIDEOS_SCHEMA)))
+        tables.append(("videos", pa.Table.from_pylist(videos, schema=PREPARED_VIDEOS_SCHEMA)))
         for sub, table in tables:  # videos last: the commit point
             final = self.path(sub, name)
             if not is_s3(self.output):
@@ -294,10 +300,10 @@ class ShardStore:
         """The videos table (pandas; empty with the schema's columns before anything was written)."""
         parts = self._ls("videos")
         if not parts:
-            return VIDEOS_SCHEMA.empty_table().to_pandas()
+            return PREPARED_VIDEOS_SCHEMA.empty_table().to_pandas()
         import pyarrow.dataset as pads
 
-        df = pads.dataset(parts, schema=VIDEOS_SCHEMA, format="parquet", filesystem=self.fs).to_table().to_pandas()
+        df = pads.dataset(parts, schema=PREPARED_VIDEOS_SCHEMA, format="parquet", filesystem=self.fs).to_table().to_pandas()
         # a retried video has several rows: the latest wins
         df = df.sort_values("prepared_at", kind="stable").drop_duplicates("video_id", keep="last").reset_index(drop=True)
         return df[columns] if columns else df
@@ -392,10 +398,10 @@ def _listing(labels, store: ShardStore, storage: Storage, work: str, skip: set[s
                         "list_error": ref.list_error, **{k: lab.get(k) for k in LABEL_COLUMNS}})
             counts["to_prepare"] += 1
             if len(buf) >= chunk:
-                yield pa.Table.from_pylist(buf, schema=LISTING_SCHEMA)
+                yield pa.Table.from_pylist(buf, schema=LABELLED_LISTING_SCHEMA)
                 buf = []
         if buf:
-            yield pa.Table.from_pylist(buf, schema=LISTING_SCHEMA)
+            yield pa.Table.from_pylist(buf, schema=LABELLED_LISTING_SCHEMA)
 
     return ids, counts, chunks()
 
@@ -477,4 +483,4 @@ def run_prepare(cfg: PrepareConfig) -> PrepareSummary:
 
 __all__ = ["PrepareConfig", "PrepareSummary", "PrepareStage", "ShardStore", "ShardDatasink", "run_prepare",
            "read_shards", "prepared_row", "encode_jpeg", "decode_jpeg", "label_table", "SHARD_SCHEMA",
-           "VIDEOS_SCHEMA", "PREPARED_SCHEMA"]
+           "PREPARED_VIDEOS_SCHEMA", "PREPARED_SCHEMA", "LABELLED_LISTING_SCHEMA"]
