@@ -1,11 +1,13 @@
-"""The one configuration object of a scoring job (built from CLI flags, a YAML file, or code)."""
+"""The scoring job's config (`dfbatch score`) and its sections: frame sampling, face detection, input limits."""
 
 from __future__ import annotations
 
-import dataclasses
-import os
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import field
+from typing import Annotated, Literal
+
+from pydantic import model_validator
+
+from dfbatch.config.base import FieldError, JobConfig, PathStr, Paths, arg, env_endpoint, job_config, opt, section
 
 DEFAULT_MODEL_URI = "models:/dfbatch-detector@champion"
 VIDEO_EXTENSIONS = frozenset(
@@ -13,31 +15,49 @@ VIDEO_EXTENSIONS = frozenset(
 )
 TRACK_AGGREGATIONS = ("max", "mean", "median")
 FRAME_AGGREGATIONS = ("mean", "max", "median", "model")
+TrackAggregation = Literal["max", "mean", "median"]
+FrameAggregation = Literal["mean", "max", "median", "model"]
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+DecodeBackend = Literal["decord", "pyav"]
+# one message for the three detection limits (what `dfbatch score` has always printed)
+_DETECT_LIMITS = "--detect-every must be at least 1, --detect-max-side at least 12, --min-face-px at least 1"
 
 
-@dataclass
-class SamplingConfig:
+@job_config
+class SamplingConfig(JobConfig):
     """Which frames are decoded: `frames` evenly spaced over the considered duration."""
 
-    frames: int | None = None  # None: the model spec's sequence length
-    backend: str = "pyav"  # pyav (sparse decode, same frames as decord, ~2x faster) | decord
-    decode_threads: int = 1  # decord num_threads (>2 is reported to error)
+    frames: Annotated[int | None, opt("--frames", help="frames sampled per video (default: the model's sequence length)",
+                                      ge=1)] = None
+    # pyav: sparse decode, same frames as decord, ~2x faster
+    backend: Annotated[DecodeBackend, opt("--decode-backend", help="frame decoder (default {default}; the other one is "
+                                          "the fallback)")] = "pyav"
+    decode_threads: Annotated[int, opt(help="decord num_threads (>2 is reported to error)", ge=1)] = 1
 
 
-@dataclass
-class FaceConfig:
+@job_config
+class FaceConfig(JobConfig):
     """MTCNN detection on downscaled frames, IoU tracking, crops with a margin."""
 
-    detect_max_side: int = 320  # MTCNN sees frames downscaled to this longest side (less if min_face_px needs more)
-    detect_every: int = 4  # run MTCNN on every k-th sampled frame (and the last); boxes are interpolated in between
-    min_face_prob: float = 0.90
+    detect_max_side: Annotated[int, opt(
+        "--detect-max-side", help="downscale frames to this longest side for MTCNN, unless --min-face-px needs more "
+        "(default {default})", ge=12, error=_DETECT_LIMITS)] = 320
+    detect_every: Annotated[int, opt(
+        "--detect-every", help="run MTCNN on every k-th sampled frame (and the last), interpolate boxes in between "
+        "(default {default})", ge=1, error=_DETECT_LIMITS)] = 4
+    min_face_prob: Annotated[float, opt(help="MTCNN face probability threshold", ge=0, le=1)] = 0.90
     # smallest face searched, full-resolution pixels: None = 24 px or 12 px at the detection size, whichever is
     # larger (48 px in 720p at 320 px); a number is honoured exactly (the detection size grows when needed)
-    min_face_px: int | None = None
-    margin: float = 0.25  # fraction of the box size added on each side before cropping
-    iou_threshold: float = 0.3  # link detections in consecutive frames into one track
-    max_tracks: int = 4  # score at most this many tracks (largest first)
-    min_track_frames: int = 2  # a track seen in fewer sampled frames is dropped (unless it is the only one)
+    min_face_px: Annotated[int | None, opt(
+        "--min-face-px", help="smallest face searched, in full-resolution pixels; MTCNN's input grows as needed "
+        "(default: 24 px, or 12 px at the detection size if larger: 48 px in 720p)", ge=1, error=_DETECT_LIMITS)] = None
+    margin: Annotated[float, opt("--margin", help="crop margin per side, fraction of the face box (default {default})",
+                                 ge=0)] = 0.25
+    iou_threshold: Annotated[float, opt(help="link detections in consecutive frames into one track", ge=0, le=1)] = 0.3
+    max_tracks: Annotated[int, opt(help="score at most this many tracks (largest first)", ge=1)] = 4
+    min_track_frames: Annotated[int, opt(help="a track seen in fewer sampled frames is dropped (unless it is the only "
+                                              "one)", ge=1)] = 2
 
     @property
     def min_face(self) -> int:
@@ -47,82 +67,68 @@ class FaceConfig:
 
 # the detection settings before the fast path (`dfbatch score --reference`; the benchmark's reference profile)
 REFERENCE_FACES = {"detect_max_side": 640, "detect_every": 1, "min_face_px": None}
+REFERENCE_PRESET = {"faces": REFERENCE_FACES, "precision": "fp32"}  # `dfbatch score --reference`
 
 
-@dataclass
-class LimitsConfig:
+@job_config
+class LimitsConfig(JobConfig):
     """Inputs over a limit get a `failed` row naming the limit instead of stalling the job."""
 
-    max_duration_s: float = 6 * 3600.0  # longer videos are refused
-    max_pixels: int = 8192 * 4320  # width*height above this is refused
-    max_bytes: int = 20 * 1024**3
-    time_budget_s: float = 600.0  # per video, decode + detection (checked between steps)
-    min_frames: int = 1
+    max_duration_s: Annotated[float, opt("--max-duration", help="seconds; longer videos get a failed row", gt=0)] = 6 * 3600.0
+    max_pixels: Annotated[int, opt(help="width*height above this is refused", ge=1)] = 8192 * 4320
+    max_bytes: Annotated[int, opt(help="larger files are refused", ge=1)] = 20 * 1024**3
+    time_budget_s: Annotated[float, opt("--time-budget", help="seconds of decode + detection per video", gt=0)] = 600.0
+    min_frames: Annotated[int, opt(help="videos with fewer decodable frames fail", ge=1)] = 1
 
 
-@dataclass
-class ScoreConfig:
+@job_config
+class ScoreConfig(JobConfig):
     """Everything a scoring job needs; `pipeline.run_score(cfg)` runs it."""
 
-    sources: list[str]
-    output: str
-    model_uri: str = DEFAULT_MODEL_URI
-    tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI, else MLflow's default (sqlite:///mlflow.db)
-    experiment: str = "dfbatch-score"
-    s3_endpoint_url: str | None = None  # None: AWS_ENDPOINT_URL
-    rescore: bool = False
-    track_aggregation: str = "max"
-    frame_aggregation: str = "mean"
-    threshold: float | None = None  # None: the registered model's threshold
-    device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto (bf16 where the GPU/CPU has it, else fp32) | fp32 | bf16 | fp16
-    score_batch_size: int = 16  # track sequences per forward pass
-    videos_per_score_batch: int = 8  # videos handed to one scoring call
-    face_workers: int | None = None  # CPU face-stage actors; None: one per CPU (min 1)
-    score_workers: int | None = None  # model actors; None: one per GPU, else 1
-    cpus_per_face_worker: float = 1.0
-    cpus_per_score_worker: float = 1.0
-    torch_threads: int | None = None  # None: cpus of the actor
-    rows_per_block: int = 8  # listing rows per Ray Data block (the unit handed to one face actor)
-    ray_address: str | None = None  # None: RAY_ADDRESS, else a new local Ray
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    faces: FaceConfig = field(default_factory=FaceConfig)
-    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    sources: Annotated[Paths, arg("SOURCE", help="file, directory (recursive), glob, s3://bucket/prefix, or manifest "
+                                  "(.txt/.csv/.parquet with a uri column)", min_length=1)]
+    output: Annotated[PathStr, opt("--output", short="-o", metavar="OUT", help="result location (local path or s3://)")]
+    model_uri: Annotated[str, opt("--model", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/..., or a "
+                                  "checkpoint file (default {default})")] = DEFAULT_MODEL_URI
+    threshold: Annotated[float | None, opt("--threshold", help="FAKE if P(fake) >= threshold (default: the model's)",
+                                           ge=0, le=1)] = None
+    track_aggregation: Annotated[TrackAggregation, opt("--track-aggregation", help="video score from track scores")] = "max"
+    frame_aggregation: Annotated[FrameAggregation, opt(
+        "--frame-aggregation", help="track score from frame scores ('model': the model's own temporal head)")] = "mean"
+    rescore: Annotated[bool, opt("--rescore", help="score again videos that already have a row for this model version "
+                                 "(the old rows are replaced)")] = False
+    tracking_uri: Annotated[str | None, opt("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, "
+                                            "else MLflow's default)")] = None
+    experiment: Annotated[str, opt("--experiment", help="MLflow experiment name")] = "dfbatch-score"
+    s3_endpoint_url: Annotated[str | None, opt("--endpoint-url", help="S3-compatible endpoint (default: "
+                                               "AWS_ENDPOINT_URL)")] = None
+    ray_address: Annotated[str | None, opt("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else start "
+                                           "a local Ray)")] = None
+    device: Annotated[Device, opt("--device")] = "auto"
+    precision: Annotated[Precision, opt("--precision", help="model precision (default auto: bf16 where the GPU/CPU has "
+                                        "it natively, else fp32; fp16 needs a GPU)")] = "auto"
+    score_batch_size: Annotated[int, opt("--batch-size", help="face sequences per forward pass", ge=1)] = 16
+    face_workers: Annotated[int | None, opt("--face-workers", help="CPU actors decoding + detecting (default: one per "
+                                            "free CPU)", ge=1)] = None
+    score_workers: Annotated[int | None, opt("--score-workers", help="model actors (default: one per GPU, else 1)",
+                                             ge=1)] = None
+    sampling: Annotated[SamplingConfig, section("frames", "backend")] = field(default_factory=SamplingConfig)
+    videos_per_score_batch: Annotated[int, opt(help="videos handed to one scoring call", ge=1)] = 8
+    cpus_per_face_worker: Annotated[float, opt(gt=0)] = 1.0
+    cpus_per_score_worker: Annotated[float, opt(gt=0)] = 1.0
+    torch_threads: Annotated[int | None, opt(help="torch threads per model actor (default: its CPUs)", ge=1)] = None
+    rows_per_block: Annotated[int, opt(help="listing rows per Ray Data block (the unit handed to one face actor)",
+                                       ge=1)] = 8
+    faces: Annotated[FaceConfig, section("detect_max_side", "detect_every", "min_face_px")] = field(
+        default_factory=FaceConfig)
+    limits: Annotated[LimitsConfig, section("max_duration_s", "time_budget_s")] = field(default_factory=LimitsConfig)
 
-    def __post_init__(self) -> None:
-        from dfbatch.errors import UserError
-
-        if self.track_aggregation not in TRACK_AGGREGATIONS:
-            raise UserError(f"unknown track aggregation {self.track_aggregation!r} (choose from {', '.join(TRACK_AGGREGATIONS)})")
-        if self.frame_aggregation not in FRAME_AGGREGATIONS:
-            raise UserError(f"unknown frame aggregation {self.frame_aggregation!r} (choose from {', '.join(FRAME_AGGREGATIONS)})")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise UserError(f"unknown precision {self.precision!r} (auto, fp32, bf16 or fp16)")
+    @model_validator(mode="after")
+    def _fp16_needs_a_gpu(self) -> ScoreConfig:
         if self.precision == "fp16" and self.device == "cpu":
-            raise UserError("--precision fp16 needs a GPU; on CPU use auto, bf16 or fp32")
-        if self.faces.detect_every < 1 or self.faces.detect_max_side < 12 or (self.faces.min_face_px is not None and self.faces.min_face_px < 1):
-            raise UserError("--detect-every must be at least 1, --detect-max-side at least 12, --min-face-px at least 1")
-        if self.sampling.frames is not None and self.sampling.frames < 1:
-            raise UserError("--frames must be at least 1")
-        if self.sampling.backend not in ("decord", "pyav"):
-            raise UserError(f"unknown decode backend {self.sampling.backend!r} (decord or pyav)")
-        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
-            raise UserError("--threshold must be within [0, 1]")
-        if not self.sources:
-            raise UserError("no SOURCE given")
+            raise FieldError("precision", "--precision fp16 needs a GPU; on CPU use auto, bf16 or fp32")
+        return self
 
     @property
     def endpoint_url(self) -> str | None:
-        return self.s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ScoreConfig":
-        data = dict(data)
-        nested = {"sampling": SamplingConfig, "faces": FaceConfig, "limits": LimitsConfig}
-        for key, typ in nested.items():
-            if isinstance(data.get(key), dict):
-                data[key] = typ(**data[key])
-        return cls(**data)
+        return env_endpoint(self.s3_endpoint_url)
