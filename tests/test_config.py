@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dfbatch.cli import build_parser, main
-from dfbatch.cli.options import job_config
+from dfbatch.cli.options import config_from_args
 from dfbatch.config import (BenchSettings, DemoConfig, EvaluateConfig, FaceConfig, PrepareConfig, SamplingConfig,
                             ScoreConfig, TrainConfig)
 from dfbatch.config.base import cli_flags
@@ -23,7 +23,7 @@ JOB_CONFIGS = [ScoreConfig, PrepareConfig, TrainConfig, EvaluateConfig, BenchSet
 
 
 def parse(*argv: str):
-    return job_config(build_parser().parse_args(list(argv)))
+    return config_from_args(build_parser().parse_args(list(argv)))
 
 
 def write(path: Path, text: str) -> str:
@@ -198,7 +198,7 @@ def test_demo_train_yaml_trains_the_same_way(tmp_path):
 
 def test_building_configs_and_their_parsers_imports_neither_torch_nor_ray():
     code = ("import sys, argparse, importlib\n"
-            "from dfbatch.cli.options import job_config\n"
+            "from dfbatch.cli.options import config_from_args\n"
             "sub = argparse.ArgumentParser().add_subparsers()\n"
             "for m in ('score', 'train', 'evaluate', 'bench', 'demo'):\n"
             "    importlib.import_module('dfbatch.cli.' + m).add_parser(sub)\n"
@@ -209,3 +209,13 @@ def test_building_configs_and_their_parsers_imports_neither_torch_nor_ray():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_the_readme_config_file_is_a_valid_score_config(tmp_path):
+    """The YAML example in README.md's "Config files" section builds the config it says it does."""
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("### Config files", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    cfg = ScoreConfig.from_yaml(write(tmp_path / "score.yaml", block))
+    assert cfg.sources == ["demo/archive/heldout/"] and cfg.model_uri == "models:/dfbatch-detector@champion"
+    assert (cfg.sampling.frames, cfg.faces.detect_every, cfg.faces.min_face_px, cfg.limits.time_budget_s) == (16, 2, 32, 300)
+    assert parse("score", "--config", str(tmp_path / "score.yaml"), "-o", "out2/", "--frames", "32").sampling.frames == 32

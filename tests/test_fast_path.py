@@ -226,13 +226,13 @@ def test_plan_fits_the_cluster(monkeypatch, cluster, workers, expect):
 def test_job_defaults_are_the_fast_path():
     """`dfbatch score` runs the fast path unless told otherwise; `--reference` restores the reference settings."""
     from dfbatch.cli import build_parser
-    from dfbatch.cli.options import job_config
+    from dfbatch.cli.options import config_from_args
 
-    cfg = job_config(build_parser().parse_args(["score", "in", "-o", "out"]))
+    cfg = config_from_args(build_parser().parse_args(["score", "in", "-o", "out"]))
     assert (cfg.sampling.backend, cfg.faces.detect_max_side, cfg.faces.detect_every, cfg.precision) == ("pyav", 320, 4, "auto")
-    ref = job_config(build_parser().parse_args(["score", "in", "-o", "out", "--reference", "--detect-every", "2"]))
+    ref = config_from_args(build_parser().parse_args(["score", "in", "-o", "out", "--reference", "--detect-every", "2"]))
     assert (ref.faces.detect_max_side, ref.faces.detect_every, ref.faces.min_face_px, ref.precision) == (640, 1, None, "fp32")
-    own = job_config(build_parser().parse_args(["score", "in", "-o", "out", "--min-face-px", "20", "--precision", "fp32"]))
+    own = config_from_args(build_parser().parse_args(["score", "in", "-o", "out", "--min-face-px", "20", "--precision", "fp32"]))
     assert (own.faces.min_face_px, own.precision) == (20, "fp32")
 
 

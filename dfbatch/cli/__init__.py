@@ -9,8 +9,8 @@ import sys
 
 from dfbatch.errors import UserError
 
-# Each module exposes add_parser(subparsers) and sets `func` on its parser(s); a job command declares its flags
-# through its config class (dfbatch.cli.options.add_job_arguments) and builds the config with job_config(args).
+# Each module exposes add_parser(subparsers) and sets `func` on its parser(s). A job command's flags come from its
+# config class (dfbatch.cli.options.add_job_arguments); its run() builds the config with config_from_args(args).
 COMMAND_MODULES = ["score", "models", "evaluate", "demo", "train", "bench"]
 
 
@@ -29,9 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         if getattr(args, "print_config", False):
-            from dfbatch.cli.options import job_config
+            from dfbatch.cli.options import config_from_args
 
-            print(job_config(args).to_yaml(), end="")
+            print(config_from_args(args).to_yaml(), end="")
             return 0
         return int(args.func(args) or 0)
     except UserError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from dfbatch.cli.options import add_job_arguments, job_config
+from dfbatch.cli.options import add_job_arguments, config_from_args
 from dfbatch.config import BenchSettings
 
 
@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from dfbatch.bench import format_markdown, format_report, run_bench
 
-    settings = job_config(args)
+    settings = config_from_args(args)
     report = run_bench(settings)
     print(json.dumps(report, indent=2, default=str) if args.json else format_report(report))
     if args.markdown:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dfbatch.cli.options import add_job_arguments, job_config
+from dfbatch.cli.options import add_job_arguments, config_from_args
 from dfbatch.config import DemoConfig
 
 
@@ -25,5 +25,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from dfbatch.demo import run_demo
 
-    run_demo(job_config(args))
+    run_demo(config_from_args(args))
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from dfbatch.cli.options import add_job_arguments, job_config
+from dfbatch.cli.options import add_job_arguments, config_from_args
 from dfbatch.config import EvaluateConfig
 
 
@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     from dfbatch.evaluation.evaluate import run_evaluate
     from dfbatch.evaluation.metrics import format_table
 
-    result = run_evaluate(job_config(args))
+    result = run_evaluate(config_from_args(args))
     if args.table:
         print(format_table(result.joined))
     print(json.dumps(result.metrics, indent=2))

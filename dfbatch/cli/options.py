@@ -1,4 +1,4 @@
-"""A job command's flags come from its config class; `job_config(args)` builds the config the command line asks for.
+"""A job command's flags come from its config class; `config_from_args(args)` builds the config they ask for.
 
     p = sub.add_parser("score", help=..., description=...)
     add_job_arguments(p, ScoreConfig)                  # one argument per field with a flag, --config, --print-config
@@ -7,7 +7,7 @@
     p.set_defaults(func=run)
 
     def run(args):
-        cfg = job_config(args)                          # ScoreConfig: defaults < --config FILE < flags < presets
+        cfg = config_from_args(args)     # a ScoreConfig: defaults < --config FILE < flags given < presets
 
 Flags keep their defaults out of the namespace (argparse.SUPPRESS), so only the flags given override the file.
 """
@@ -26,7 +26,7 @@ _SCALARS = (int, float, str)
 
 def add_job_arguments(parser: argparse.ArgumentParser, cls: type[JobConfig]) -> None:
     """Add an argument for every field of `cls` that has a flag (sections included), then --config and
-    --print-config; `job_config(args)` then builds a `cls`."""
+    --print-config; `config_from_args(args)` then builds a `cls`."""
     for spec in cli_flags(cls):
         _add(parser, spec)
     parser.add_argument("--config", dest="config_file", default=None, metavar="FILE.yaml",
@@ -51,7 +51,7 @@ def add_preset(parser: argparse.ArgumentParser, flag: str, values: dict, *, help
     parser.add_argument(flag, action=_Preset, preset=values, help=help)
 
 
-def job_config(args: argparse.Namespace, *, defaults: dict | None = None) -> Any:
+def config_from_args(args: argparse.Namespace, *, defaults: dict | None = None) -> Any:
     """The config of a command parsed with `add_job_arguments`: the class's defaults < `defaults` < the --config
     file < the flags given < presets. Mistakes are one-line `ConfigError`s (the file's keys named with it)."""
     cls = args.config_class
@@ -105,4 +105,4 @@ def _add(parser: argparse.ArgumentParser, spec: FlagSpec) -> None:
     parser.add_argument(*names, dest=spec.dest, **kwargs)
 
 
-__all__ = ["add_job_arguments", "add_preset", "job_config"]
+__all__ = ["add_job_arguments", "add_preset", "config_from_args"]

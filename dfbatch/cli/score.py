@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 
-from dfbatch.cli.options import add_job_arguments, add_preset, job_config
+from dfbatch.cli.options import add_job_arguments, add_preset, config_from_args
 from dfbatch.config import REFERENCE_PRESET, ScoreConfig
 
 
@@ -44,6 +44,6 @@ def format_summary(s) -> str:
 def run(args: argparse.Namespace) -> int:
     from dfbatch.pipeline import run_score
 
-    summary = run_score(job_config(args))
+    summary = run_score(config_from_args(args))
     print(json.dumps(summary.to_dict(), indent=2) if args.json else format_summary(summary))
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from dfbatch.cli.options import add_job_arguments, job_config
+from dfbatch.cli.options import add_job_arguments, config_from_args
 from dfbatch.config import PrepareConfig, TrainConfig
 
 
@@ -37,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run_prepare(args: argparse.Namespace) -> int:
     from dfbatch.training.prepare import run_prepare as run
 
-    s = run(job_config(args))
+    s = run(config_from_args(args))
     if args.json:
         print(json.dumps(s.to_dict(), indent=2))
         return 0
@@ -55,7 +55,7 @@ def run_prepare(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     from dfbatch.training.trainer import train
 
-    cfg = job_config(args, defaults={"progress": not args.json})  # the CLI prints one line per epoch
+    cfg = config_from_args(args, defaults={"progress": not args.json})  # the CLI prints one line per epoch
     r = train(cfg)
     if args.json:
         print(json.dumps(r.to_dict(), indent=2, default=str))

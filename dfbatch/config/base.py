@@ -175,6 +175,9 @@ def build(cls: type[C], *layers: tuple[Mapping[str, Any], str | None]) -> C:
         if not isinstance(values, Mapping):
             where = f"{source}: " if source else ""
             raise ConfigError([("", f"{where}expected a mapping of {cls.__name__} fields, got {type(values).__name__}")])
+        if any(not isinstance(k, str) for k in values):
+            where = f"{source}: " if source else ""
+            raise ConfigError([("", f"{where}unknown fields: {', '.join(str(k) for k in values if not isinstance(k, str))}")])
         _deep_merge(merged, values, origin, source)
     try:
         return cls(**merged)
