@@ -102,6 +102,12 @@ Numbers = Annotated[tuple[float, ...], BeforeValidator(_parse_numbers)]  # "0.8,
 Options = Annotated[dict[str, Any], AfterValidator(to_jsonable_python)]
 
 
+# fields several jobs share
+EndpointUrl = Annotated[str | None, opt("--endpoint-url", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL)")]
+TrackingUri = Annotated[str | None, opt("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, "
+                                        "else MLflow's default sqlite:///mlflow.db)")]
+
+
 class FieldError(ValueError):
     """Raised by a config's model validator about one field (a dotted path): its message is shown as it is, and a
     YAML file that set that field is named with it."""
@@ -148,6 +154,15 @@ class JobConfig:
     def from_yaml(cls: type[C], path: str | os.PathLike, **overrides: Any) -> C:
         """The config in the YAML file `path` (keys: the field names, sections nested), `overrides` on top."""
         return build(cls, (read_yaml(path, cls), os.fspath(path)), (overrides, None))
+
+
+class UsesS3:
+    """For configs with an `s3_endpoint_url: EndpointUrl` field."""
+
+    @property
+    def endpoint_url(self) -> str | None:
+        """The S3 endpoint: the config's, else AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL."""
+        return self.s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
 
 
 def job_config(cls: type[C]) -> type[C]:
@@ -412,19 +427,15 @@ def _bounds(info: FieldInfo) -> str:
 
 def _suggest(cls: type, path: str) -> str:
     """`path`, with the field it probably means."""
-    by_flag = {spec.cli["flag"].lstrip("-").replace("-", "_"): spec.dest for spec in cli_flags(cls) if spec.cli.get("flag")}
+    flags = {spec.cli["flag"].lstrip("-").replace("-", "_"): spec.dest for spec in cli_flags(cls) if spec.cli.get("flag")}
     key = path.replace("-", "_")
-    guess = by_flag.get(key.rsplit(".", 1)[-1]) if by_flag.get(key.rsplit(".", 1)[-1]) != key else None
+    guess = flags.get(key)  # a flag's name used as a key: `workers`, `detect-every`
     if guess is None:
         close = difflib.get_close_matches(key, field_paths(cls), n=1, cutoff=0.6)
         guess = close[0] if close else None
     return f"{path} (did you mean {guess}?)" if guess and guess != path else path
 
 
-def env_endpoint(explicit: str | None) -> str | None:
-    """The S3 endpoint: the config's, else AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL."""
-    return explicit or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-
-
-__all__ = ["ConfigError", "FieldError", "FlagSpec", "JobConfig", "Numbers", "Options", "PathStr", "Paths", "Size", "arg", "build", "choices",
-           "cli_flags", "env_endpoint", "job_config", "opt", "read_yaml", "section", "unwrap"]
+__all__ = ["ConfigError", "EndpointUrl", "FieldError", "FlagSpec", "JobConfig", "Numbers", "Options", "PathStr", "Paths",
+           "Size", "TrackingUri", "UsesS3", "arg", "build", "choices", "cli_flags", "job_config", "opt", "read_yaml",
+           "section", "unwrap"]

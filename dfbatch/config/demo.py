@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import model_validator
 
-from dfbatch.config.base import FieldError, JobConfig, Options, PathStr, Size, job_config, opt
+from dfbatch.config.base import FieldError, JobConfig, Options, PathStr, Size, TrackingUri, job_config, opt
 
 # The demo's training set and held-out set are made with different seeds: no clip, framing or fake is shared.
 TRAIN_SEED, HELDOUT_SEED = 11, 23
@@ -19,8 +19,7 @@ class DemoConfig(JobConfig):
 
     root: Annotated[PathStr, opt("--root", help="folder for the archives, shards, checkpoints and results (default "
                                  "./{default})")] = "demo"
-    tracking_uri: Annotated[str | None, opt("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, "
-                                            "else MLflow's default sqlite:///mlflow.db)")] = None
+    tracking_uri: TrackingUri = None
     epochs: Annotated[int, opt("--epochs", help="training epochs (default {default})", ge=1)] = 8
     lr: Annotated[float, opt("--lr", help="learning rate (default {default})", gt=0)] = 3e-4
     # REAL and FAKE clips each, for training (3 in 4) + validation (1 in 4)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from dfbatch.config.base import JobConfig, PathStr, Paths, arg, env_endpoint, job_config, opt
+from dfbatch.config.base import EndpointUrl, JobConfig, PathStr, Paths, TrackingUri, UsesS3, arg, job_config, opt
 from dfbatch.config.training import Layout
 
 
 @job_config
-class EvaluateConfig(JobConfig):
+class EvaluateConfig(UsesS3, JobConfig):
     """Metrics of scored results against labels; `evaluation.evaluate.run_evaluate(cfg)` runs it."""
 
     output: Annotated[PathStr, arg("OUT", help="a `dfbatch score` output (local or s3://)")]
@@ -19,12 +19,6 @@ class EvaluateConfig(JobConfig):
                                              "all)")] = None
     log_mlflow: Annotated[bool, opt("--log-mlflow", help="log the metrics to an MLflow run tagged with the model "
                                     "version")] = False
-    tracking_uri: Annotated[str | None, opt("--tracking-uri", help="MLflow tracking URI for --log-mlflow (default: "
-                                            "MLFLOW_TRACKING_URI, else MLflow's default)")] = None
+    tracking_uri: TrackingUri = None  # for --log-mlflow
     experiment: Annotated[str, opt("--experiment", help="MLflow experiment (default {default})")] = "dfbatch-evaluate"
-    s3_endpoint_url: Annotated[str | None, opt("--endpoint-url", help="S3-compatible endpoint (default: "
-                                               "AWS_ENDPOINT_URL)")] = None
-
-    @property
-    def endpoint_url(self) -> str | None:
-        return env_endpoint(self.s3_endpoint_url)
+    s3_endpoint_url: EndpointUrl = None

@@ -7,7 +7,8 @@ from typing import Annotated, Literal
 
 from pydantic import model_validator
 
-from dfbatch.config.base import FieldError, JobConfig, PathStr, Paths, arg, env_endpoint, job_config, opt, section
+from dfbatch.config.base import (EndpointUrl, FieldError, JobConfig, PathStr, Paths, TrackingUri, UsesS3, arg, job_config,
+                                 opt, section)
 
 DEFAULT_MODEL_URI = "models:/dfbatch-detector@champion"
 VIDEO_EXTENSIONS = frozenset(
@@ -82,7 +83,7 @@ class LimitsConfig(JobConfig):
 
 
 @job_config
-class ScoreConfig(JobConfig):
+class ScoreConfig(UsesS3, JobConfig):
     """Everything a scoring job needs; `pipeline.run_score(cfg)` runs it."""
 
     sources: Annotated[Paths, arg("SOURCE", help="file, directory (recursive), glob, s3://bucket/prefix, or manifest "
@@ -97,11 +98,9 @@ class ScoreConfig(JobConfig):
         "--frame-aggregation", help="track score from frame scores ('model': the model's own temporal head)")] = "mean"
     rescore: Annotated[bool, opt("--rescore", help="score again videos that already have a row for this model version "
                                  "(the old rows are replaced)")] = False
-    tracking_uri: Annotated[str | None, opt("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, "
-                                            "else MLflow's default)")] = None
+    tracking_uri: TrackingUri = None
     experiment: Annotated[str, opt("--experiment", help="MLflow experiment name")] = "dfbatch-score"
-    s3_endpoint_url: Annotated[str | None, opt("--endpoint-url", help="S3-compatible endpoint (default: "
-                                               "AWS_ENDPOINT_URL)")] = None
+    s3_endpoint_url: EndpointUrl = None
     ray_address: Annotated[str | None, opt("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else start "
                                            "a local Ray)")] = None
     device: Annotated[Device, opt("--device")] = "auto"
@@ -128,7 +127,3 @@ class ScoreConfig(JobConfig):
         if self.precision == "fp16" and self.device == "cpu":
             raise FieldError("precision", "--precision fp16 needs a GPU; on CPU use auto, bf16 or fp32")
         return self
-
-    @property
-    def endpoint_url(self) -> str | None:
-        return env_endpoint(self.s3_endpoint_url)

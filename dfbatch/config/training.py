@@ -8,7 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator
 
-from dfbatch.config.base import JobConfig, Numbers, Options, PathStr, Paths, arg, env_endpoint, job_config, opt, section
+from dfbatch.config.base import (EndpointUrl, JobConfig, Numbers, Options, PathStr, Paths, TrackingUri, UsesS3, arg,
+                                 job_config, opt, section)
 from dfbatch.config.score import REFERENCE_FACES, FaceConfig, FrameAggregation, LimitsConfig, SamplingConfig, TrackAggregation
 
 Layout = Literal["auto", "dfdc", "ffpp", "celebdf", "csv"]
@@ -26,7 +27,7 @@ def _three_fractions(value: tuple[float, ...]) -> tuple[float, ...]:
 
 
 @job_config
-class PrepareConfig(JobConfig):
+class PrepareConfig(UsesS3, JobConfig):
     """Everything `dfbatch prepare` needs; `training.prepare.run_prepare(cfg)` runs it."""
 
     sources: Annotated[Paths, arg("DATASET", help="dataset root (local or s3://) or a file,label CSV", min_length=1,
@@ -56,16 +57,11 @@ class PrepareConfig(JobConfig):
     face_workers: Annotated[int | None, opt("--face-workers", help="CPU actors decoding + detecting (default: one per "
                                             "CPU)", ge=1)] = None
     cpus_per_face_worker: Annotated[float, opt(gt=0)] = 1.0
-    s3_endpoint_url: Annotated[str | None, opt("--endpoint-url", help="S3-compatible endpoint (default: "
-                                               "AWS_ENDPOINT_URL)")] = None
+    s3_endpoint_url: EndpointUrl = None
     reader_options: Annotated[Options, opt(help="more options of the dataset reader (dfdc_group, test_list)")] = \
         field(default_factory=dict)
     sampling: Annotated[SamplingConfig, section()] = field(default_factory=SamplingConfig)
     limits: Annotated[LimitsConfig, section()] = field(default_factory=LimitsConfig)
-
-    @property
-    def endpoint_url(self) -> str | None:
-        return env_endpoint(self.s3_endpoint_url)
 
     def pinned(self) -> dict[str, Any]:
         """The parameters that must not change between runs writing into one OUT."""
@@ -74,7 +70,7 @@ class PrepareConfig(JobConfig):
 
 
 @job_config
-class TrainConfig(JobConfig):
+class TrainConfig(UsesS3, JobConfig):
     """Everything `dfbatch train` needs; `training.trainer.train(cfg)` runs it."""
 
     data: Annotated[PathStr, arg("SHARDS", help="output of `dfbatch prepare` (local or s3://)")]
@@ -142,14 +138,13 @@ class TrainConfig(JobConfig):
     resume: Annotated[bool, opt("--restart", help="refuse to resume: fail if OUTPUT/NAME already holds "
                                 "checkpoints")] = True
     # tracking / registry
-    tracking_uri: Annotated[str | None, opt("--tracking-uri", help="MLflow tracking URI")] = None
+    tracking_uri: TrackingUri = None
     experiment: Annotated[str, opt("--experiment", help="MLflow experiment (default {default})")] = "dfbatch-train"
     model_name: Annotated[str, opt("--model-name", help="registered model name (default {default})")] = "dfbatch-detector"
     alias: Annotated[str | None, opt("--alias", help="alias of the new version (default {default})")] = "challenger"
     register: Annotated[bool, opt("--no-register", help="do not register the best checkpoint")] = True
     seed: Annotated[int, opt("--seed", help="(default {default})")] = 0
-    s3_endpoint_url: Annotated[str | None, opt("--endpoint-url", help="S3-compatible endpoint (default: "
-                                               "AWS_ENDPOINT_URL)")] = None
+    s3_endpoint_url: EndpointUrl = None
     augment_config: Annotated[Options, opt(help="AugmentConfig overrides")] = field(default_factory=dict)
     sbi_config: Annotated[Options, opt(help="SBIConfig overrides (margin comes from the shards)")] = \
         field(default_factory=dict)
@@ -163,7 +158,3 @@ class TrainConfig(JobConfig):
         return ModelSpec(backbone=self.backbone, temporal=self.temporal, hidden_dim=self.hidden_dim,
                          num_layers=self.num_layers, head=self.head, input_size=self.input_size,
                          seq_len=self.seq_len, dropout=self.dropout)
-
-    @property
-    def endpoint_url(self) -> str | None:
-        return env_endpoint(self.s3_endpoint_url)
