@@ -41,14 +41,17 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     tags = {"model_name": str(results.model_name.iloc[0]), "model_version": str(results.model_version.iloc[0]),
             "results": redact(cfg.output)}
     run_id = None
-    if cfg.log_mlflow:
-        import mlflow
+    if cfg.log_mlflow:  # the client API: the process's MLflow tracking URI stays as it was
+        import time
 
-        if cfg.tracking_uri:
-            mlflow.set_tracking_uri(cfg.tracking_uri)
-        mlflow.set_experiment(cfg.experiment)
-        with mlflow.start_run(run_name="evaluate") as run:
-            mlflow.set_tags(tags)
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
-            run_id = run.info.run_id
+        from mlflow import MlflowClient
+        from mlflow.entities import Metric
+
+        client = MlflowClient(cfg.tracking_uri)
+        experiment = client.get_experiment_by_name(cfg.experiment)
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(cfg.experiment)
+        run_id = client.create_run(experiment_id, run_name="evaluate", tags=tags).info.run_id
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None])
+        client.set_terminated(run_id)
     return EvaluateResult(joined, metrics, run_id, tags)
