@@ -24,6 +24,7 @@ class EvaluateResult:
 
 
 def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
+    """Join the results under cfg.output with the labels, compute the video metrics, log them when asked."""
     from dfbatch.evaluation.metrics import join_labels, video_metrics
     from dfbatch.io.results import read_results
     from dfbatch.io.storage import Storage
