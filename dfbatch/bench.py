@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dfbatch.config import REFERENCE_FACES, FaceConfig, SamplingConfig
+from dfbatch.config import FAST, REFERENCE, BenchSettings, FaceConfig, Profile, SamplingConfig  # noqa: F401 (re-exported)
 from dfbatch.monitor import ResourceMonitor, load, machine_info, versions
 from dfbatch.stages.aggregate import aggregate
 
@@ -37,62 +37,6 @@ log = logging.getLogger(__name__)
 
 BENCH_FORMAT = "dfbatch-bench/1"
 TARGETS = {"pipeline_videos_per_min": 60.0, "speedup_vs_baseline": 6.0, "pipeline_overhead": 0.20}
-
-
-@dataclass(frozen=True)
-class Profile:
-    """The settings that decide speed and results (everything else is the job's defaults)."""
-
-    name: str
-    backend: str  # decord | pyav
-    detect_max_side: int
-    detect_every: int
-    precision: str  # fp32 | bf16 | fp16
-    min_face_px: int | None = FaceConfig.min_face_px
-
-    def describe(self) -> str:
-        return f"{self.backend}, MTCNN {self.detect_max_side} px every {self.detect_every}, min face {self.min_face_px or 'auto'}, {self.precision}"
-
-    def faces(self) -> FaceConfig:
-        return FaceConfig(detect_max_side=self.detect_max_side, detect_every=self.detect_every, min_face_px=self.min_face_px)
-
-
-REFERENCE = Profile("reference", "decord", REFERENCE_FACES["detect_max_side"], REFERENCE_FACES["detect_every"], "fp32", REFERENCE_FACES["min_face_px"])
-FAST = Profile("fast", SamplingConfig.backend, FaceConfig.detect_max_side, FaceConfig.detect_every, "auto")  # the job's defaults
-
-
-@dataclass
-class BenchSettings:
-    output: str = "bench-out"
-    archive: str | None = None  # a folder of videos to use as-is; None: generate the default archive
-    videos: int = 120  # videos through the pipeline
-    unique: int = 8  # distinct generated clips (repeated by symlink up to `videos`)
-    size: tuple[int, int] = (1280, 720)
-    seconds: float = 10.0
-    fps: float = 30.0
-    frames: int = 32
-    model: str | None = None  # checkpoint file or models:/ URI; None: random-weight ResNeXt50-LSTM(2048) at 112 px
-    stage_videos: int = 4
-    baseline_videos: int = 6
-    device: str = "auto"  # auto | cpu | cuda
-    cpus: int | None = None  # CPUs of a local Ray (None: all)
-    ray_address: str | None = None
-    run_pipeline: bool = True
-    run_baseline: bool = True
-    run_reference: bool = True
-    fast: Profile = FAST
-    rows_per_block: int = 2  # listing rows per Ray Data block: small blocks keep the face actors evenly loaded
-    videos_per_score_batch: int | None = None  # None: the job's default (8), 2 on CPU
-    score_workers: int | None = None  # None: the job's plan (CPU only: model inside each face actor)
-    quick: bool = False
-
-    @classmethod
-    def quick_settings(cls, output: str, **overrides) -> "BenchSettings":
-        """A few short small clips and a tiny model: proves the bench runs end to end (numbers meaningless)."""
-        base = dict(output=output, videos=4, unique=2, size=(480, 270), seconds=2.0, fps=15.0, frames=8,
-                    stage_videos=1, baseline_videos=1, quick=True)
-        base.update(overrides)
-        return cls(**base)
 
 
 # --------------------------------------------------------------------------------------------- inputs

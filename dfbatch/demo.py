@@ -22,38 +22,16 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
 
-# The demo's training set and held-out set are made with different seeds: no clip, framing or fake is shared.
-TRAIN_SEED, HELDOUT_SEED = 11, 23
+from dfbatch.config import DemoConfig
+
 VAL_EVERY = 4  # one clip in VAL_EVERY of each label (stratified by source and method) goes to the val split
-
-
-@dataclass
-class DemoConfig:
-    root: str = "demo"
-    n_train: int = 64  # REAL and FAKE clips each, for training (3 in 4) + validation (1 in 4)
-    n_heldout: int = 16  # REAL and FAKE clips each, never seen in training (+ one faceless, one broken file)
-    size: tuple[int, int] = (480, 270)
-    seconds: float = 3.0
-    fps: int = 15
-    prepare_frames: int = 16  # frames sampled per training video (a training sequence takes seq_len of them)
-    epochs: int = 8
-    lr: float = 3e-4
-    seq_len: int = 8
-    train_seed: int = TRAIN_SEED
-    heldout_seed: int = HELDOUT_SEED
-    tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI, else MLflow's default (sqlite:///mlflow.db)
-    model_name: str = "dfbatch-detector"
-    alias: str = "champion"
-    quiet: bool = True  # silence Ray progress bars / INFO logs while preparing and training
-    train_overrides: dict = field(default_factory=dict)  # any other TrainConfig field
 
 
 def train_config(cfg: DemoConfig, shards: str, cpus: int):
     """The demo model's training settings (see the README's "Retrain" section)."""
+    from dfbatch.config import TrainConfig
     from dfbatch.models import registry
-    from dfbatch.training.trainer import TrainConfig
 
     settings = dict(
         data=shards,
@@ -88,16 +66,8 @@ def train_config(cfg: DemoConfig, shards: str, cpus: int):
 
 def write_train_yaml(tcfg, path: str) -> str:
     """The training settings as a `dfbatch train --config` YAML (without data, output and store)."""
-    import yaml
-
-    skip = {"data", "output", "tracking_uri", "s3_endpoint_url", "progress", "worker_log_level"}
-    plain = lambda v: [plain(x) for x in v] if isinstance(v, (list, tuple)) else (  # noqa: E731
-        {k: plain(x) for k, x in v.items()} if isinstance(v, dict) else v)
-    values = {k: plain(v) for k, v in tcfg.to_dict().items() if k not in skip}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write("# the demo model's training settings (dfbatch.demo.train_config)\n")
-        yaml.safe_dump(values, fh, sort_keys=False)
+    tcfg.to_yaml(path, exclude=("data", "output", "tracking_uri", "s3_endpoint_url", "progress", "worker_log_level"),
+                 header="the demo model's training settings (dfbatch.demo.train_config)")
     return path
 
 
@@ -105,10 +75,7 @@ def build_archives(cfg: DemoConfig) -> tuple[str, str]:
     """Write the training and held-out archives (kept when already there). The training archive's labels.csv
     gets a `split` column: a fixed val split stratified by label, source and manipulation."""
     from dfbatch.corpora import synth
-    from dfbatch.errors import UserError
 
-    if cfg.train_seed == cfg.heldout_seed:
-        raise UserError("the training and held-out archives need different seeds")
     train_dir, heldout_dir = os.path.join(cfg.root, "archive", "train"), os.path.join(cfg.root, "archive", "heldout")
     kw = dict(size=cfg.size, seconds=cfg.seconds, fps=cfg.fps)
     if not os.path.exists(os.path.join(train_dir, "labels.csv")):

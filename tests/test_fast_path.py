@@ -227,7 +227,7 @@ def test_plan_fits_the_cluster(monkeypatch, cluster, workers, expect):
 def test_job_defaults_are_the_fast_path():
     """`dfbatch score` runs the fast path unless told otherwise; `--reference` restores the reference settings."""
     from dfbatch.cli import build_parser
-    from dfbatch.cli.score import config_from_args
+    from dfbatch.cli.options import config_from_args
 
     cfg = config_from_args(build_parser().parse_args(["score", "in", "-o", "out"]))
     assert (cfg.sampling.backend, cfg.faces.detect_max_side, cfg.faces.detect_every, cfg.precision) == ("pyav", 320, 4, "auto")

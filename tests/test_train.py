@@ -177,16 +177,16 @@ def test_config_validation_and_unusable_data(tmp_path, shards):
 
 def test_cli_config_yaml_and_flags(tmp_path):
     from dfbatch.cli import build_parser
-    from dfbatch.cli.train import train_config
+    from dfbatch.cli.options import config_from_args
 
     (tmp_path / "t.yaml").write_text("epochs: 7\nbackbone: tiny\nsbi: only\n")
     args = build_parser().parse_args(["train", "S", "-o", "C", "--config", str(tmp_path / "t.yaml"), "--epochs", "2",
                                       "--workers", "2", "--cpu", "--no-augment"])
-    cfg = train_config(args)
+    cfg = config_from_args(args)
     assert (cfg.epochs, cfg.backbone, cfg.sbi, cfg.num_workers, cfg.use_gpu, cfg.augment) == (2, "tiny", "only", 2, False, False)
     (tmp_path / "bad.yaml").write_text("epochz: 1\n")
     with pytest.raises(UserError, match="unknown fields"):
-        train_config(build_parser().parse_args(["train", "S", "-o", "C", "--config", str(tmp_path / "bad.yaml")]))
+        config_from_args(build_parser().parse_args(["train", "S", "-o", "C", "--config", str(tmp_path / "bad.yaml")]))
 
 
 # ---------------------------------------------------------------------------------------------- slow

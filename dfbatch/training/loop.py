@@ -40,7 +40,7 @@ from dfbatch.evaluation.metrics import label_metrics
 from dfbatch.stages.aggregate import FRAME_AGGREGATION, TRACK_AGGREGATION, track_score, video_score
 from dfbatch.training.prepare import SHARD_COLUMNS
 from dfbatch.training.sampler import BalancedSampler, Item, SequenceBuilder, collate
-from dfbatch.training.trainer import MONITORS, TrainConfig
+from dfbatch.config import MONITORS, TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -33,14 +33,13 @@ import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dfbatch import __version__
-from dfbatch.config import REFERENCE_FACES, FaceConfig, LimitsConfig, SamplingConfig
+from dfbatch.config import PrepareConfig
 from dfbatch.errors import UserError, one_line, redact
 from dfbatch.io.listing import LISTING_SCHEMA
 from dfbatch.io.results import VIDEOS_SCHEMA
@@ -80,48 +79,6 @@ SHARD_SCHEMA = pa.schema([
 SHARD_COLUMNS = ["video_id", "label", "track", "frames"]  # what training reads of a shard row
 # parameters that must not change between runs writing into one OUT
 _PINNED_PARAMS = ("frames", "crop_size", "margin", "fractions", "split_seed", "official")
-
-
-@dataclass
-class PrepareConfig:
-    sources: list[str]  # dataset roots / label CSVs (see datasets.load_labels)
-    output: str
-    layout: str = "auto"
-    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train, val, test
-    split_seed: int = 0
-    official: bool = True  # official dataset splits win
-    frames: int = 32  # frames sampled per video (evenly; training picks seq_len of them)
-    crop_size: int = 128  # square face crops, pixels (the model resizes to its input_size)
-    jpeg_quality: int = 92
-    retry_failed: bool = False
-    limit: int | None = None  # at most this many videos (first ones of the label table), for trials
-    face_workers: int | None = None  # None: one per CPU
-    cpus_per_face_worker: float = 1.0
-    s3_endpoint_url: str | None = None
-    reader_options: dict = field(default_factory=dict)  # e.g. {"compression": "c23"} for FF++
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    # training data is made once: the reference detection (MTCNN on every frame at 640 px), not the fast path
-    faces: FaceConfig = field(default_factory=lambda: FaceConfig(**REFERENCE_FACES))
-    limits: LimitsConfig = field(default_factory=LimitsConfig)
-
-    def __post_init__(self) -> None:
-        if not self.sources:
-            raise UserError("no labelled dataset given")
-        if self.frames < 1 or self.crop_size < 16:
-            raise UserError("--frames must be >= 1 and --crop-size >= 16")
-        if not 1 <= self.jpeg_quality <= 100:
-            raise UserError("--jpeg-quality must be within 1..100")
-        self.fractions = tuple(float(f) for f in self.fractions)
-        if len(self.fractions) != 3 or any(f < 0 for f in self.fractions) or sum(self.fractions) <= 0:
-            raise UserError("split fractions: three non-negative numbers (train, val, test)")
-
-    @property
-    def endpoint_url(self) -> str | None:
-        return self.s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-
-    def pinned(self) -> dict[str, Any]:
-        return {"frames": self.frames, "crop_size": self.crop_size, "margin": self.faces.margin,
-                "fractions": list(self.fractions), "split_seed": self.split_seed, "official": self.official}
 
 
 @dataclass
@@ -357,7 +314,8 @@ def label_table(cfg: PrepareConfig, pin: dict[str, str] | None = None):
     opts = {}
     for src in cfg.sources:
         opts = _storage_options(src, cfg.endpoint_url) or opts
-    df = datasets.load_labels(cfg.sources, cfg.layout, storage_options=opts or None, **cfg.reader_options)
+    options = {**cfg.reader_options, **({"compression": cfg.compression} if cfg.compression else {})}
+    df = datasets.load_labels(cfg.sources, cfg.layout, storage_options=opts or None, **options)
     df = datasets.assign_splits(df, dict(zip(datasets.SPLITS, cfg.fractions)), seed=cfg.split_seed,
                                 official=cfg.official, pin=pin)
     datasets.check_splits(df)

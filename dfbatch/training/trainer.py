@@ -24,7 +24,6 @@ After training the driver registers the best checkpoint via `registry.register` 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -34,122 +33,11 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from dfbatch.config import MONITORS, TrainConfig
 from dfbatch.errors import UserError, one_line, redact
 from dfbatch.io.storage import Storage, is_s3
-from dfbatch.stages.aggregate import FRAME_STRATEGIES, TRACK_STRATEGIES
 
 log = logging.getLogger(__name__)
-
-MONITORS = {"val_auc": "max", "val_log_loss": "min", "val_ap": "max", "val_balanced_accuracy": "max"}
-SBI_MODES = ("off", "mix", "only")  # how self-blended fakes join the training items (training.sampler)
-
-
-# ---------------------------------------------------------------------------------------------------- config
-@dataclass
-class TrainConfig:
-    data: str  # a `dfbatch prepare` output (local or s3://)
-    output: str  # checkpoint storage root (local or s3://); checkpoints under OUTPUT/NAME
-    name: str = "dfbatch-train"  # run name: the same output + name resumes
-    # model (dfbatch.model.ModelSpec)
-    backbone: str = "resnext50_32x4d"
-    backbone_weights: str | None = None  # None (random init) | "imagenet" (offline file) | path to torchvision .pth
-    temporal: str = "lstm"
-    hidden_dim: int = 512
-    num_layers: int = 1
-    head: str = "last"
-    input_size: int = 112
-    seq_len: int = 16
-    dropout: float = 0.3
-    freeze_blocks: int = 0  # the backbone's first N blocks keep their (pretrained) weights: cheaper steps
-    # optimisation
-    epochs: int = 10
-    batch_size: int = 8  # sequences per worker per step
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    lr_schedule: str = "cosine"  # cosine | constant
-    warmup_epochs: int = 0
-    grad_clip: float = 1.0
-    label_smoothing: float = 0.0
-    precision: str = "auto"  # auto (bf16 on GPUs that have it, else fp16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
-    # data
-    balance: str = "sampler"  # sampler | none
-    sbi: str = "mix"  # off | mix | only
-    sbi_fraction: float = 0.5
-    augment: bool = True
-    pool_size: int = 256
-    shuffle_buffer: int = 256  # train rows shuffled locally per epoch (prepared parts are label-ordered); 0: off
-    loader_threads: int | None = None  # threads building sequences per worker (None: cpus_per_worker)
-    val_sbi: str = "auto"  # auto | on | off
-    val_frame_aggregation: str = "mean"  # like ScoreConfig.frame_aggregation (mean | max | median | model)
-    val_track_aggregation: str = "max"
-    # scaling
-    num_workers: int = 1
-    use_gpu: bool | None = None  # None: when the cluster has GPUs
-    cpus_per_worker: float = 1.0
-    max_failures: int = 0  # worker-group restarts (from the latest checkpoint) before giving up
-    # checkpoints, early stopping
-    monitor: str = "val_auc"
-    patience: int = 3  # epochs without improvement before stopping (0: never stop early)
-    min_delta: float = 0.0
-    keep_checkpoints: int = 2  # best ones kept (the latest is always kept too)
-    resume: bool = True
-    # tracking / registry
-    tracking_uri: str | None = None
-    experiment: str = "dfbatch-train"
-    model_name: str = "dfbatch-detector"
-    alias: str | None = "challenger"
-    register: bool = True
-    seed: int = 0
-    s3_endpoint_url: str | None = None
-    augment_config: dict = field(default_factory=dict)  # AugmentConfig overrides
-    sbi_config: dict = field(default_factory=dict)  # SBIConfig overrides (margin comes from the shards)
-    progress: bool = False  # rank 0 prints one line per epoch (loss, val metrics, time) to stdout
-    worker_log_level: str = "INFO"  # level of the logs of the Ray Train controller and workers (ray.train, root)
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.epochs >= 1, "--epochs must be >= 1"),
-            (self.batch_size >= 1, "--batch-size must be >= 1"),
-            (self.num_workers >= 1, "--workers must be >= 1"),
-            (self.lr > 0, "--lr must be > 0"),
-            (self.seq_len >= 1, "--seq-len must be >= 1"),
-            (self.freeze_blocks >= 0, "--freeze-blocks must be >= 0"),
-            (self.shuffle_buffer >= 0, "--shuffle-buffer must be >= 0"),
-            (self.balance in ("sampler", "none"), "--balance: sampler or none"),
-            (self.sbi in SBI_MODES, f"--sbi: one of {', '.join(SBI_MODES)}"),
-            (0.0 <= self.sbi_fraction <= 1.0, "--sbi-fraction must be within [0, 1]"),
-            (self.val_sbi in ("auto", "on", "off"), "--val-sbi: auto, on or off"),
-            (self.monitor in MONITORS, f"--monitor: one of {', '.join(MONITORS)}"),
-            (self.precision in ("auto", "fp32", "bf16", "fp16"), "--precision: auto, fp32, bf16 or fp16"),
-            (self.lr_schedule in ("cosine", "constant"), "--lr-schedule: cosine or constant"),
-            (self.val_frame_aggregation in FRAME_STRATEGIES, "bad val frame aggregation"),
-            (self.val_track_aggregation in TRACK_STRATEGIES, "bad val track aggregation"),
-            (self.patience >= 0 and self.keep_checkpoints >= 1, "--patience >= 0 and --keep-checkpoints >= 1"),
-            (str(self.worker_log_level).upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
-             "worker log level: DEBUG, INFO, WARNING, ERROR or CRITICAL"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise UserError(msg)
-
-    def spec(self):
-        from dfbatch.models.spec import ModelSpec
-
-        return ModelSpec(backbone=self.backbone, temporal=self.temporal, hidden_dim=self.hidden_dim,
-                         num_layers=self.num_layers, head=self.head, input_size=self.input_size,
-                         seq_len=self.seq_len, dropout=self.dropout)
-
-    @property
-    def endpoint_url(self) -> str | None:
-        return self.s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 @dataclass
