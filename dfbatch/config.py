@@ -85,6 +85,7 @@ class ScoreConfig:
     torch_threads: int | None = None  # None: cpus of the actor
     rows_per_block: int = 8  # listing rows per Ray Data block (the unit handed to one face actor)
     ray_address: str | None = None  # None: RAY_ADDRESS, else a new local Ray
+    save_crops: bool = False  # keep each track's face crops as a JPEG under OUT/crops/ (faces.crops_file)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     faces: FaceConfig = field(default_factory=FaceConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)

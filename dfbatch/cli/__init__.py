@@ -10,7 +10,7 @@ import sys
 from dfbatch.errors import UserError
 
 # Each module exposes add_parser(subparsers) and sets `func` on its parser(s).
-COMMAND_MODULES = ["score", "models", "evaluate", "demo", "train", "bench"]
+COMMAND_MODULES = ["score", "models", "evaluate", "demo", "train", "bench", "query", "report", "serve"]
 
 
 def size_arg(text: str) -> tuple[int, int]:

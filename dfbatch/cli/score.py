@@ -41,6 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reference", action="store_true", help="the slow reference settings: MTCNN on every sampled frame at 640 px, fp32 (overrides the three flags above and --precision)")
     p.add_argument("--max-duration", type=float, default=LimitsConfig.max_duration_s, help="seconds; longer videos get a failed row")
     p.add_argument("--time-budget", type=float, default=LimitsConfig.time_budget_s, help="seconds of decode + detection per video")
+    p.add_argument("--save-crops", action="store_true", help="keep each face track's crops as a JPEG under OUT/crops/ (faces column crops_file; dfbatch report shows them)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
 
@@ -60,6 +61,7 @@ def config_from_args(args: argparse.Namespace) -> ScoreConfig:
         threshold=args.threshold,
         device=args.device,
         ray_address=args.ray_address,
+        save_crops=args.save_crops,
         precision="fp32" if args.reference else args.precision,
         score_batch_size=args.batch_size,
         face_workers=args.face_workers,

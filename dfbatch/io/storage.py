@@ -59,6 +59,14 @@ class Storage:
         base = base.rstrip("/") if is_s3(base) else os.path.abspath(os.path.expanduser(base))
         return "/".join([base, *parts]) if is_s3(base) else os.path.join(base, *parts)
 
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        """Write a whole file to a local path (parent folders created) or an s3:// URI (one PUT)."""
+        fs, path = self.fs(uri), self.path(uri)
+        if not is_s3(uri):
+            fs.makedirs(os.path.dirname(path), exist_ok=True)
+        with fs.open(path, "wb") as f:
+            f.write(data)
+
     def boto3_client(self):
         import boto3
 
