@@ -46,7 +46,14 @@ class GradCam:
         net = bundle.build().to(device)
         self.spec = bundle.spec
         self.device = torch.device(device)
-        self.cam = GradCAM(model=_step_logits(net), target_layers=[cam_target_layer(net)])
+        target = cam_target_layer(net)
+        # Grad-CAM needs gradients from the logits back to the target layer only: the weights are frozen and the
+        # layer's output becomes a leaf, so the backbone runs without building a graph and the backward pass
+        # stops there (ResNeXt50, 32 frames: several times faster than a full backward). Registered before the
+        # library's own hooks, which then see the leaf.
+        net.requires_grad_(False)
+        target.register_forward_hook(lambda module, args, output: output.detach().requires_grad_(True))
+        self.cam = GradCAM(model=_step_logits(net), target_layers=[target])
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
         """uint8 (T, S, S, 3) RGB crops of one track -> float32 (T, S, S) heatmaps in [0, 1]."""

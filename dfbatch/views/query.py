@@ -57,6 +57,10 @@ def run_query(output: str, sql: str, storage: Storage | None = None) -> pa.Table
 def render(table: pa.Table, fmt: str, *, max_rows: int = 100) -> bytes:
     """The table as text (table, csv, json lines) or a Parquet file's bytes."""
     buf = io.BytesIO()
+    if table.num_columns == 0:  # a statement without a result (SET ..., a comment)
+        if fmt == "parquet":
+            raise UserError("the SQL returned no table to write")
+        return b"(no result)\n" if fmt == "table" else b""
     if fmt == "csv":
         import pyarrow.csv as pacsv
 
