@@ -109,18 +109,22 @@ class Chromium:
             raise RuntimeError(f"{expression}: {res['exceptionDetails']}")
         return res["result"].get("value")
 
-    def wait_for(self, expression: str, timeout: float | None = None, poll: float = 0.25):
-        """Poll a JS expression until it is truthy; returns its value."""
+    def wait_for(self, expression: str, timeout: float | None = None, poll: float = 0.25) -> None:
+        """Poll a JS expression until it is truthy (in JS: an element counts, though it comes back as {})."""
         deadline = time.monotonic() + (timeout or self.timeout)
         while time.monotonic() < deadline:
             try:
-                value = self.js(expression)
+                value = self.js(f"Boolean({expression})")
             except RuntimeError:  # mid-navigation
                 value = None
             if value:
-                return value
+                return
             time.sleep(poll)
-        raise TimeoutError(f"{expression!r} stayed false")
+        try:
+            where = self.js("location.href + ' | ' + document.body.innerText.slice(0, 600)")
+        except Exception as exc:
+            where = f"(page unreadable: {exc})"
+        raise TimeoutError(f"{expression!r} stayed false; page: {where}")
 
     def set_files(self, selector: str, paths: list[str]) -> None:
         doc = self.send("DOM.getDocument")

@@ -339,7 +339,7 @@ def test_served_page_gives_the_batch_jobs_probability(scored, server, tmp_path):
     v = scored.videos.set_index(["video_uri", "model_version"])
     f1 = scored.faces[scored.faces.model_version == "1"].set_index("video_uri")
     carphone, upscaled = str(scored.clips / "carphone.mp4"), str(scored.clips / "sub" / "real_upscaled.mkv")
-    with Chromium(width=1280, height=1000) as b:
+    with Chromium(width=1280, height=1000, timeout=300) as b:  # generous: CI machines are shared (speed is not tested)
         b.goto(server + "/")
         assert b.js("document.querySelectorAll('form#upload input[type=file]#video').length") == 1
         b.set_files("#video", [carphone])

@@ -25,6 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=int, default=None, help="frames sampled per video (default: the model's sequence length, as dfbatch score)")
     p.add_argument("--threshold", type=float, default=None, help="FAKE if P(fake) >= threshold (default: the model's)")
     p.add_argument("--reference", action="store_true", help="the reference detection settings and fp32 (to match a job scored with --reference)")
+    p.add_argument("--no-gradcam", action="store_true", help="no Grad-CAM heatmaps: answers about three times faster with a ResNeXt50 on CPU")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto", help="model precision (default auto, as dfbatch score)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else MLflow's default)")
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--max-upload-mb must be positive")
     cfg = AnalysisConfig(
         model_uri=args.model, tracking_uri=args.tracking_uri, threshold=args.threshold, device=args.device,
-        precision="fp32" if args.reference else args.precision, sampling=SamplingConfig(frames=args.frames),
+        precision="fp32" if args.reference else args.precision, gradcam=not args.no_gradcam, sampling=SamplingConfig(frames=args.frames),
         faces=FaceConfig(**REFERENCE_FACES) if args.reference else FaceConfig(),
     )
     if cfg.precision == "fp16" and args.device == "cpu":

@@ -191,7 +191,7 @@ def build_report(output: str, html: str, *, top: int = 20, model_name: str | Non
     thresholds = sorted({float(t) for t in rows.threshold.dropna()}) or [0.5]
     page = H.render(
         "report.html",
-        output=redact(output), generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        output=redact(output if "://" in output else os.path.abspath(output)), generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         model_name=name, model_version=version, model_uri=model_uri, thresholds=thresholds,
         runs=sorted(set(rows.mlflow_run_id.dropna())), tracking_uri=redact(_tracking_uri(tracking_uri)),
         aggregation=", ".join(sorted(set(rows.aggregation.dropna()))), first_scored=_ts(rows.scored_at.min()), last_scored=_ts(rows.scored_at.max()),

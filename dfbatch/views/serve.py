@@ -227,6 +227,7 @@ def _page_result(analysis, name: str, threshold: float) -> dict:
         "frames": H.frames_view(analysis.frames, analysis.frame_scale, indices, tracks) if analysis.frames is not None and len(analysis.frames) else [],
         "tracks": [H.track_view(i, c, h, t["frame_indices"], t.get("frame_scores"), t.get("fake_probability"), max_frames=len(c))
                    for i, (t, c, h) in enumerate(zip(tracks, analysis.crops, analysis.heatmaps or [None] * len(tracks)))],
+        "gradcam": bool(analysis.heatmaps),
     }
 
 
