@@ -113,10 +113,12 @@ def test_query_command_formats_without_torch_or_ray(small_out, tmp_path):
     assert pq_res.returncode == 0 and pq.read_table(target).num_rows == 2
 
     for args, pattern in (([str(small_out), "SELECT nope FROM videos"], r"query failed: .*nope"),
-                          ([str(tmp_path / "missing"), "SELECT count(*) FROM videos", "--format", "parquet"], r"--format parquet needs -o FILE")):
+                          ([str(tmp_path / "missing"), "SELECT count(*) FROM videos"], r"no results under .*missing"),
+                          ([str(small_out), "SELECT count(*) FROM videos", "--format", "parquet"], r"--format parquet needs -o FILE")):
         bad = _cli("query", *args)
         lines = bad.stderr.strip().splitlines()
         assert bad.returncode == 2 and len(lines) == 1 and re.search(pattern, lines[0]) and "Traceback" not in bad.stderr, bad.stderr
+    (tmp_path / "nothing-yet").mkdir()  # an OUT before its first run: empty views
     empty = _cli("query", str(tmp_path / "nothing-yet"), "SELECT count(*) AS n FROM videos", "--format", "csv")
     assert empty.returncode == 0 and empty.stdout.splitlines() == ['"n"', "0"]
 

@@ -25,8 +25,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
     from dfbatch.io.storage import Storage
     from dfbatch.views.query import render, run_query, write_output
 
@@ -34,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     fmt = args.format or ("parquet" if (args.out or "").endswith(".parquet") else "table")
     if fmt == "parquet" and args.out in (None, "-"):
         raise UserError("--format parquet needs -o FILE")
-    storage = Storage(args.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
+    storage = Storage.from_env(args.endpoint_url)
     table = run_query(args.output, sql, storage)
     write_output(render(table, fmt, max_rows=max(1, args.max_rows)), args.out, storage)
     return 0

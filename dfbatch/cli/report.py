@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from dfbatch.views.report import build_report
 
     require_positive(args, "top", "frames_per_track")
-    storage = Storage(args.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
+    storage = Storage.from_env(args.endpoint_url)
     res = build_report(args.output, args.html, top=args.top, model_name=args.model_name, model_version=args.model_version, storage=storage,
                        tracking_uri=args.tracking_uri, log_mlflow=not args.no_mlflow, frames_per_track=args.frames_per_track,
                        explain=not args.no_gradcam, device=args.device)

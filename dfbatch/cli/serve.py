@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from dfbatch.config import DEFAULT_MODEL_URI, REFERENCE_FACES, FaceConfig, SamplingConfig
 
@@ -63,6 +62,6 @@ def run(args: argparse.Namespace) -> int:
     m = analyzer.model_info
     print(f"dfbatch serve — model {m['model_name']} version {m['model_version']}, threshold {analyzer.threshold:g}, {analyzer.device}/{analyzer.scorer.precision}", flush=True)
     print(f"  open http://{args.host}:{args.port}/   (uploads up to {args.max_upload_mb:g} MB{'; paths and s3:// URIs too' if allow else ''}; Ctrl-C stops)", flush=True)
-    storage = Storage(args.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
+    storage = Storage.from_env(args.endpoint_url)
     serve(analyzer, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, allow_paths=allow, storage=storage)
     return 0

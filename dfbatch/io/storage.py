@@ -37,6 +37,11 @@ class Storage:
 
     endpoint_url: str | None = None
 
+    @classmethod
+    def from_env(cls, endpoint_url: str | None = None) -> "Storage":
+        """The given S3-compatible endpoint, else AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS's own."""
+        return cls(endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
+
     def fs(self, uri: str) -> fsspec.AbstractFileSystem:
         if is_s3(uri):
             kwargs: dict = {"config_kwargs": {"retries": {"max_attempts": 8, "mode": "adaptive"}}}

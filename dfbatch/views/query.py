@@ -28,9 +28,13 @@ def connect(output: str, storage: Storage | None = None):
     store = ResultStore(output, storage)
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     try:
+        datasets = {sub: store.dataset(sub) for sub in ("videos", "faces")}
+        if all(d is None for d in datasets.values()) and not store.fs.exists(store.root):
+            raise UserError(f"no results under {redact(output)}: no such directory or prefix")
         for sub, schema in (("videos", VIDEOS_SCHEMA), ("faces", FACES_SCHEMA)):
-            ds = store.dataset(sub)
-            con.register(sub, ds if ds is not None else schema.empty_table())
+            con.register(sub, datasets[sub] if datasets[sub] is not None else schema.empty_table())
+    except UserError:
+        raise
     except Exception as exc:
         raise UserError(f"cannot read results under {redact(output)}: {one_line(exc)}") from None
     if is_s3(output):

@@ -9,7 +9,6 @@ artifact of the scoring run. Images are inlined (data: URIs) and a Content-Secur
 
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -21,8 +20,6 @@ from dfbatch.config import FaceConfig, LimitsConfig, SamplingConfig
 from dfbatch.errors import UserError, one_line, redact
 from dfbatch.io.results import ResultStore
 from dfbatch.io.storage import Storage
-
-log = logging.getLogger(__name__)
 
 _LIGHT = ["video_uri", "video_id", "status", "error", "fake_probability", "label", "threshold", "aggregation", "model_name", "model_version", "model_uri", "mlflow_run_id", "scored_at"]
 STATUS_ORDER = ("ok", "no_face", "failed")
