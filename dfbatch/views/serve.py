@@ -156,6 +156,7 @@ def create_app(analyzer, *, storage=None, max_upload_mb: float = MAX_UPLOAD_MB, 
         except UserError as exc:
             return message(400, "bad_input", "Cannot use that input", str(exc), api)
         finally:
+            await form.close()  # Starlette's spooled copy of the upload
             if tmp:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
@@ -165,7 +166,10 @@ def create_app(analyzer, *, storage=None, max_upload_mb: float = MAX_UPLOAD_MB, 
             return JSONResponse(_api_result(analysis, name), status_code=status)
         result = await run_in_threadpool(_page_result, analysis, name, analyzer.threshold)
         if row["status"] == "failed":
-            return page(status, result=result, message={"kind": "not_a_video", "title": "Not a video dfbatch can read", "text": row["error"] or "unknown error"})
+            error = row["error"] or "unknown error"
+            unreadable = error.startswith(("cannot open video", "no video stream", "not a video", "no decodable", "empty file"))
+            return page(status, result=result, message={"kind": "not_a_video" if unreadable else "failed",
+                                                        "title": "Not a video dfbatch can read" if unreadable else "This video could not be analysed", "text": error})
         if row["status"] == "no_face":
             return page(status, result=result, message={"kind": "no_face", "title": "No face found", "text": f"no face was found in the {row['n_frames']} sampled frames, so there is no verdict (faces smaller than the detector's minimum are not searched)"})
         return page(status, result=result)
