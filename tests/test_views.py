@@ -53,6 +53,8 @@ def test_saved_crops_are_committed_with_their_part(tmp_path):
     back = store.read_crops(rel)
     assert back.shape == crops.shape and np.abs(back.astype(int) - crops).mean() < 3
     assert os.listdir(tmp_path / "out" / "_staging") == []
+    with pytest.raises(ValueError, match="not a crops file"):
+        store.read_crops("crops/part-x/../../../../etc/passwd.jpg")  # a crafted row cannot read outside OUT
     part_dir = rel.rsplit("/", 1)[0]
     assert str(tmp_path / "out" / part_dir) in store.parts_for("m", "1")
 

@@ -8,9 +8,10 @@ Layout under OUT (local path or s3://):
                                        (named in the faces column `crops_file`, relative to OUT)
 
 Commit protocol: a write task writes the crops, then both tables to `_staging/`, and renames faces first,
-videos last; the videos part is the commit point. A part's name is a hash of (job id, its video ids), so a retried write task
-overwrites rather than duplicates, and a rerun skips every video with a committed row. Readers see only complete files (local rename is atomic; an S3
-PUT is atomic). `recover()` removes staging leftovers and faces parts whose videos part never committed.
+videos last; the videos part is the commit point. A part's name is a hash of (job id, its video ids), so a
+retried write task overwrites rather than duplicates, and a rerun skips every video with a committed row.
+Readers see only complete files (local rename is atomic; an S3 PUT is atomic). `recover()` removes staging
+leftovers, and faces parts and crops folders whose videos part never committed.
 """
 
 from __future__ import annotations
@@ -192,6 +193,8 @@ class ResultStore:
         """A track's saved crops (a faces row's `crops_file`) as uint8 (T, S, S, 3) RGB."""
         from dfbatch.io.images import decode_strip
 
+        if not re.fullmatch(r"crops/part-[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+\.jpg", crops_file or "") or ".." in crops_file:
+            raise ValueError(f"not a crops file of this store: {crops_file!r}")
         with self.fs.open(f"{self.root}/{crops_file}", "rb") as f:
             return decode_strip(f.read())
 
