@@ -169,6 +169,7 @@ def build_dataset(cfg: ScoreConfig, listing, storage: Storage, bundle, plan: dic
         crop_size=int(bundle.spec.input_size),
         threads=plan["face_threads"],
         device=plan["face_device"],
+        save_crops=cfg.save_crops,
     )
     bundle_ref = ray.put(shareable_bundle(bundle))
     score_kwargs = dict(
@@ -273,6 +274,7 @@ def run_score(cfg: ScoreConfig) -> Summary:
                 "detect_max_side": cfg.faces.detect_max_side,
                 "detect_every": cfg.faces.detect_every,
                 "min_face_px": cfg.faces.min_face_px or "auto",
+                "save_crops": cfg.save_crops,
             }
         )
         mlflow.set_tags({"output": redact(cfg.output), "dfbatch.version": __version__, "dfbatch.job_id": job_id})

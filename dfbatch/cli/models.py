@@ -18,8 +18,11 @@ def add_parser(subparsers) -> None:
         return sp
 
     def naming(sp: argparse.ArgumentParser) -> None:
-        from dfbatch.models.registry import DEFAULT_MODEL_NAME
+        # the name in the default model URI: building the parser must not import the registry (torch), which
+        # every command's start-up, `dfbatch query` included, would pay for
+        from dfbatch.config import DEFAULT_MODEL_URI
 
+        DEFAULT_MODEL_NAME = DEFAULT_MODEL_URI.removeprefix("models:/").split("@")[0]
         sp.add_argument("--name", default=DEFAULT_MODEL_NAME, help=f"registered model name (default {DEFAULT_MODEL_NAME})")
         sp.add_argument("--alias", default=None, help="set this alias on the new version (champion, challenger)")
         sp.add_argument("--description", default=None)

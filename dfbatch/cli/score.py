@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 
 from dfbatch.cli.options import add_job_arguments, add_preset, config_from_args
 from dfbatch.config import REFERENCE_PRESET, ScoreConfig
@@ -34,8 +35,9 @@ def format_summary(s) -> str:
         f"  scored {s.scored:>8}   ok {c.get('ok', 0)}   no_face {c.get('no_face', 0)}   failed {c.get('failed', 0)}   FAKE {c.get('fake', 0)}",
         f"  time   {s.elapsed_s:>8.1f} s   {s.videos_per_min:.1f} videos/min",
         f"  results: {videos}/*.parquet (faces: {videos[:-6]}faces/)",
-        "  query:   duckdb -c \"SELECT video_uri, status, label, fake_probability FROM "
-        f"'{videos}/*.parquet' ORDER BY fake_probability DESC NULLS LAST LIMIT 20\"",
+        f"  query:   dfbatch query {shlex.quote(s.output)} \"SELECT video_uri, status, label, fake_probability FROM videos "
+        "ORDER BY fake_probability DESC NULLS LAST LIMIT 20\"",
+        f"  report:  dfbatch report {shlex.quote(s.output)} --html report.html",
         f"  pandas:  dfbatch.read_results({s.output!r})",
     ]
     return "\n".join(lines)

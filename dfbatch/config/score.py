@@ -104,6 +104,8 @@ class ScoreConfig(UsesS3, JobConfig):
     s3_endpoint_url: EndpointUrl = None
     ray_address: Annotated[str | None, opt("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else start "
                                            "a local Ray)")] = None
+    save_crops: Annotated[bool, opt("--save-crops", help="keep each face track's crops as a JPEG under OUT/crops/ "
+                                    "(faces column crops_file; dfbatch report shows them)")] = False
     device: Annotated[Device, opt("--device")] = "auto"
     precision: Annotated[Precision, opt("--precision", help="model precision (default auto: bf16 where the GPU/CPU has "
                                         "it natively, else fp32; fp16 needs a GPU)")] = "auto"

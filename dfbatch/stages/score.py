@@ -84,12 +84,9 @@ def split_by_lengths(crops: np.ndarray, lengths: list[int]) -> list[np.ndarray]:
 
 
 def _split_crops(row: dict) -> list[np.ndarray]:
-    lengths = [len(t["frame_indices"]) for t in json.loads(row["tracks"])]
-    size = int(row["crop_size"])
-    crops = np.frombuffer(row["crops"], dtype=np.uint8).reshape(-1, size, size, 3)
-    if sum(lengths) != len(crops):
-        raise ValueError(f"crops ({len(crops)}) do not match tracks ({sum(lengths)} frames)")
-    return split_by_lengths(crops, lengths)
+    from dfbatch.stages.faces import track_crops
+
+    return track_crops(row)
 
 
 def score_rows(rows: list[dict], scorer: Scorer, *, threshold: float, track_aggregation: str = TRACK_AGGREGATION, frame_aggregation: str = FRAME_AGGREGATION, model_info: dict, run_id: str | None) -> list[dict]:

@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 from dfbatch import __version__
 from dfbatch.config import PrepareConfig
 from dfbatch.errors import UserError, one_line, redact
+from dfbatch.io.images import decode_jpeg, encode_jpeg  # noqa: F401 (re-exported: trainer, tests)
 from dfbatch.io.listing import LISTING_SCHEMA
 from dfbatch.io.results import VIDEOS_SCHEMA
 from dfbatch.io.storage import Storage, is_s3
@@ -98,25 +99,6 @@ class PrepareSummary:
 
 
 # ------------------------------------------------------------------------------------------------ the stage
-def encode_jpeg(crop: np.ndarray, quality: int) -> bytes:
-    import cv2
-
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:  # pragma: no cover
-        raise ValueError("JPEG encoding failed")
-    return buf.tobytes()
-
-
-def decode_jpeg(data: bytes) -> np.ndarray:
-    """JPEG bytes -> uint8 (H, W, 3) RGB."""
-    import cv2
-
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError("undecodable JPEG frame")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
 def prepared_row(ref: dict, face_row: dict, jpeg_quality: int) -> dict:
     """A FaceStage row (+ the label columns of its listing row) -> a PREPARED_SCHEMA row (tracks as JPEGs)."""
     out = {k: face_row.get(k) for k in ("video_uri", "video_id", "status", "error", "n_frames", "n_faces",
