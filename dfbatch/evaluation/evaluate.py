@@ -182,8 +182,9 @@ def version_rows(output: str, storage, labels: pd.DataFrame, name: str, version:
     videos["status"] = videos["status"].fillna("not_scored")
     videos = videos.drop(columns="_key").sort_values("video_uri").reset_index(drop=True)
     faces = _read(output, "faces", storage, name, version)
-    keys = set(zip(videos["video_id"].dropna(), videos["mlflow_run_id"].dropna()))
-    faces = faces[[k in keys for k in zip(faces["video_id"], faces["mlflow_run_id"])]]
+    ok = videos[videos["status"] == "ok"]
+    keys = set(zip(ok["video_id"], ok["mlflow_run_id"].fillna("")))
+    faces = faces[[k in keys for k in zip(faces["video_id"], faces["mlflow_run_id"].fillna(""))]]
     return videos, faces.sort_values(["video_uri", "track_id"]).reset_index(drop=True)
 
 
@@ -293,7 +294,8 @@ def run_evaluate(cfg: EvaluateConfig) -> Evaluation:
                      "threshold metrics use each row's own label")
     model = _model_info(cfg, name, version, videos)
     ev = Evaluation(model, dataset, videos, faces, metrics, output, aggregation, None, notes, scoring=scoring)
-    ev.settings = _row_settings(ev, cfg)
+    if cfg.model_uri or cfg.log_mlflow:  # (reading the scoring runs needs the MLflow store)
+        ev.settings = _row_settings(ev, cfg)
     if cfg.calibrate:
         ev.calibration = _calibrate(cfg, ev)
     if cfg.log_mlflow:

@@ -92,10 +92,10 @@ def calibrate(y, scores: dict[str, np.ndarray], method: str, *, target_fpr: floa
     the temperature fitted first (when asked), then the threshold chosen on the temperature-scaled scores."""
     out = {}
     for agg, p in scores.items():
-        t = fit_temperature(y, p) if temperature else None
+        t = round(fit_temperature(y, p), 4) if temperature else None  # as the rows' aggregation string spells it
         q = apply_temperature(p, t)
         out[agg] = {"threshold": round(choose_threshold(y, q, method, target_fpr=target_fpr, fixed=fixed), 6),
-                    "temperature": None if t is None else round(t, 6)}
+                    "temperature": t}
     return out
 
 
