@@ -33,7 +33,7 @@ def test_strategies():
 def test_confident_strategy():
     """The DFDC winners' rule: > 11 and > len/2.5 frames above 0.8 -> their mean; else > 90 % below 0.2 -> their mean;
     else the mean of all."""
-    fakes = [0.9] * 12 + [0.1] * 18  # 12 > 11 and 12 > 30/2.5 = 12? no: the first branch needs more than 12
+    fakes = [0.9] * 12 + [0.1] * 18  # 12 > 11 but not > 30/2.5 = 12
     assert track_score(fakes, None, "confident") == pytest.approx(np.mean(fakes))
     fakes = [0.9] * 13 + [0.1] * 18  # 13 > 11 and 13 > 31/2.5 = 12.4
     assert track_score(fakes, None, "confident") == pytest.approx(0.9)

@@ -201,7 +201,7 @@ def _independent_metrics(out, labels_csv, version: str) -> dict[str, float]:
     ok = v[v.status == "ok"]
     y, p = (ok.label_x == "FAKE").astype(int).to_numpy(), ok.fake_probability.to_numpy()
     pred = (ok.label_y == "FAKE").astype(int).to_numpy()
-    fpr, tpr, _ = skm.roc_curve(y, p)
+    fpr, tpr, _ = skm.roc_curve(y, p, drop_intermediate=False)  # the EER: the closest of all ROC points
     fnr = 1 - tpr
     i = np.argmin(np.abs(fnr - fpr))
     tn, fp, fn, tp = skm.confusion_matrix(y, pred, labels=[0, 1]).ravel()
@@ -222,7 +222,7 @@ def _independent_metrics(out, labels_csv, version: str) -> dict[str, float]:
     f = faces[faces.video_id.isin(truth)]
     fy = np.concatenate([[truth[vid] == "FAKE"] * len(s) for vid, s in zip(f.video_id, f.frame_scores)]).astype(int)
     fp_ = np.concatenate(list(f.frame_scores))
-    ffpr, ftpr, _ = skm.roc_curve(fy, fp_)
+    ffpr, ftpr, _ = skm.roc_curve(fy, fp_, drop_intermediate=False)
     j = np.argmin(np.abs(1 - ftpr - ffpr))
     m |= {"frame/n": len(fy), "frame/fake": fy.sum(), "frame/roc_auc": skm.roc_auc_score(fy, fp_),
           "frame/average_precision": skm.average_precision_score(fy, fp_), "frame/eer": (ffpr[j] + 1 - ftpr[j]) / 2,
@@ -238,7 +238,7 @@ def _independent_metrics(out, labels_csv, version: str) -> dict[str, float]:
                  "model": lambda t: t.sequence_probability}
     for name, fn_ in per_track.items():
         s = np.array([max(fn_(t) for t in f[f.video_id == vid].itertuples()) for vid in ok.video_id])
-        r_fpr, r_tpr, _ = skm.roc_curve(y, s)
+        r_fpr, r_tpr, _ = skm.roc_curve(y, s, drop_intermediate=False)
         k = np.argmin(np.abs(1 - r_tpr - r_fpr))
         m |= {f"aggregation/{name}/roc_auc": skm.roc_auc_score(y, s),
               f"aggregation/{name}/average_precision": skm.average_precision_score(y, s),

@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                "--reference`)")
     p.add_argument("--labels", dest="legacy_labels", nargs="+", metavar="LABELS",
                    help="the older form `dfbatch evaluate OUT --labels LABELS`: evaluate the rows OUT holds")
-    p.add_argument("--log-mlflow", action="store_true", help=argparse.SUPPRESS)  # logging is the default now
+    p.add_argument("--log-mlflow", dest="legacy_log_mlflow", action="store_true", help=argparse.SUPPRESS)  # the default now
     p.add_argument("--table", action="store_true", help="print the per-video table")
     p.add_argument("--json", action="store_true", help="print the metrics and where they were logged as JSON")
     p.set_defaults(func=run)
