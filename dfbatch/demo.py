@@ -178,7 +178,7 @@ class _Steps:
         tcfg = train_config(cfg, shards, cpus)
         settings = write_train_yaml(tcfg, os.path.join(cfg.root, "train.yaml"))
         self.say(f"3/4 training a MobileNetV2 (ImageNet) + LSTM detector with Ray Train: {tcfg.epochs} epochs on "
-                 f"{tcfg.cpus_per_worker:g} CPU(s); best epoch by val log loss, threshold from val")
+                 f"{tcfg.cpus_per_worker:g} CPU(s); best epoch by val log loss; then its threshold, on the val clips")
         with quiet_ray(cfg.quiet):
             result = train(tcfg)
         if result.model_version:  # a rerun with nothing left to train registers nothing: point the alias again

@@ -41,6 +41,7 @@ class Summary:
     videos_per_min: float = 0.0
     resources: dict = field(default_factory=dict)
     threshold: float | None = None
+    temperature: float | None = None  # temperature scaling applied to the video scores (calibration), if any
     threshold_source: str = ""  # where the threshold came from (calibration record, tag, --threshold)
     calibration_notes: list = field(default_factory=list)  # how this job's settings differ from the calibration's
 
@@ -268,7 +269,7 @@ def run_score(cfg: ScoreConfig) -> Summary:
     replaced = store.parts_for(name, version) if cfg.rescore else []
     job_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
     summary = Summary(cfg.output, name, version, bundle.pinned_uri or bundle.uri, None, job_id, threshold=threshold,
-                      threshold_source=decision.source, calibration_notes=decision.notes)
+                      temperature=temperature, threshold_source=decision.source, calibration_notes=decision.notes)
     listing = Listing(iter_videos(cfg.sources, storage), skip_ids=done, rows_per_table=cfg.rows_per_block)
     first = next(iter_first := iter(listing), None)  # lists up to the first block: a bad SOURCE fails before any run starts
     counts = listing.counts

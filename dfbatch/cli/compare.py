@@ -24,6 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_job_arguments(p, CompareConfig)
     add_preset(p, "--reference", REFERENCE_PRESET, help="score with the reference settings (as `dfbatch score "
                "--reference`)")
+    p.add_argument("--all-metrics", action="store_true", help="print every metric (default: the main ones)")
     p.add_argument("--json", action="store_true", help="print the table and the promotion as JSON")
     p.set_defaults(func=run)
 
@@ -39,5 +40,5 @@ def run(args: argparse.Namespace) -> int:
                           "evaluation_runs": [e.run_id for e in cmp.evaluations], "notes": cmp.notes},
                          indent=2, default=str))
     else:
-        print(format_comparison(cmp))
+        print(format_comparison(cmp, everything=args.all_metrics))
     return 0

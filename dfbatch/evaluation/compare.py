@@ -40,6 +40,19 @@ HEADLINE = ["video/roc_auc", "video/average_precision", "video/eer", "video/log_
             "videos/ok", "videos/no_face", "videos/failed", "videos/not_scored", "videos/coverage"]
 
 
+AGGREGATION_ORDER = ("roc_auc", "average_precision", "eer", "log_loss")
+METHOD_ORDER = ("videos", "unscored", "roc_auc", "recall")
+# printed by default (the artifacts and --json have every metric)
+SHORT = {"video/roc_auc", "video/average_precision", "video/eer", "video/log_loss", "video/log_loss_all",
+         "video/threshold", "video/accuracy", "video/balanced_accuracy", "video/precision", "video/recall", "video/f1",
+         "frame/roc_auc", "frame/average_precision", "frame/eer", "frame/log_loss", "videos/ok", "videos/no_face",
+         "videos/failed", "videos/not_scored"}
+
+
+def short(metric: str) -> bool:
+    return metric in SHORT or (metric.startswith(("aggregation/", "method/")) and metric.endswith(("/roc_auc", "/recall")))
+
+
 def direction(metric: str) -> int | None:
     """+1 when higher is better, -1 when lower is, None for counts and settings (no best)."""
     last = metric.rsplit("/", 1)[-1]
@@ -107,8 +120,9 @@ def run_compare(cfg: CompareConfig) -> Comparison:
 def comparison_table(metrics: list[dict], columns: list[str]) -> tuple[pd.DataFrame, dict[str, list[str]]]:
     """(metrics x versions table, the best column(s) of each metric with a direction and finite values)."""
     keys = [k for k in HEADLINE if any(k in m for m in metrics)]
-    keys += sorted({k for m in metrics for k in m if k.startswith("aggregation/")})
-    keys += sorted({k for m in metrics for k in m if k.startswith("method/")})
+    for prefix, order in (("aggregation/", AGGREGATION_ORDER), ("method/", METHOD_ORDER)):
+        groups = sorted({k.split("/")[1] for m in metrics for k in m if k.startswith(prefix)})
+        keys += [f"{prefix}{g}/{k}" for g in groups for k in order if any(f"{prefix}{g}/{k}" in m for m in metrics)]
     table = pd.DataFrame({c: [m.get(k, float("nan")) for k in keys] for c, m in zip(columns, metrics)}, index=keys)
     table.index.name = "metric"
     best = {}
@@ -158,10 +172,13 @@ def _fmt(v: float) -> str:
     return f"{v:.4f}" if math.isfinite(v) else "n/a"
 
 
-def format_table(cmp: Comparison, markdown: bool = False) -> str:
-    """The table as text (best values marked *) or Markdown (best values in bold)."""
+def format_table(cmp: Comparison, markdown: bool = False, everything: bool = True) -> str:
+    """The table as text (best values marked *) or Markdown (best values in bold); `everything` False: the main
+    metrics only (`short`)."""
     rows = [["metric", *cmp.columns]]
     for k in cmp.table.index:
+        if not everything and not short(k):
+            continue
         cells = []
         for c in cmp.columns:
             v = float(cmp.table.loc[k, c])
@@ -178,10 +195,12 @@ def format_table(cmp: Comparison, markdown: bool = False) -> str:
                      for r in rows)
 
 
-def format_comparison(cmp: Comparison) -> str:
+def format_comparison(cmp: Comparison, everything: bool = False) -> str:
     d = cmp.dataset
+    shown = len(cmp.table.index) if everything else sum(short(k) for k in cmp.table.index)
     lines = [f"dfbatch compare — {len(cmp.columns)} versions on '{d['name']}' (digest {d['digest']}: {d['videos']} "
-             f"labelled videos, {d['fake']} FAKE); best of each metric marked *", "", format_table(cmp), ""]
+             f"labelled videos, {d['fake']} FAKE); best of each metric marked *", "", format_table(cmp, everything=everything),
+             "", f"  {shown} of {len(cmp.table.index)} metrics shown (--all-metrics: every one; all are in comparison.csv)"]
     for e, c in zip(cmp.evaluations, cmp.columns):
         lines.append(f"  {c}: evaluation run {e.run_id}" + (f"; {len(e.notes)} note(s): " + " | ".join(e.notes) if e.notes else ""))
     if cmp.run_id:

@@ -56,6 +56,7 @@ class Evaluation:
     metrics: dict[str, float]
     output: str
     aggregation: str = ""  # the rows' aggregation (e.g. "tracks=max,frames=mean")
+    threshold_source: str = ""  # where the rows' threshold came from (their scoring runs' record)
     settings: dict | None = None  # the scoring settings of the rows (from their scoring runs)
     notes: list[str] = field(default_factory=list)
     run_id: str | None = None
@@ -67,7 +68,7 @@ class Evaluation:
     def to_dict(self) -> dict:
         dataset = {k: v for k, v in self.dataset.items() if not k.startswith("_")}
         return {"model": self.model, "dataset": dataset, "metrics": self.metrics, "output": redact(self.output),
-                "aggregation": self.aggregation, "settings": self.settings, "notes": self.notes,
+                "aggregation": self.aggregation, "threshold_source": self.threshold_source, "settings": self.settings, "notes": self.notes,
                 "mlflow_run_id": self.run_id, "experiment": self.experiment, "artifacts": self.artifacts,
                 "calibration": self.calibration, "scoring": self.scoring}
 
@@ -331,14 +332,18 @@ def _row_settings(ev: Evaluation, cfg: EvaluateConfig) -> dict | None:
     from dfbatch.models import registry
 
     client = registry._client(cfg.tracking_uri)
-    seen = {}
+    seen, sources = {}, set()
     for run_id in sorted(ev.videos["mlflow_run_id"].dropna().unique()):
         try:
-            params = client.get_run(run_id).data.params
+            run = client.get_run(run_id)
         except Exception:  # a run in another store, or deleted
             ev.notes.append(f"scoring run {run_id} is not in this MLflow store: the rows' settings are unknown")
             return None
-        seen[run_id] = {k: params.get(k) for k in SETTINGS}
+        seen[run_id] = {k: run.data.params.get(k) for k in SETTINGS}
+        sources.add(run.data.tags.get("dfbatch.threshold_source") or "not recorded (scored before dfbatch recorded it)")
+        if run.data.tags.get("dfbatch.calibration_mismatch"):
+            ev.notes.append(f"scoring run {run_id}: {run.data.tags['dfbatch.calibration_mismatch']}")
+    ev.threshold_source = " | ".join(sorted(sources))
     distinct = {json.dumps(s, sort_keys=True) for s in seen.values()}
     if len(distinct) > 1:
         ev.notes.append("the rows were scored under different settings: " + " | ".join(sorted(distinct)))
@@ -369,6 +374,11 @@ def _calibrate(cfg: EvaluateConfig, ev: Evaluation) -> dict:
         default = describe()
     if len(y) < 20:
         ev.notes.append(f"thresholds chosen on only {len(y)} scored videos: expect them to move with more data")
+    bounded = sorted(a for a, e in chosen.items() if thresholds.at_bound(e["temperature"]))
+    if bounded:
+        ev.notes.append(f"temperature at the edge of its range {thresholds.TEMPERATURE_BOUNDS} for "
+                        f"{len(bounded)} aggregation(s) ({bounded[0]}, ...): the scores carry little information about "
+                        "the labels here, or the set is too small")
     dataset = {k: v for k, v in ev.dataset.items() if not k.startswith("_")}
     return thresholds.record(chosen, method=cfg.calibrate, default=default, dataset=dataset, settings=ev.settings,
                              target_fpr=cfg.target_fpr)
@@ -459,8 +469,9 @@ def format_report(ev: Evaluation) -> str:
                  f"   not scored {m['videos/not_scored']:.0f}   — video metrics are over the {m['videos/ok']:.0f} ok "
                  "videos; the others are counted here, never as right or wrong")
     thr = m["video/threshold"]
-    lines.append(f"  rows: aggregation {ev.aggregation or '?'}, threshold {_f(thr) if not math.isnan(thr) else 'mixed'}"
-                 f" (the rows' own); scoring settings {_settings(ev.settings)}")
+    lines.append(f"  rows: aggregation {ev.aggregation or '?'}; scoring settings {_settings(ev.settings)}")
+    lines.append(f"  threshold {_f(thr) if not math.isnan(thr) else 'mixed'} (as the rows record it"
+                 + (f"; {ev.threshold_source}" if ev.threshold_source else "") + ")")
     lines.append("")
     lines.append(f"  {'level':<7}{'metric':<20}{'value':>8}")
     for k in ("roc_auc", "average_precision", "eer", "log_loss", "brier"):
@@ -473,9 +484,9 @@ def format_report(ev: Evaluation) -> str:
         lines.append(f"  {'frame':<7}{_NAMES[k]:<20}{_f(m['frame/' + k]):>8}")
     lines.append(f"  (frame level: {m['frame/n']:.0f} per-frame scores of {len(ev.faces)} face tracks, each labelled "
                  "with its video's label)")
-    lines += ["", "  confusion matrix (videos, at the threshold):     predicted REAL   predicted FAKE",
-              f"    true REAL {m['video/tn']:>40.0f} {m['video/fp']:>16.0f}",
-              f"    true FAKE {m['video/fn']:>40.0f} {m['video/tp']:>16.0f}", ""]
+    lines += ["", "  confusion matrix (videos, at the threshold):", f"    {'':<12}{'predicted REAL':>16}{'predicted FAKE':>16}",
+              f"    {'true REAL':<12}{m['video/tn']:>16.0f}{m['video/fp']:>16.0f}",
+              f"    {'true FAKE':<12}{m['video/fn']:>16.0f}{m['video/tp']:>16.0f}", ""]
     track = ev.aggregation.split(",")[0] if ev.aggregation else "tracks=max"
     lines.append(f"  frame aggregations (video level, {track}, recomputed from the faces rows, uncalibrated):")
     lines.append(f"    {'frames':<11}{'ROC AUC':>9}{'AP':>9}{'EER':>9}{'log loss':>10}")

@@ -127,4 +127,7 @@ def format_table(joined: pd.DataFrame) -> str:
     cols = [c for c in ("video", "true_label", "method", "status", "label", "fake_probability", "n_tracks")
             if c == "video" or c in joined]
     view = joined.assign(video=[os.path.basename(u) for u in joined["video_uri"]]).sort_values("video")[cols]
+    if "method" in view:  # a dataset without methods shows none; REAL videos have none
+        methods = view["method"].fillna("").astype(str)
+        view = view.drop(columns="method") if not methods.str.len().any() else view.assign(method=methods)
     return view.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-")

@@ -45,6 +45,8 @@ def write_plots(folder: str, ev) -> list[str]:
         for level, yy, pp in curves:
             RocCurveDisplay.from_predictions(yy, pp, ax=ax, name=f"{level} level", pos_label=1)
         ax.plot([0, 1], [0, 1], ":", color="grey", label="chance")
+        ax.set_xlabel("false-positive rate (REAL flagged FAKE)")
+        ax.set_ylabel("true-positive rate (FAKE caught)")
         ax.set_title(f"ROC — {title}", fontsize=9)
         ax.legend(loc="lower right", fontsize=8)
         save(fig, "roc.png")
@@ -52,7 +54,9 @@ def write_plots(folder: str, ev) -> list[str]:
         fig, ax = plt.subplots(figsize=(5, 5))
         for level, yy, pp in curves:
             PrecisionRecallDisplay.from_predictions(yy, pp, ax=ax, name=f"{level} level", pos_label=1)
-        ax.set_title(f"precision-recall (FAKE) — {title}", fontsize=9)
+        ax.set_xlabel("recall (FAKE caught)")
+        ax.set_ylabel("precision (flagged that are FAKE)")
+        ax.set_title(f"precision-recall — {title}", fontsize=9)
         ax.legend(loc="lower left", fontsize=8)
         save(fig, "precision_recall.png")
 
@@ -73,6 +77,8 @@ def write_plots(folder: str, ev) -> list[str]:
     for level, yy, pp in [("video", y, p), ("frame", fy, fp)]:
         if len(yy):
             CalibrationDisplay.from_predictions(yy, np.clip(pp, 0, 1), n_bins=10, ax=ax, name=f"{level} level", pos_label=1)
+    ax.set_xlabel("mean predicted P(fake) in the bin")
+    ax.set_ylabel("fraction FAKE in the bin")
     ax.set_title(f"reliability — {title}", fontsize=9)
     ax.legend(loc="upper left", fontsize=8)
     save(fig, "reliability.png")
@@ -84,6 +90,8 @@ def write_plots(folder: str, ev) -> list[str]:
             if not np.isnan(scores).any():
                 RocCurveDisplay.from_predictions(y, scores, ax=ax, name=f"frames={f}", pos_label=1)
         ax.plot([0, 1], [0, 1], ":", color="grey")
+        ax.set_xlabel("false-positive rate")
+        ax.set_ylabel("true-positive rate")
         ax.set_title(f"ROC by frame aggregation (tracks={track}) — {title}", fontsize=9)
         ax.legend(loc="lower right", fontsize=8)
         save(fig, "roc_aggregations.png")

@@ -27,6 +27,7 @@ METHODS = ("eer", "fpr", "youden", "fixed")
 # the scoring settings a calibration depends on (as the scoring job's MLflow params spell them); the decode backend
 # is not one of them (PyAV and decord give identical frames)
 SETTINGS = ("frames", "detect_max_side", "detect_every", "min_face_px", "precision")
+TEMPERATURE_BOUNDS = (0.05, 20.0)  # the search range of `fit_temperature`
 
 
 # ----------------------------------------------------------------------------------------- choosing
@@ -75,8 +76,15 @@ def fit_temperature(y, p) -> float:
     def nll(log_t: float) -> float:
         return log_loss(y, np.clip(1 / (1 + np.exp(-logit / math.exp(log_t))), EPS, 1 - EPS), labels=[0, 1])
 
-    res = minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method="bounded", options={"xatol": 1e-6})
+    lo, hi = (math.log(b) for b in TEMPERATURE_BOUNDS)
+    res = minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-6})
     return float(math.exp(res.x))
+
+
+def at_bound(temperature: float | None) -> bool:
+    """Whether a fitted temperature sits at the edge of the search range (the scores barely inform the labels)."""
+    lo, hi = TEMPERATURE_BOUNDS
+    return temperature is not None and not 1.01 * lo < temperature < 0.99 * hi
 
 
 def apply_temperature(p, temperature: float | None) -> np.ndarray:
@@ -187,6 +195,6 @@ def parse_record(text: str | None) -> dict | None:
     return rec if isinstance(rec, dict) and rec.get("format") == FORMAT else None
 
 
-__all__ = ["Decision", "FORMAT", "METHODS", "SETTINGS", "apply_temperature", "calibrate", "choose_threshold",
+__all__ = ["Decision", "FORMAT", "METHODS", "SETTINGS", "TEMPERATURE_BOUNDS", "apply_temperature", "at_bound", "calibrate", "choose_threshold",
            "describe_record", "fit_temperature", "fpr_threshold", "job_settings", "parse_record", "record", "resolve",
            "training_record"]
