@@ -364,7 +364,8 @@ def test_calibration_is_stored_and_scoring_labels_with_it(first, labelled, versi
     clips = [str(labelled / "real_000.mp4"), str(labelled / "fake_000.mp4")]
     assert main(["score", *clips, "-o", str(tmp_path / "o1"), "--model", versions["v1"], "--precision", "fp32"]) == 0
     summary = capsys.readouterr().out
-    assert f"threshold {entry['threshold']:g}: calibrated for tracks=max,frames=mean" in summary and "note:" not in summary
+    assert (f"threshold {entry['threshold']:g} (temperature {entry['temperature']:g}): calibrated for "
+            "tracks=max,frames=mean: eer on labelled0") in summary and "note:" not in summary
     rows = read_results(str(tmp_path / "o1"))
     faces = read_results(str(tmp_path / "o1"), "faces")
     assert (rows.threshold == entry["threshold"]).all()
