@@ -389,7 +389,7 @@ def _log(cfg: EvaluateConfig, ev: Evaluation) -> None:
     """One run per (model version, dataset digest) in cfg.experiment: found and logged into again on a repeat."""
     import time
 
-    from mlflow.entities import DatasetInput, InputTag, LoggedModelInput, Metric
+    from mlflow.entities import DatasetInput, InputTag, LoggedModelInput, Metric, Param
 
     from dfbatch.evaluation.plots import write_plots
     from dfbatch.models import registry
@@ -409,6 +409,10 @@ def _log(cfg: EvaluateConfig, ev: Evaluation) -> None:
                                    tags=identity).info.run_id
         client.log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), [InputTag("mlflow.data.context", "evaluation")])],
                           models=[LoggedModelInput(ev.model["model_id"])] if ev.model["model_id"] else None)
+        # what identifies the run (never changes for it; what may change between repeats is in tags)
+        client.log_batch(run_id, params=[Param(k, str(v)) for k, v in (
+            ("model_name", ev.model["name"]), ("model_version", ev.model["version"]), ("dataset", ds.name),
+            ("dataset_digest", ds.digest), ("videos", ev.dataset["videos"]), ("split", cfg.split or "all"))])
     ev.run_id, ev.experiment = run_id, cfg.experiment
     tags = {"model_name": ev.model["name"], "model_version": ev.model["version"], "model_uri": ev.model["uri"],
             "dfbatch.eval.dataset": ds.name, "dfbatch.eval.split": cfg.split or "", "dfbatch.eval.output": redact(ev.output),
