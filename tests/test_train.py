@@ -221,6 +221,9 @@ def test_train_one_worker_registers_challenger_then_resumes(ray_local, shards, t
     assert bundle.version == r1.model_version and bundle.run_id == r1.run_id
     assert bundle.threshold == pytest.approx(r1.threshold, abs=1e-5)
     assert bundle.tags["dfbatch.lineage.train_videos"] == "8"
+    rec = bundle.calibration  # recorded as chosen on the validation crops, not under a scoring job's settings
+    assert rec["method"] == "youden" and rec["settings"] is None and list(rec["aggregations"]) == ["tracks=max,frames=mean"]
+    assert rec["aggregations"]["tracks=max,frames=mean"]["threshold"] == pytest.approx(r1.threshold, abs=1e-5)
 
     # a stopped training continues from its checkpoint: same run, epoch 2 only, a new version
     r2 = train(TrainConfig(**{**cfg.to_dict(), "epochs": 2}))

@@ -129,6 +129,9 @@ def _show(args) -> int:
     if info.get("description"):
         print(f"  description:  {info['description']}")
     print(f"  threshold:    {info['threshold']:g}  (FAKE when P(fake) >= threshold)")
+    _print_calibration(info.get("calibration"))
+    if info.get("promotion"):
+        print(f"  promotion:    {info['promotion']}")
     print(f"  model:        {info['summary']}")
     print(f"  parameters:   {info['parameters']:,}")
     print("  spec:")
@@ -143,3 +146,20 @@ def _show(args) -> int:
     for k, v in sorted((info.get("tags") or {}).items()):
         print(f"  tag {k}: {v}")
     return 0
+
+
+def _print_calibration(rec: dict | None) -> None:
+    from dfbatch.evaluation.thresholds import describe_record
+
+    if not rec:
+        print("  calibration:  none (`dfbatch evaluate --model URI LABELS --calibrate eer` chooses thresholds on "
+              "scored videos)")
+        return
+    print(f"  calibration:  {describe_record(rec)}")
+    settings = rec.get("settings")
+    print("    settings:   " + (", ".join(f"{k} {v}" for k, v in settings.items()) if settings else
+                                "not the scoring job's (crops made for training)"))
+    for agg, entry in sorted(rec.get("aggregations", {}).items()):
+        temp = f"  temperature {entry['temperature']:g}" if entry.get("temperature") else ""
+        mark = "  (default)" if agg == rec.get("default") else ""
+        print(f"    {agg:<34} threshold {entry['threshold']:.4g}{temp}{mark}")

@@ -34,6 +34,8 @@ def format_summary(s) -> str:
         f"  listed {s.listed:>8}   already scored (skipped) {s.skipped}   duplicates {s.duplicates}",
         f"  scored {s.scored:>8}   ok {c.get('ok', 0)}   no_face {c.get('no_face', 0)}   failed {c.get('failed', 0)}   FAKE {c.get('fake', 0)}",
         f"  time   {s.elapsed_s:>8.1f} s   {s.videos_per_min:.1f} videos/min",
+        f"  threshold {s.threshold:g}" + (f" (temperature {s.temperature:g})" if s.temperature else "") + f": {s.threshold_source}",
+        *(f"  note: {n}" for n in s.calibration_notes),
         f"  results: {videos}/*.parquet (faces: {videos[:-6]}faces/)",
         f"  query:   dfbatch query {shlex.quote(s.output)} \"SELECT video_uri, status, label, fake_probability FROM videos "
         "ORDER BY fake_probability DESC NULLS LAST LIMIT 20\"",

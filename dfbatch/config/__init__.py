@@ -13,13 +13,13 @@ A bad value is a `ConfigError` (a UserError) with one line naming the flag: "--f
 from dfbatch.config.base import ConfigError, JobConfig, build, job_config
 from dfbatch.config.bench import FAST, QUICK, REFERENCE, BenchSettings, Profile
 from dfbatch.config.demo import HELDOUT_SEED, TRAIN_SEED, DemoConfig
-from dfbatch.config.evaluate import EvaluateConfig
+from dfbatch.config.evaluate import CompareConfig, EvaluateConfig
 from dfbatch.config.score import (DEFAULT_MODEL_URI, FRAME_AGGREGATIONS, REFERENCE_FACES, REFERENCE_PRESET,
                                   TRACK_AGGREGATIONS, VIDEO_EXTENSIONS, FaceConfig, LimitsConfig, SamplingConfig,
                                   ScoreConfig)
 from dfbatch.config.training import MONITORS, SBI_MODES, PrepareConfig, TrainConfig
 
-__all__ = ["BenchSettings", "ConfigError", "DEFAULT_MODEL_URI", "DemoConfig", "EvaluateConfig", "FAST", "FRAME_AGGREGATIONS",
+__all__ = ["BenchSettings", "CompareConfig", "ConfigError", "DEFAULT_MODEL_URI", "DemoConfig", "EvaluateConfig", "FAST", "FRAME_AGGREGATIONS",
            "FaceConfig", "HELDOUT_SEED", "JobConfig", "LimitsConfig", "MONITORS", "PrepareConfig", "Profile", "QUICK",
            "REFERENCE", "REFERENCE_FACES", "REFERENCE_PRESET", "SBI_MODES", "SamplingConfig", "ScoreConfig",
            "TRACK_AGGREGATIONS", "TRAIN_SEED", "TrainConfig", "VIDEO_EXTENSIONS", "build", "job_config"]

@@ -73,6 +73,7 @@ FACES_SCHEMA = pa.schema(
         ("det_probs", pa.list_(pa.float32())),  # MTCNN probability; null where the box was interpolated
         ("frame_scores", pa.list_(pa.float64())),  # per-frame P(fake) from the model
         ("fake_probability", pa.float64()),  # the track's score
+        ("sequence_probability", pa.float64()),  # the model's own P(fake) of the sequence (its temporal head)
         ("model_name", pa.string()),
         ("model_version", pa.string()),
         ("mlflow_run_id", pa.string()),
@@ -114,6 +115,7 @@ def to_tables(rows: list[dict], crops: dict[tuple[str, int], tuple[str, bytes]] 
                     "det_probs": track["probs"],
                     "frame_scores": track.get("frame_scores"),
                     "fake_probability": track.get("fake_probability"),
+                    "sequence_probability": track.get("sequence_probability"),
                     "model_name": r.get("model_name"),
                     "model_version": r.get("model_version"),
                     "mlflow_run_id": r.get("mlflow_run_id"),

@@ -10,8 +10,10 @@ Storage format of a logged model (MLflow pyfunc, "model from code", nothing pick
 
 `fetch()` never runs the logged code and never unpickles: it downloads `spec.json` + `weights.pt` and checks
 the weights' sha256. Registered versions carry tags `dfbatch.threshold`, `dfbatch.kind` (native|seed),
-`dfbatch.backbone`, `dfbatch.temporal`, `dfbatch.lineage.*`. Aliases (`champion`, `challenger`) replace
-the old stages.
+`dfbatch.backbone`, `dfbatch.temporal`, `dfbatch.lineage.*`, `dfbatch.calibration` (JSON: thresholds and
+temperature per aggregation, how and on what data they were chosen; `dfbatch.evaluation.thresholds`) and
+`dfbatch.promotion` (why `dfbatch compare --promote` made it champion). Aliases (`champion`, `challenger`)
+replace the old stages.
 
 Importing this module, `list_models` and `show` of a registered version do not import torch; the functions
 that handle weights import it when called.
@@ -54,6 +56,8 @@ HOW_TO_GET_A_MODEL = ("run `make demo`, or `dfbatch models import-seed FILE.pt -
                       "or pass --model FILE.pt (a dfbatch checkpoint)")
 TAG_PREFIX = "dfbatch."
 KNOWN_ALIASES = ("champion", "challenger")
+CALIBRATION_TAG = TAG_PREFIX + "calibration"
+PROMOTION_TAG = TAG_PREFIX + "promotion"
 
 
 # --------------------------------------------------------------------------------------------- bundle
@@ -84,6 +88,13 @@ class ModelBundle:
     def columns(self) -> dict[str, Any]:
         """Model columns for result rows."""
         return {"model_name": self.name, "model_version": self.version, "model_uri": self.pinned_uri or self.uri}
+
+    @property
+    def calibration(self) -> dict | None:
+        """The version's calibration record (`dfbatch.evaluation.thresholds`), None when it has none."""
+        from dfbatch.evaluation.thresholds import parse_record
+
+        return parse_record(self.tags.get(CALIBRATION_TAG))
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -387,6 +398,38 @@ def set_threshold(name: str, version: str | int, threshold: float, tracking_uri:
     _client(tracking_uri).set_model_version_tag(name, str(version), TAG_PREFIX + "threshold", f"{float(threshold):.6g}")
 
 
+def set_calibration(name: str, version: str | int, calibration: Mapping[str, Any],
+                    tracking_uri: str | None = None) -> None:
+    """Store a calibration record on a version (tag `dfbatch.calibration`, JSON) and its default aggregation's
+    threshold as the plain `dfbatch.threshold` tag."""
+    default = calibration["aggregations"][calibration["default"]]
+    set_threshold(name, version, float(default["threshold"]), tracking_uri=tracking_uri)
+    _client(tracking_uri).set_model_version_tag(name, str(version), CALIBRATION_TAG,
+                                                json.dumps(calibration, sort_keys=True))
+
+
+def set_version_tag(name: str, version: str | int, key: str, value: str, tracking_uri: str | None = None) -> None:
+    _client(tracking_uri).set_model_version_tag(name, str(version), key, value)
+
+
+def version_info(model_uri: str, tracking_uri: str | None = None) -> dict[str, Any]:
+    """A registered version without its weights: name, version, aliases, tags, run id, the MLflow 3 logged model id
+    (metrics logged with it show on the version's page) and the alias -> version map of its registered model."""
+    from mlflow.store.artifact.utils.models import _parse_model_id_if_present
+
+    uri = resolve_tracking_uri(tracking_uri)
+    logged = _locate(model_uri, uri)
+    mv = logged.version
+    if mv is None:
+        raise UserError(f"{model_uri} is not a registered model version (use models:/NAME@ALIAS or models:/NAME/VERSION)")
+    # MLflow 3 registers a logged model from models:/<model_id>; the sqlite store keeps that only in `source`
+    model_id = getattr(mv, "model_id", None) or _parse_model_id_if_present(mv.source or "")
+    aliases = dict(_client(uri).get_registered_model(mv.name).aliases or {})
+    return {"name": mv.name, "version": str(mv.version), "uri": f"models:/{mv.name}/{mv.version}",
+            "aliases": list(mv.aliases or []), "tags": dict(mv.tags or {}), "run_id": mv.run_id,
+            "model_id": model_id, "model_aliases": {a: str(v) for a, v in aliases.items()}}
+
+
 # -------------------------------------------------------------------------------------------- fetch
 def _resolve_version(client, name: str, version: str | None, alias: str | None, uri: str):
     try:
@@ -618,12 +661,17 @@ def show(model_uri: str, tracking_uri: str | None = None) -> dict[str, Any]:
             lineage["run_id"] = logged.run_id
     out["metrics"] = metrics
     out["lineage"] = lineage
+    from dfbatch.evaluation.thresholds import parse_record
+
+    out["calibration"] = parse_record(tags.get(CALIBRATION_TAG))
+    if tags.get(PROMOTION_TAG):
+        out["promotion"] = tags[PROMOTION_TAG]
     out["tags"] = {k: v for k, v in tags.items() if not k.startswith(TAG_PREFIX)}
     return out
 
 
 __all__ = [
     "DEFAULT_MODEL_NAME", "ModelBundle", "fetch", "register", "register_uri", "import_seed", "log_model",
-    "set_alias", "delete_alias", "set_threshold", "list_models", "show", "parse_model_uri",
-    "resolve_tracking_uri",
+    "set_alias", "delete_alias", "set_threshold", "set_calibration", "set_version_tag", "version_info",
+    "list_models", "show", "parse_model_uri", "resolve_tracking_uri",
 ]

@@ -8,15 +8,34 @@ benchmark (`bench.measure_stages`). The strategies are name -> function tables; 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
+
+
+def confident(frames: np.ndarray, high: float = 0.8, low: float = 0.2, min_fake: int = 11, fake_ratio: float = 2.5,
+              real_share: float = 0.9) -> float:
+    """The DFDC winners' "confident" strategy (Seferbekov, 1st place): more than `min_fake` frames and more than
+    len/`fake_ratio` of them above `high` -> the mean of those; else more than `real_share` of the frames below `low`
+    -> the mean of those; else the mean of all. Here it runs per face track (the first branch needs a track of at
+    least 12 frames)."""
+    frames = np.asarray(frames, dtype=np.float64)
+    fake = frames[frames > high]
+    if len(fake) > min_fake and len(fake) > len(frames) / fake_ratio:
+        return float(np.mean(fake))
+    real = frames[frames < low]
+    if len(real) > real_share * len(frames):
+        return float(np.mean(real))
+    return float(np.mean(frames))
+
 
 # track score from (per-frame P(fake) of the track, the model's own sequence P(fake))
 FRAME_STRATEGIES: dict[str, Callable[[np.ndarray, float], float]] = {
     "mean": lambda frames, sequence: float(np.mean(frames)),
     "max": lambda frames, sequence: float(np.max(frames)),
     "median": lambda frames, sequence: float(np.median(frames)),
+    "confident": lambda frames, sequence: confident(frames),
     "model": lambda frames, sequence: float(sequence),  # the detector's temporal head (spec.head)
 }
 # video score from its track scores
@@ -46,9 +65,28 @@ def aggregate(tracks: Sequence[tuple], *, frame_aggregation: str = FRAME_AGGREGA
     return scores, video_score(scores, track_aggregation)
 
 
-def describe(*, frame_aggregation: str = FRAME_AGGREGATION, track_aggregation: str = TRACK_AGGREGATION) -> str:
-    """The strategy as recorded in the results' ``aggregation`` column and the job's MLflow params."""
-    return f"tracks={track_aggregation},frames={frame_aggregation}"
+def with_temperature(p: float | None, temperature: float | None) -> float | None:
+    """A video P(fake) after temperature scaling: sigmoid(logit(p) / T); unchanged when T is None or 1."""
+    if p is None or temperature is None or temperature == 1.0:
+        return p
+    q = min(max(float(p), 1e-7), 1 - 1e-7)
+    return 1.0 / (1.0 + math.exp(-math.log(q / (1 - q)) / float(temperature)))
 
 
-__all__ = ["FRAME_STRATEGIES", "TRACK_STRATEGIES", "aggregate", "describe", "track_score", "video_score"]
+def describe(*, frame_aggregation: str = FRAME_AGGREGATION, track_aggregation: str = TRACK_AGGREGATION,
+             temperature: float | None = None) -> str:
+    """The strategy as recorded in the results' ``aggregation`` column and the job's MLflow params; a video score
+    calibrated by temperature scaling says so (``,temperature=1.37``)."""
+    out = f"tracks={track_aggregation},frames={frame_aggregation}"
+    return out if temperature is None or temperature == 1.0 else f"{out},temperature={temperature:.6g}"
+
+
+def parse(aggregation: str) -> dict:
+    """``describe``'s string back as {"tracks", "frames", "temperature" (None when uncalibrated)}."""
+    parts = dict(p.split("=", 1) for p in str(aggregation).split(",") if "=" in p)
+    t = parts.get("temperature")
+    return {"tracks": parts.get("tracks"), "frames": parts.get("frames"), "temperature": float(t) if t else None}
+
+
+__all__ = ["FRAME_STRATEGIES", "TRACK_STRATEGIES", "aggregate", "confident", "describe", "parse", "track_score",
+           "video_score", "with_temperature"]

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from dfbatch.io.results import SCORED_SCHEMA
-from dfbatch.stages.aggregate import FRAME_AGGREGATION, TRACK_AGGREGATION, aggregate, describe
+from dfbatch.stages.aggregate import FRAME_AGGREGATION, TRACK_AGGREGATION, aggregate, describe, with_temperature
 
 
 class Scorer:
@@ -89,10 +89,11 @@ def _split_crops(row: dict) -> list[np.ndarray]:
     return track_crops(row)
 
 
-def score_rows(rows: list[dict], scorer: Scorer, *, threshold: float, track_aggregation: str = TRACK_AGGREGATION, frame_aggregation: str = FRAME_AGGREGATION, model_info: dict, run_id: str | None) -> list[dict]:
-    """Score every `ok` row's tracks in shared batches; fill the result columns of all rows."""
+def score_rows(rows: list[dict], scorer: Scorer, *, threshold: float, track_aggregation: str = TRACK_AGGREGATION, frame_aggregation: str = FRAME_AGGREGATION, model_info: dict, run_id: str | None, temperature: float | None = None) -> list[dict]:
+    """Score every `ok` row's tracks in shared batches; fill the result columns of all rows. A `temperature`
+    (calibration stored on the model version) scales the video score, not the per-frame and track scores."""
     now = datetime.now(timezone.utc)
-    aggregation = describe(frame_aggregation=frame_aggregation, track_aggregation=track_aggregation)
+    aggregation = describe(frame_aggregation=frame_aggregation, track_aggregation=track_aggregation, temperature=temperature)
     jobs: list[tuple[int, int]] = []
     seqs: list[np.ndarray] = []
     for i, row in enumerate(rows):
@@ -129,8 +130,11 @@ def score_rows(rows: list[dict], scorer: Scorer, *, threshold: float, track_aggr
         pos = {f: k for k, f in enumerate(row["frame_indices"])}
         frame_best = np.full(n, np.nan)
         track_scores, prob = aggregate(results_i, frame_aggregation=frame_aggregation, track_aggregation=track_aggregation)
-        for track, (frame_p, _), score in zip(tracks, results_i, track_scores):
-            track["frame_scores"] = [round(float(p), 6) for p in frame_p]
+        prob = with_temperature(prob, temperature)
+        for track, (frame_p, seq_p), score in zip(tracks, results_i, track_scores):
+            # unrounded: every aggregation can be recomputed exactly from the faces table (dfbatch evaluate)
+            track["frame_scores"] = [float(p) for p in frame_p]
+            track["sequence_probability"] = float(seq_p)
             track["fake_probability"] = score
             for f, p in zip(track["frame_indices"], frame_p):
                 k = pos[f]
@@ -168,13 +172,13 @@ def _tensors(state_dict: dict) -> dict:
 class ScoreStage:
     """Ray Data adapter: `ds.map_batches(ScoreStage, batch_size=videos, concurrency=n, num_gpus=...)`."""
 
-    def __init__(self, *, bundle_ref: list, device: str, precision: str, batch_size: int, threads: int | None, threshold: float, track_aggregation: str, frame_aggregation: str, run_id: str | None, compile: bool = False):
+    def __init__(self, *, bundle_ref: list, device: str, precision: str, batch_size: int, threads: int | None, threshold: float, track_aggregation: str, frame_aggregation: str, run_id: str | None, compile: bool = False, temperature: float | None = None):
         import ray
 
         bundle = ray.get(bundle_ref[0])  # model weights travel through the object store, fetched once per actor
         self.scorer = Scorer(bundle.spec, _tensors(bundle.state_dict), device=device, precision=precision, batch_size=batch_size, threads=threads, compile=compile)
         self.model_info = {"model_name": bundle.name, "model_version": str(bundle.version), "model_uri": bundle.pinned_uri or bundle.uri}
-        self.kw = dict(threshold=threshold, track_aggregation=track_aggregation, frame_aggregation=frame_aggregation, model_info=self.model_info, run_id=run_id)
+        self.kw = dict(threshold=threshold, track_aggregation=track_aggregation, frame_aggregation=frame_aggregation, model_info=self.model_info, run_id=run_id, temperature=temperature)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = score_rows(batch.to_pylist(), self.scorer, **self.kw)

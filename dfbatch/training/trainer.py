@@ -283,6 +283,12 @@ def _register_best(cfg: TrainConfig, client, res: TrainResult, best, best_spec, 
                                     lineage={**lineage, "best_epoch": meta.get("epoch"),
                                              "checkpoint": redact(str(best.path))},
                                     tags={"dfbatch.training_data": redact(cfg.data)}, tracking_uri=tracking_uri)
+        from dfbatch.evaluation.thresholds import training_record
+        from dfbatch.stages.aggregate import describe
+
+        aggregation = describe(frame_aggregation=cfg.val_frame_aggregation, track_aggregation=cfg.val_track_aggregation)
+        registry.set_calibration(cfg.model_name, version, training_record(res.threshold, aggregation, redact(cfg.data),
+                                                                          res.run_id), tracking_uri=tracking_uri)
         client.set_tag(res.run_id, ckpt_key, str(version))
     res.model_name, res.model_version = cfg.model_name, str(version)
     res.model_uri = f"models:/{cfg.model_name}/{version}"
