@@ -40,6 +40,9 @@ class Summary:
     elapsed_s: float = 0.0
     videos_per_min: float = 0.0
     resources: dict = field(default_factory=dict)
+    model_input: str = ""  # how crops reach the model (its spec's crop path and sequence length)
+    warnings: list = field(default_factory=list)  # explicit settings that differ from the model's training
+    notes: list = field(default_factory=list)  # detection settings that differ from the training crops'
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -166,7 +169,8 @@ def build_dataset(cfg: ScoreConfig, listing, storage: Storage, bundle, plan: dic
         faces=cfg.faces,
         limits=cfg.limits,
         frames=frames,
-        crop_size=int(bundle.spec.input_size),
+        crop_size=bundle.spec.crop_side,  # the model's crop path (ModelSpec): cut at this side, then
+        crop_jpeg_quality=bundle.spec.crop_jpeg_quality,  # the shards' JPEG round trip; resized in preprocess
         threads=plan["face_threads"],
         device=plan["face_device"],
     )
@@ -243,13 +247,17 @@ def run_score(cfg: ScoreConfig) -> Summary:
         raise UserError(f"cannot fetch model {redact(cfg.model_uri)}: {one_line(exc)}") from None
     name, version = model_identity(bundle)
     bundle = dataclasses.replace(bundle, name=name, version=version)
-    frames = cfg.sampling.frames or int(bundle.spec.seq_len)
+    cfg, drift, notes = cfg.for_model(bundle.spec)  # what the config leaves to the model comes from its spec
+    for line in drift:
+        log.warning(line)
+    frames = cfg.sampling.frames
     threshold = cfg.threshold if cfg.threshold is not None else float(bundle.threshold)
     store.recover()
     done = set() if cfg.rescore else store.scored_ids(name, version)
     replaced = store.parts_for(name, version) if cfg.rescore else []
     job_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
-    summary = Summary(cfg.output, name, version, bundle.pinned_uri or bundle.uri, None, job_id)
+    summary = Summary(cfg.output, name, version, bundle.pinned_uri or bundle.uri, None, job_id, warnings=drift,
+                      notes=notes, model_input=f"crops {bundle.spec.crop_path()}; {frames} frames per video")
     listing = Listing(iter_videos(cfg.sources, storage), skip_ids=done, rows_per_table=cfg.rows_per_block)
     first = next(iter_first := iter(listing), None)  # lists up to the first block: a bad SOURCE fails before any run starts
     counts = listing.counts
@@ -273,9 +281,15 @@ def run_score(cfg: ScoreConfig) -> Summary:
                 "detect_max_side": cfg.faces.detect_max_side,
                 "detect_every": cfg.faces.detect_every,
                 "min_face_px": cfg.faces.min_face_px or "auto",
+                "margin": cfg.faces.margin,
+                "crop_path": bundle.spec.crop_path(),
+                "model_seq_len": bundle.spec.seq_len,
+                "model_detection": json.dumps(bundle.spec.detection) if bundle.spec.detection else "not recorded",
             }
         )
-        mlflow.set_tags({"output": redact(cfg.output), "dfbatch.version": __version__, "dfbatch.job_id": job_id})
+        mlflow.set_tags({"output": redact(cfg.output), "dfbatch.version": __version__, "dfbatch.job_id": job_id,
+                         **({"dfbatch.warnings": " | ".join(drift)} if drift else {}),
+                         **({"dfbatch.notes": " | ".join(notes)} if notes else {})})
         totals: dict = {}
         if first is not None:
             init_ray(cfg.ray_address)

@@ -33,6 +33,9 @@ def format_summary(s) -> str:
         f"  listed {s.listed:>8}   already scored (skipped) {s.skipped}   duplicates {s.duplicates}",
         f"  scored {s.scored:>8}   ok {c.get('ok', 0)}   no_face {c.get('no_face', 0)}   failed {c.get('failed', 0)}   FAKE {c.get('fake', 0)}",
         f"  time   {s.elapsed_s:>8.1f} s   {s.videos_per_min:.1f} videos/min",
+        *([f"  input:   {s.model_input}"] if s.model_input else []),
+        *(f"  warning: {w}" for w in s.warnings),
+        *(f"  note:    {n}" for n in s.notes),
         f"  results: {videos}/*.parquet (faces: {videos[:-6]}faces/)",
         "  query:   duckdb -c \"SELECT video_uri, status, label, fake_probability FROM "
         f"'{videos}/*.parquet' ORDER BY fake_probability DESC NULLS LAST LIMIT 20\"",

@@ -1,4 +1,9 @@
-"""The scoring job's config (`dfbatch score`) and its sections: frame sampling, face detection, input limits."""
+"""The scoring job's config (`dfbatch score`) and its sections: frame sampling, face detection, input limits.
+
+Settings that shape the model's input and are left unset (None) come from the model's spec
+(`ScoreConfig.for_model`): frames per video (the sequence length) and the crop margin; the crop side and JPEG
+round trip always do. An explicit setting that differs from what the model was trained on is honoured, with a
+warning."""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from pydantic import model_validator
 
 from dfbatch.config.base import (EndpointUrl, FieldError, JobConfig, PathStr, Paths, TrackingUri, UsesS3, arg, job_config,
                                  opt, section)
+from dfbatch.models.spec import DEFAULT_CROP_MARGIN, DETECTION_KEYS
 from dfbatch.stages.aggregate import FRAME_STRATEGIES, TRACK_STRATEGIES
 
 DEFAULT_MODEL_URI = "models:/dfbatch-detector@champion"
@@ -54,8 +60,10 @@ class FaceConfig(JobConfig):
     min_face_px: Annotated[int | None, opt(
         "--min-face-px", help="smallest face searched, in full-resolution pixels; MTCNN's input grows as needed "
         "(default: 24 px, or 12 px at the detection size if larger: 48 px in 720p)", ge=1, error=_DETECT_LIMITS)] = None
-    margin: Annotated[float, opt("--margin", help="crop margin per side, fraction of the face box (default {default})",
-                                 ge=0)] = 0.25
+    # None: the model's (scoring; `ScoreConfig.for_model`), DEFAULT_CROP_MARGIN where nothing says otherwise
+    margin: Annotated[float | None, opt("--margin", help="crop margin per side, fraction of the face box (default: "
+                                        f"the model's; {DEFAULT_CROP_MARGIN:g} for models that did not record one)",
+                                        ge=0)] = None
     iou_threshold: Annotated[float, opt(help="link detections in consecutive frames into one track", ge=0, le=1)] = 0.3
     max_tracks: Annotated[int, opt(help="score at most this many tracks (largest first)", ge=1)] = 4
     min_track_frames: Annotated[int, opt(help="a track seen in fewer sampled frames is dropped (unless it is the only "
@@ -65,6 +73,15 @@ class FaceConfig(JobConfig):
     def min_face(self) -> int:
         """The size filter in full-resolution pixels (the detection size may raise it further when unset)."""
         return self.min_face_px or 24
+
+    @property
+    def crop_margin(self) -> float:
+        """The margin crops are cut with (`margin`, else the default of models that did not record one)."""
+        return DEFAULT_CROP_MARGIN if self.margin is None else self.margin
+
+    def detection(self) -> dict:
+        """The settings recorded as a model's `detection` (`ModelSpec.detection`)."""
+        return {k: getattr(self, k) for k in DETECTION_KEYS}
 
 
 # the detection settings before the fast path (`dfbatch score --reference`; the benchmark's reference profile)
@@ -128,3 +145,44 @@ class ScoreConfig(UsesS3, JobConfig):
         if self.precision == "fp16" and self.device == "cpu":
             raise FieldError("precision", "--precision fp16 needs a GPU; on CPU use auto, bf16 or fp32")
         return self
+
+    def for_model(self, spec) -> tuple[ScoreConfig, list[str], list[str]]:
+        """This config with what it leaves to the model taken from `spec` (a `ModelSpec`): frames per video (its
+        sequence length) and the crop margin. Returns (config, warnings, notes): a warning for each explicit
+        setting that differs from what the model was trained on (honoured all the same), a note for detection
+        settings that differ from the training crops' (the fast path's speed settings, see `detection_notes`)."""
+        warnings = []
+        frames, margin = self.sampling.frames, self.faces.margin
+        if frames is not None and frames != spec.seq_len:
+            warnings.append(f"--frames {frames} but the model was trained on {spec.seq_len}-frame sequences")
+        if margin is not None and margin != spec.crop_margin:
+            warnings.append(f"scored with margin {margin:g} but the model was trained on {spec.crop_margin:g} crops")
+        trained = spec.detection or {}
+        prob = trained.get("min_face_prob")
+        if prob is not None and prob != self.faces.min_face_prob:
+            warnings.append(f"scored with min_face_prob {self.faces.min_face_prob:g} but the model was trained on "
+                            f"faces detected with probability >= {prob:g}")
+        resolved = self.replace(sampling={"frames": frames or spec.seq_len},
+                                faces={"margin": spec.crop_margin if margin is None else margin})
+        return resolved, warnings, detection_notes(resolved.faces, trained)
+
+
+def detection_notes(faces: FaceConfig, trained: dict) -> list[str]:
+    """A note when the face detection that finds the boxes differs from the one the training crops were found
+    with (`trained`: a spec's `detection`). detect_max_side, detect_every and min_face_px are speed and coverage
+    settings of the scoring job: the fast path (the defaults) finds the reference detection's faces within the
+    tolerances of tests/test_fast_path.py; `--reference` detects like `dfbatch prepare`'s defaults."""
+    keys = ("detect_max_side", "detect_every", "min_face_px")
+    if not trained or all(trained.get(k) == getattr(faces, k) for k in keys):
+        return []
+
+    def show(d) -> str:
+        every, side, small = d.get("detect_every"), d.get("detect_max_side"), d.get("min_face_px")
+        return (f"MTCNN on {'every sampled frame' if every == 1 else f'1 in {every} sampled frames'} at {side} px"
+                + (f", faces >= {small} px" if small else ""))
+
+    same = all(trained.get(k) == v for k, v in REFERENCE_FACES.items())
+    how = "--reference" if same else " ".join(f"--{k.replace('_', '-')} {trained[k]}" for k in keys
+                                              if trained.get(k) is not None)
+    return [f"detection: {show(faces.detection())}; the training crops were found with {show(trained)} "
+            f"({how} detects like training)"]

@@ -6,10 +6,11 @@ from __future__ import annotations
 from dataclasses import field
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator
+from pydantic import AfterValidator, BeforeValidator, model_validator
 
-from dfbatch.config.base import (EndpointUrl, JobConfig, Numbers, Options, PathStr, Paths, TrackingUri, UsesS3, arg,
+from dfbatch.config.base import (EndpointUrl, FieldError, JobConfig, Numbers, Options, PathStr, Paths, TrackingUri, UsesS3, arg,
                                  job_config, opt, section)
+from dfbatch.models.spec import DEFAULT_CROP_MARGIN
 from dfbatch.config.score import REFERENCE_FACES, FaceConfig, FrameAggregation, LimitsConfig, SamplingConfig, TrackAggregation
 
 Layout = Literal["auto", "dfdc", "ffpp", "celebdf", "csv"]
@@ -43,11 +44,12 @@ class PrepareConfig(UsesS3, JobConfig):
     crop_size: Annotated[int, opt("--crop-size", help="face crop side in pixels (default {default}); the model resizes to "
                                   "its input size", ge=16)] = 128
     faces: Annotated[FaceConfig, section(
-        "margin",
+        margin=f"crop margin per side, fraction of the face box (default {DEFAULT_CROP_MARGIN:g}); recorded in "
+        "the model's spec, scoring uses it",
         detect_max_side="MTCNN input size (default: the reference {default} px; training data is made once)",
         detect_every="MTCNN on every k-th sampled frame (default {default})",
         min_face_px="smallest face searched (default: 24 px, or 12 px at the detection size)",
-    )] = field(default_factory=lambda: FaceConfig(**REFERENCE_FACES))  # the reference detection, not the fast path
+    )] = field(default_factory=lambda: FaceConfig(**REFERENCE_FACES, margin=DEFAULT_CROP_MARGIN))  # the reference detection
     jpeg_quality: Annotated[int, opt("--jpeg-quality", help="JPEG quality of the stored crops (default {default})",
                                      ge=1, le=100)] = 92
     compression: Annotated[str | None, opt("--compression", help="FaceForensics++: only this compression level (c0, "
@@ -63,9 +65,17 @@ class PrepareConfig(UsesS3, JobConfig):
     sampling: Annotated[SamplingConfig, section()] = field(default_factory=SamplingConfig)
     limits: Annotated[LimitsConfig, section()] = field(default_factory=LimitsConfig)
 
+    @model_validator(mode="after")
+    def _margin_given(self) -> PrepareConfig:
+        if self.faces.margin is None:
+            raise FieldError("faces.margin", "--margin is required (the crop margin the shards are made with)")
+        return self
+
     def pinned(self) -> dict[str, Any]:
-        """The parameters that must not change between runs writing into one OUT."""
+        """The parameters that must not change between runs writing into one OUT (the crop and detection ones
+        become the trained model's input contract, `ModelSpec`)."""
         return {"frames": self.frames, "crop_size": self.crop_size, "margin": self.faces.margin,
+                "jpeg_quality": self.jpeg_quality, "detection": self.faces.detection(),
                 "fractions": list(self.fractions), "split_seed": self.split_seed, "official": self.official}
 
 

@@ -44,6 +44,8 @@ from dfbatch.errors import UserError, one_line, redact
 from dfbatch.io.listing import LISTING_SCHEMA
 from dfbatch.io.results import VIDEOS_SCHEMA
 from dfbatch.io.storage import Storage, is_s3
+from dfbatch.models.spec import DEFAULT_CROP_MARGIN, DETECTION_KEYS
+from dfbatch.stages.crops import decode_jpeg, encode_jpeg
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +79,8 @@ SHARD_SCHEMA = pa.schema([
     ("frames", pa.list_(pa.binary())),
 ])
 SHARD_COLUMNS = ["video_id", "label", "track", "frames"]  # what training reads of a shard row
-# parameters that must not change between runs writing into one OUT
-_PINNED_PARAMS = ("frames", "crop_size", "margin", "fractions", "split_seed", "official")
+# the quality of shards whose parameters do not name one: PrepareConfig's default
+DEFAULT_JPEG_QUALITY = PrepareConfig.__pydantic_fields__["jpeg_quality"].default
 
 
 @dataclass
@@ -98,25 +100,6 @@ class PrepareSummary:
 
 
 # ------------------------------------------------------------------------------------------------ the stage
-def encode_jpeg(crop: np.ndarray, quality: int) -> bytes:
-    import cv2
-
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:  # pragma: no cover
-        raise ValueError("JPEG encoding failed")
-    return buf.tobytes()
-
-
-def decode_jpeg(data: bytes) -> np.ndarray:
-    """JPEG bytes -> uint8 (H, W, 3) RGB."""
-    import cv2
-
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError("undecodable JPEG frame")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
 def prepared_row(ref: dict, face_row: dict, jpeg_quality: int) -> dict:
     """A FaceStage row (+ the label columns of its listing row) -> a PREPARED_SCHEMA row (tracks as JPEGs)."""
     out = {k: face_row.get(k) for k in ("video_uri", "video_id", "status", "error", "n_frames", "n_faces",
@@ -151,7 +134,7 @@ class PrepareStage:
     """Ray Data adapter: the scoring job's `FaceStage` (decode + MTCNN + tracks + crops), then JPEG-encode
     each track and carry the label columns through. One row per video."""
 
-    def __init__(self, *, jpeg_quality: int = 92, **face_stage_kwargs):
+    def __init__(self, *, jpeg_quality: int = DEFAULT_JPEG_QUALITY, **face_stage_kwargs):
         self.inner = _face_stage_base()(**face_stage_kwargs)
         self.jpeg_quality = jpeg_quality
 
@@ -159,6 +142,25 @@ class PrepareStage:
         faces = self.inner(batch.select([c for c in LISTING_SCHEMA.names if c in batch.column_names]))
         rows = [prepared_row(ref, face, self.jpeg_quality) for ref, face in zip(batch.to_pylist(), faces.to_pylist())]
         return pa.Table.from_pylist(rows, schema=PREPARED_SCHEMA)
+
+
+def pinned_params(params: dict) -> dict:
+    """The pinned parameters (`PrepareConfig.pinned`) of a `_prepare.json`; `detection` of shards made before it
+    was pinned comes from their recorded face settings."""
+    out = dict(params)
+    if out.get("detection") is None and isinstance(out.get("faces"), dict):
+        out["detection"] = {k: out["faces"].get(k) for k in DETECTION_KEYS}
+    return out
+
+
+def model_input(params: dict) -> dict:
+    """The `ModelSpec` input-contract fields of a model trained on shards with these parameters
+    (`_prepare.json`): how their crops were cut and encoded, and the detection that found the faces."""
+    p = pinned_params(params)
+    return {"crop_margin": float(p["margin"]) if p.get("margin") is not None else DEFAULT_CROP_MARGIN,
+            "crop_size": int(p["crop_size"]) if p.get("crop_size") else None,
+            "crop_jpeg_quality": int(p.get("jpeg_quality") or DEFAULT_JPEG_QUALITY),
+            "detection": p.get("detection")}
 
 
 # ----------------------------------------------------------------------------------------------- the store
@@ -380,6 +382,7 @@ def run_prepare(cfg: PrepareConfig) -> PrepareSummary:
         raise UserError(f"cannot write to {redact(cfg.output)}: {one_line(exc)}") from None
     old = store.read_params()
     if old is not None:
+        old = pinned_params(old)
         changed = {k: (old.get(k), v) for k, v in cfg.pinned().items() if old.get(k) != v}
         if changed:
             detail = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items())
@@ -402,7 +405,7 @@ def run_prepare(cfg: PrepareConfig) -> PrepareSummary:
         labels = labels.assign(video_id=[ids.get(u) for u in labels["uri"]])
         save_split(labels, cfg.output.rstrip("/") + "/split.parquet", storage_options=_storage_options(cfg.output, cfg.endpoint_url))
         params = {"format": PREPARE_FORMAT, "dfbatch_version": __version__, **cfg.pinned(),
-                  "sources": [redact(s) for s in cfg.sources], "layout": cfg.layout, "jpeg_quality": cfg.jpeg_quality,
+                  "sources": [redact(s) for s in cfg.sources], "layout": cfg.layout,
                   "faces": asdict(cfg.faces), "sampling": asdict(cfg.sampling)}
         store.write_params(params)
         summary.skipped = counts["skipped"]
@@ -440,5 +443,5 @@ def run_prepare(cfg: PrepareConfig) -> PrepareSummary:
 
 
 __all__ = ["PrepareConfig", "PrepareSummary", "PrepareStage", "ShardStore", "ShardDatasink", "run_prepare",
-           "read_shards", "prepared_row", "encode_jpeg", "decode_jpeg", "label_table", "SHARD_SCHEMA",
+           "read_shards", "prepared_row", "encode_jpeg", "decode_jpeg", "label_table", "model_input", "SHARD_SCHEMA",
            "PREPARED_VIDEOS_SCHEMA", "PREPARED_SCHEMA", "LABELLED_LISTING_SCHEMA"]

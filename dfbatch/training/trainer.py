@@ -290,18 +290,18 @@ def _register_best(cfg: TrainConfig, client, res: TrainResult, best, best_spec, 
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Train (or resume) on Ray Train, log to MLflow, register the best checkpoint. See the module doc."""
-    from ray.data import DataContext
+    from ray.data import DataContext, RandomSeedConfig
 
     from dfbatch.models import registry
     from dfbatch.models.checkpoints import read_checkpoint
     from dfbatch.pipeline import init_ray
-    from dfbatch.training.prepare import ShardStore
+    from dfbatch.training.prepare import ShardStore, model_input
 
     started = time.time()
-    spec = cfg.spec()
     storage = Storage(cfg.endpoint_url)
     store = ShardStore(cfg.data, storage)
     prep, desc = _data_description(cfg, store)
+    spec = cfg.spec().replace(**model_input(prep))  # the shards' crops and detection: the model's input contract
     tracking_uri = registry.resolve_tracking_uri(cfg.tracking_uri)
     storage_path, pa_fs = _storage_fs(cfg)
     run_dir = f"{storage_path.rstrip('/')}/{cfg.name}"
@@ -313,14 +313,15 @@ def train(cfg: TrainConfig) -> TrainResult:
     data_ctx = DataContext.get_current()
     saved_bars = data_ctx.enable_progress_bars
     data_ctx.enable_progress_bars = False  # the datasets carry it to the workers: epoch lines instead of bars
-    datasets = {"train": _read_shards_ds(store.shard_files("train"), storage).randomize_block_order(),
+    datasets = {"train": _read_shards_ds(store.shard_files("train"), storage).randomize_block_order(
+                    seed=RandomSeedConfig(seed=cfg.seed, reseed_after_execution=True)),  # another order each epoch
                 "val": _read_shards_ds(store.shard_files("val"), storage)}
     lineage = {"data": redact(cfg.data), "split_file": redact(store.uri("split.parquet")),
                "train_videos": desc["train_videos"], "train_fake_videos": desc["train_fake_videos"],
                "val_videos": desc["val_videos"], "sbi": cfg.sbi, "training_run": run_id}
     session = uuid.uuid4().hex
     loop_config = {"session": session, "cfg": cfg.to_dict(), "spec": spec.to_dict(),
-                   "margin": float(prep.get("margin") or 0.25), "val_has_fakes": desc["val_fake_videos"] > 0,
+                   "margin": spec.crop_margin, "val_has_fakes": desc["val_fake_videos"] > 0,
                    "run_id": run_id, "tracking_uri": tracking_uri, "lineage": lineage}
     try:
         result = _fit(_torch_trainer(cfg, loop_config, datasets, storage_path, pa_fs, use_gpu), client, run_id)
