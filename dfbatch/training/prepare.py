@@ -153,6 +153,18 @@ def pinned_params(params: dict) -> dict:
     return out
 
 
+def check_params(old: dict | None, cfg: PrepareConfig) -> None:
+    """Refuse to add shards made with other pinned parameters than those already in OUT (`old`)."""
+    if old is None:
+        return
+    old = pinned_params(old)
+    changed = {k: (old.get(k), v) for k, v in cfg.pinned().items() if old.get(k) != v}
+    if changed:
+        detail = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items())
+        raise UserError(f"{redact(cfg.output)} holds shards made with other parameters ({detail}); "
+                        f"use the same parameters to resume, or a new output")
+
+
 def model_input(params: dict) -> dict:
     """The `ModelSpec` input-contract fields of a model trained on shards with these parameters
     (`_prepare.json`): how their crops were cut and encoded, and the detection that found the faces."""
@@ -380,14 +392,7 @@ def run_prepare(cfg: PrepareConfig) -> PrepareSummary:
         store.check_writable()
     except Exception as exc:
         raise UserError(f"cannot write to {redact(cfg.output)}: {one_line(exc)}") from None
-    old = store.read_params()
-    if old is not None:
-        old = pinned_params(old)
-        changed = {k: (old.get(k), v) for k, v in cfg.pinned().items() if old.get(k) != v}
-        if changed:
-            detail = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items())
-            raise UserError(f"{redact(cfg.output)} holds shards made with other parameters ({detail}); "
-                            f"use the same parameters to resume, or a new output")
+    check_params(store.read_params(), cfg)
     store.recover()
     previous = store.split_table()
     pin = dict(zip(previous["group"], previous["split"])) if previous is not None else None
