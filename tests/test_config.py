@@ -157,7 +157,7 @@ def test_code_gets_the_same_user_errors_and_frozen_objects():
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(obj, dataclasses.fields(obj)[0].name, None)
     changed = cfg.replace(faces={"margin": 0.5})
-    assert changed.faces.margin == 0.5 and changed.faces.detect_every == cfg.faces.detect_every and cfg.faces.margin == 0.25
+    assert changed.faces.margin == 0.5 and changed.faces.detect_every == cfg.faces.detect_every and cfg.faces.margin is None
     with pytest.raises(UserError, match="--detect-every must be at least 1"):
         cfg.replace(faces={"detect_every": 0})
     with pytest.raises(UserError, match="--epochs must be at least 1"):

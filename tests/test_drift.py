@@ -105,6 +105,30 @@ def test_a_spec_stored_before_the_input_fields_loads_as_scoring_did_then_and_sho
     assert info["not_recorded"] == ["crop_margin", "crop_size", "crop_jpeg_quality", "detection"]
 
 
+def test_a_registered_version_from_before_fetches_and_shows_as_such(mlflow_uri, tmp_path):
+    """A version registered before the input fields existed (its spec.json lacks them) scores as it did then."""
+    from urllib.parse import urlparse
+
+    from mlflow import MlflowClient
+
+    from dfbatch.models import registry
+    from dfbatch.models.detector import build_model
+
+    spec = ModelSpec(backbone="tiny", hidden_dim=32, input_size=64, seq_len=8)
+    version = registry.register(build_model(spec), spec, "drift-old", tracking_uri=mlflow_uri)
+    root = MlflowClient(mlflow_uri).get_model_version_download_uri("drift-old", version)
+    spec_json = Path(urlparse(root).path if root.startswith("file:") else root) / "artifacts" / "spec.json"
+    stored = json.loads(spec_json.read_text())
+    for k in ("crop_margin", "crop_size", "crop_jpeg_quality", "detection"):
+        del stored[k]
+    spec_json.write_text(json.dumps(stored))
+    bundle = registry.fetch(f"models:/drift-old/{version}", mlflow_uri)
+    assert bundle.spec == spec and (bundle.spec.crop_margin, bundle.spec.crop_side) == (0.25, 64)
+    info = registry.show(f"drift-old/{version}", mlflow_uri)
+    assert info["not_recorded"] == ["crop_margin", "crop_size", "crop_jpeg_quality", "detection"]
+    assert info["spec"]["crop_margin"] == 0.25 and info["spec"]["detection"] is None
+
+
 # --------------------------------------------------------------------------- settings left to the model
 def test_scoring_settings_come_from_the_spec_and_explicit_ones_are_honoured_with_a_warning():
     spec = _spec(seq_len=16)

@@ -134,7 +134,7 @@ def _show(args) -> int:
     for k, v in info["spec"].items():
         if isinstance(v, dict):
             v = ", ".join(f"{dk}={dv}" for dk, dv in v.items())
-        print(f"    {k:<17} {v}" + ("   (not recorded)" if k in not_recorded else ""))
+        print(f"    {k:<13} {v}" + ("   (not recorded)" if k in not_recorded else ""))
     print("  metrics:" + ("" if info.get("metrics") else " (none)"))
     for k, v in sorted((info.get("metrics") or {}).items()):
         print(f"    {k:<13} {v:.4g}" if isinstance(v, (int, float)) else f"    {k:<13} {v}")
