@@ -41,8 +41,7 @@ class Summary:
     videos_per_min: float = 0.0
     resources: dict = field(default_factory=dict)
     model_input: str = ""  # how crops reach the model (its spec's crop path and sequence length)
-    warnings: list = field(default_factory=list)  # explicit settings that differ from the model's training
-    notes: list = field(default_factory=list)  # detection settings that differ from the training crops'
+    warnings: list = field(default_factory=list)  # settings that differ from the model's training
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -247,7 +246,7 @@ def run_score(cfg: ScoreConfig) -> Summary:
         raise UserError(f"cannot fetch model {redact(cfg.model_uri)}: {one_line(exc)}") from None
     name, version = model_identity(bundle)
     bundle = dataclasses.replace(bundle, name=name, version=version)
-    cfg, drift, notes = cfg.for_model(bundle.spec)  # what the config leaves to the model comes from its spec
+    cfg, drift = cfg.for_model(bundle.spec)  # what the config leaves to the model comes from its spec
     for line in drift:
         log.warning(line)
     frames = cfg.sampling.frames
@@ -257,7 +256,7 @@ def run_score(cfg: ScoreConfig) -> Summary:
     replaced = store.parts_for(name, version) if cfg.rescore else []
     job_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
     summary = Summary(cfg.output, name, version, bundle.pinned_uri or bundle.uri, None, job_id, warnings=drift,
-                      notes=notes, model_input=f"crops {bundle.spec.crop_path()}; {frames} frames per video")
+                      model_input=f"crops {bundle.spec.crop_path()}; {frames} frames per video")
     listing = Listing(iter_videos(cfg.sources, storage), skip_ids=done, rows_per_table=cfg.rows_per_block)
     first = next(iter_first := iter(listing), None)  # lists up to the first block: a bad SOURCE fails before any run starts
     counts = listing.counts
@@ -288,8 +287,7 @@ def run_score(cfg: ScoreConfig) -> Summary:
             }
         )
         mlflow.set_tags({"output": redact(cfg.output), "dfbatch.version": __version__, "dfbatch.job_id": job_id,
-                         **({"dfbatch.warnings": " | ".join(drift)} if drift else {}),
-                         **({"dfbatch.notes": " | ".join(notes)} if notes else {})})
+                         **({"dfbatch.warnings": " | ".join(drift)} if drift else {})})
         totals: dict = {}
         if first is not None:
             init_ray(cfg.ray_address)

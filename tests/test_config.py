@@ -39,7 +39,7 @@ CASES = [
      "score_batch_size: 4\nsampling: {frames: 8, backend: decord}\nfaces: {detect_every: 2}\nlimits: {max_duration_s: 60}\n",
      lambda: ScoreConfig(sources=["in/", "s3://b/more/"], output="out", model_uri="runs:/abc/model", rescore=True,
                          threshold=0.4, score_batch_size=4, sampling=SamplingConfig(frames=8, backend="decord"),
-                         faces=FaceConfig(detect_every=2), limits={"max_duration_s": 60.0})),
+                         faces={"detect_every": 2}, limits={"max_duration_s": 60.0})),
     (["prepare", "labels.csv", "-o", "shards", "--split", "0.5,0.5,0", "--no-official-splits", "--frames", "6",
       "--margin", "0.3", "--compression", "c23"],
      "sources: labels.csv\noutput: shards\nfractions: [0.5, 0.5, 0]\nofficial: false\nframes: 6\ncompression: c23\n"

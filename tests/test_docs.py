@@ -250,12 +250,12 @@ def test_the_checks_catch_stale_docs():
     assert [m.__name__ for m in mods] == ["dfbatch.stages.decode"]
     assert inspect.ismodule(modules()["dfbatch.models.spec"])
     section = _readme_score_section()
-    stale = (section.replace("| `--detect-every K` | `4` |", "| `--detect-every K` | `2` |")
+    stale = (section.replace("| `--batch-size N` | `16` |", "| `--batch-size N` | `8` |")
              .replace("| `--json` | – | print the summary as JSON |\n", "| `--gpus N` | `1` | |\n")
              .replace("`--device auto\\|cpu\\|cuda`", "`--device auto\\|cpu\\|tpu`"))
     problems = _score_flag_problems(stale)
     assert problems == ["--device auto|cpu|tpu: the choices are auto|cpu|cuda", "--gpus: not a `dfbatch score` flag",
                         "--json: missing from the README's flags table",
                         "--gpus: in the README's flags table, not a flag of `dfbatch score`",
-                        "--detect-every: README says default '`2`', the config's is `4`",
+                        "--batch-size: README says default '`8`', the config's is `16`",
                         "--gpus: not in `dfbatch score --help`"], problems

@@ -55,7 +55,7 @@ def _scoring_sequences(cfg: ScoreConfig, spec: ModelSpec, **crop) -> list[np.nda
     from dfbatch.stages.faces import FaceDetector, process_video
     from dfbatch.stages.score import _split_crops
 
-    cfg, _, _ = cfg.for_model(spec)
+    cfg, _ = cfg.for_model(spec)
     crop = crop or {"crop_size": spec.crop_side, "crop_jpeg_quality": spec.crop_jpeg_quality}
     row = process_video(_ref(CARPHONE), FaceDetector(cfg.faces), Storage(), cfg.sampling, cfg.limits,
                         frames=cfg.sampling.frames, **crop)
@@ -131,24 +131,26 @@ def test_a_registered_version_from_before_fetches_and_shows_as_such(mlflow_uri, 
 
 # --------------------------------------------------------------------------- settings left to the model
 def test_scoring_settings_come_from_the_spec_and_explicit_ones_are_honoured_with_a_warning():
-    spec = _spec(seq_len=16)
-    cfg, warnings, notes = ScoreConfig(sources=["v/"], output="o").for_model(spec)
+    spec = _spec(seq_len=16)  # trained on 0.4-margin crops of faces found by the reference detection
+    cfg, warnings = ScoreConfig(sources=["v/"], output="o").for_model(spec)
     assert (cfg.sampling.frames, cfg.faces.margin, warnings) == (16, 0.4, [])
-    # the job's fast detection is a note (tests/test_fast_path.py bounds it), not a warning
-    assert notes == ["detection: MTCNN on 1 in 4 sampled frames at 320 px; the training crops were found with MTCNN "
-                     "on every sampled frame at 640 px (--reference detects like training)"]
-    cfg, warnings, notes = ScoreConfig(sources=["v/"], output="o", sampling={"frames": 8}, faces={"margin": 0.25},
-                                       ).for_model(spec)
+    assert (cfg.faces.detect_max_side, cfg.faces.detect_every, cfg.faces.min_face_px) == (640, 1, None)
+    cfg, warnings = ScoreConfig(sources=["v/"], output="o", sampling={"frames": 8}, faces={"margin": 0.25},
+                                ).for_model(spec)
     assert (cfg.sampling.frames, cfg.faces.margin) == (8, 0.25)
     assert warnings == ["--frames 8 but the model was trained on 16-frame sequences",
                         "scored with margin 0.25 but the model was trained on 0.4 crops"]
-    _, warnings, notes = ScoreConfig(sources=["v/"], output="o", faces={**REFERENCE_FACES, "min_face_prob": 0.8},
-                                     sampling={"frames": 16}).for_model(spec)
-    assert notes == [] and warnings == ["scored with min_face_prob 0.8 but the model was trained on faces detected "
-                                        "with probability >= 0.9"]
-    # a model that recorded nothing: today's defaults, nothing to say
-    _, warnings, notes = ScoreConfig(sources=["v/"], output="o").for_model(ModelSpec(backbone="tiny"))
-    assert warnings == notes == []
+    cfg, warnings = ScoreConfig(sources=["v/"], output="o", faces={"detect_every": 4, "detect_max_side": 320}
+                                ).for_model(spec)
+    assert (cfg.faces.detect_max_side, cfg.faces.detect_every) == (320, 4)
+    assert warnings == ["detection: MTCNN on 1 in 4 sampled frames at 320 px, faces >= auto, probability >= 0.9, but "
+                        "the model was trained on faces found with MTCNN on every sampled frame at 640 px, faces >= "
+                        "auto, probability >= 0.9"]
+    _, warnings = ScoreConfig(sources=["v/"], output="o", faces={"min_face_prob": 0.8}).for_model(spec)
+    assert len(warnings) == 1 and "probability >= 0.8, but" in warnings[0]
+    # a model that recorded nothing: what scoring did before (the fast path, margin 0.25), nothing to say
+    cfg, warnings = ScoreConfig(sources=["v/"], output="o").for_model(ModelSpec(backbone="tiny"))
+    assert (cfg.faces.detect_max_side, cfg.faces.detect_every, cfg.faces.margin, warnings) == (320, 4, 0.25, [])
 
 
 # ----------------------------------------------------------------------------------------------- pixels
@@ -161,14 +163,14 @@ def test_scoring_feeds_the_model_the_pixels_training_did():
 
     spec = _spec()
     train = _training_sequences(frames=8, seq_len=spec.seq_len)
-    score = _scoring_sequences(ScoreConfig(sources=["v/"], output="o", faces=REFERENCE_FACES), spec)
+    score = _scoring_sequences(ScoreConfig(sources=["v/"], output="o"), spec)  # detection: the spec's
     assert len(train) == len(score) >= 1
     for t, s in zip(train, score):
         assert t.shape == s.shape == (len(t), 96, 96, 3)
         assert np.array_equal(t, s)
         assert torch.equal(preprocess(t[None], spec), preprocess(s[None], spec))
     # the crop path scoring had before (cut straight to the input size, no JPEG) is not what training saw
-    direct = _scoring_sequences(ScoreConfig(sources=["v/"], output="o", faces=REFERENCE_FACES), spec,
+    direct = _scoring_sequences(ScoreConfig(sources=["v/"], output="o"), spec,
                                 crop_size=spec.input_size, crop_jpeg_quality=None)
     gap = (preprocess(direct[0][None], spec) - preprocess(train[0][None], spec)).abs().mean()
     assert float(gap) > 0.01
@@ -185,9 +187,10 @@ class _Records(logging.Handler):
 
 @pytest.mark.slow
 def test_the_scoring_job_scores_the_training_crops_and_reports_what_differs(ray_local, mlflow_uri, tmp_path):
-    """A model trained on 0.4-margin 96 px JPEG crops, scored with --frames 6: the job cuts its crops the
-    training way (its per-frame scores equal the model's on the training-path crops), warns once about the
-    frames, and records the crop path, the warning and the model's detection in its MLflow run."""
+    """A model trained on 0.4-margin 96 px JPEG crops of faces found by the reference detection, scored with
+    --frames 6: the job detects and cuts its crops the training way (its per-frame scores equal the model's on the
+    training-path crops), warns once about the frames, and records the crop path, the warning and the model's
+    detection in its MLflow run."""
     import mlflow
     import torch
 
@@ -204,7 +207,7 @@ def test_the_scoring_job_scores_the_training_crops_and_reports_what_differs(ray_
         net.classifier.weight.mul_(30.0)
     model = save_checkpoint(tmp_path / "model.pt", net, spec, {"threshold": 0.5})
     cfg = ScoreConfig(sources=[str(CARPHONE)], output=str(tmp_path / "out"), model_uri=str(model), precision="fp32",
-                      sampling={"frames": 6}, faces=REFERENCE_FACES, face_workers=1)
+                      sampling={"frames": 6}, face_workers=1)
     records = _Records()
     logging.getLogger("dfbatch").addHandler(records)
     try:
@@ -212,7 +215,7 @@ def test_the_scoring_job_scores_the_training_crops_and_reports_what_differs(ray_
     finally:
         logging.getLogger("dfbatch").removeHandler(records)
     warning = "--frames 6 but the model was trained on 8-frame sequences"
-    assert summary.warnings == [warning] and records.lines.count(warning) == 1 and summary.notes == []
+    assert summary.warnings == [warning] and records.lines.count(warning) == 1
     assert "margin 0.4, cut at 96 px, JPEG q90, resized to 64 px" in summary.model_input
 
     faces = read_results(str(tmp_path / "out"), "faces").sort_values("track_id")
@@ -228,6 +231,6 @@ def test_the_scoring_job_scores_the_training_crops_and_reports_what_differs(ray_
 
     run = mlflow.get_run(summary.mlflow_run_id)
     p, t = run.data.params, run.data.tags
-    assert (p["frames"], p["margin"], p["model_seq_len"]) == ("6", "0.4", "8")
+    assert (p["frames"], p["margin"], p["model_seq_len"], p["detect_every"], p["detect_max_side"]) == ("6", "0.4", "8", "1", "640")
     assert p["crop_path"] == "margin 0.4, cut at 96 px, JPEG q90, resized to 64 px"
     assert json.loads(p["model_detection"]) == spec.detection and t["dfbatch.warnings"] == warning

@@ -35,7 +35,6 @@ def format_summary(s) -> str:
         f"  time   {s.elapsed_s:>8.1f} s   {s.videos_per_min:.1f} videos/min",
         *([f"  input:   {s.model_input}"] if s.model_input else []),
         *(f"  warning: {w}" for w in s.warnings),
-        *(f"  note:    {n}" for n in s.notes),
         f"  results: {videos}/*.parquet (faces: {videos[:-6]}faces/)",
         "  query:   duckdb -c \"SELECT video_uri, status, label, fake_probability FROM "
         f"'{videos}/*.parquet' ORDER BY fake_probability DESC NULLS LAST LIMIT 20\"",

@@ -1,9 +1,9 @@
 """The scoring job's config (`dfbatch score`) and its sections: frame sampling, face detection, input limits.
 
 Settings that shape the model's input and are left unset (None) come from the model's spec
-(`ScoreConfig.for_model`): frames per video (the sequence length) and the crop margin; the crop side and JPEG
-round trip always do. An explicit setting that differs from what the model was trained on is honoured, with a
-warning."""
+(`ScoreConfig.for_model`): frames per video (the sequence length), the crop margin and the face detection; the
+crop side and JPEG round trip always do. An explicit setting that differs from what the model was trained on is
+honoured, with a warning."""
 
 from __future__ import annotations
 
@@ -48,12 +48,16 @@ class SamplingConfig(JobConfig):
 class FaceConfig(JobConfig):
     """MTCNN detection on downscaled frames, IoU tracking, crops with a margin."""
 
-    detect_max_side: Annotated[int, opt(
+    # None (scoring's default): the model's (`ScoreConfig.for_model`); these defaults (the fast path) for models
+    # that did not record their detection
+    detect_max_side: Annotated[int | None, opt(
         "--detect-max-side", help="downscale frames to this longest side for MTCNN, unless --min-face-px needs more "
-        "(default {default})", ge=12, error=_DETECT_LIMITS)] = 320
-    detect_every: Annotated[int, opt(
+        "(default: the model's training detection; 320 for models that did not record one)", ge=12,
+        error=_DETECT_LIMITS)] = 320
+    detect_every: Annotated[int | None, opt(
         "--detect-every", help="run MTCNN on every k-th sampled frame (and the last), interpolate boxes in between "
-        "(default {default})", ge=1, error=_DETECT_LIMITS)] = 4
+        "(default: the model's training detection; 4 for models that did not record one)", ge=1,
+        error=_DETECT_LIMITS)] = 4
     min_face_prob: Annotated[float, opt(help="MTCNN face probability threshold", ge=0, le=1)] = 0.90
     # smallest face searched, full-resolution pixels: None = 24 px or 12 px at the detection size, whichever is
     # larger (48 px in 720p at 320 px); a number is honoured exactly (the detection size grows when needed)
@@ -137,7 +141,7 @@ class ScoreConfig(UsesS3, JobConfig):
     rows_per_block: Annotated[int, opt(help="listing rows per Ray Data block (the unit handed to one face actor)",
                                        ge=1)] = 8
     faces: Annotated[FaceConfig, section("detect_max_side", "detect_every", "min_face_px")] = field(
-        default_factory=FaceConfig)
+        default_factory=lambda: FaceConfig(detect_max_side=None, detect_every=None))  # None: the model's
     limits: Annotated[LimitsConfig, section("max_duration_s", "time_budget_s")] = field(default_factory=LimitsConfig)
 
     @model_validator(mode="after")
@@ -146,43 +150,34 @@ class ScoreConfig(UsesS3, JobConfig):
             raise FieldError("precision", "--precision fp16 needs a GPU; on CPU use auto, bf16 or fp32")
         return self
 
-    def for_model(self, spec) -> tuple[ScoreConfig, list[str], list[str]]:
+    def for_model(self, spec) -> tuple[ScoreConfig, list[str]]:
         """This config with what it leaves to the model taken from `spec` (a `ModelSpec`): frames per video (its
-        sequence length) and the crop margin. Returns (config, warnings, notes): a warning for each explicit
-        setting that differs from what the model was trained on (honoured all the same), a note for detection
-        settings that differ from the training crops' (the fast path's speed settings, see `detection_notes`)."""
-        warnings = []
-        frames, margin = self.sampling.frames, self.faces.margin
-        if frames is not None and frames != spec.seq_len:
-            warnings.append(f"--frames {frames} but the model was trained on {spec.seq_len}-frame sequences")
-        if margin is not None and margin != spec.crop_margin:
-            warnings.append(f"scored with margin {margin:g} but the model was trained on {spec.crop_margin:g} crops")
+        sequence length), the crop margin and the detection the training crops were found with (the fast path,
+        `FaceConfig`'s defaults, for a model that did not record it). Returns (config, warnings): one line for
+        each setting that differs from what the model was trained on (honoured all the same)."""
         trained = spec.detection or {}
-        prob = trained.get("min_face_prob")
-        if prob is not None and prob != self.faces.min_face_prob:
-            warnings.append(f"scored with min_face_prob {self.faces.min_face_prob:g} but the model was trained on "
-                            f"faces detected with probability >= {prob:g}")
-        resolved = self.replace(sampling={"frames": frames or spec.seq_len},
-                                faces={"margin": spec.crop_margin if margin is None else margin})
-        return resolved, warnings, detection_notes(resolved.faces, trained)
+        faces, fast = self.faces, FaceConfig()
+        detect = {k: getattr(faces, k) if getattr(faces, k) is not None else trained.get(k, getattr(fast, k))
+                  for k in ("detect_max_side", "detect_every")}
+        resolved = self.replace(sampling={"frames": self.sampling.frames or spec.seq_len},
+                                faces={"margin": spec.crop_margin if faces.margin is None else faces.margin, **detect})
+        warnings = []
+        if resolved.sampling.frames != spec.seq_len:
+            warnings.append(f"--frames {resolved.sampling.frames} but the model was trained on {spec.seq_len}-frame "
+                            f"sequences")
+        if resolved.faces.margin != spec.crop_margin:
+            warnings.append(f"scored with margin {resolved.faces.margin:g} but the model was trained on "
+                            f"{spec.crop_margin:g} crops")
+        if trained and any(trained.get(k) != v for k, v in resolved.faces.detection().items() if k in trained):
+            warnings.append(detection_warning(resolved.faces.detection(), trained))
+        return resolved, warnings
 
 
-def detection_notes(faces: FaceConfig, trained: dict) -> list[str]:
-    """A note when the face detection that finds the boxes differs from the one the training crops were found
-    with (`trained`: a spec's `detection`). detect_max_side, detect_every and min_face_px are speed and coverage
-    settings of the scoring job: the fast path (the defaults) finds the reference detection's faces within the
-    tolerances of tests/test_fast_path.py; `--reference` detects like `dfbatch prepare`'s defaults."""
-    keys = ("detect_max_side", "detect_every", "min_face_px")
-    if not trained or all(trained.get(k) == getattr(faces, k) for k in keys):
-        return []
-
+def detection_warning(used: dict, trained: dict) -> str:
+    """One line: the face detection a job uses against the one its model's training faces were found with."""
     def show(d) -> str:
         every, side, small = d.get("detect_every"), d.get("detect_max_side"), d.get("min_face_px")
-        return (f"MTCNN on {'every sampled frame' if every == 1 else f'1 in {every} sampled frames'} at {side} px"
-                + (f", faces >= {small} px" if small else ""))
+        return (f"MTCNN on {'every sampled frame' if every == 1 else f'1 in {every} sampled frames'} at {side} px, "
+                f"faces >= {f'{small} px' if small else 'auto'}, probability >= {d.get('min_face_prob'):g}")
 
-    same = all(trained.get(k) == v for k, v in REFERENCE_FACES.items())
-    how = "--reference" if same else " ".join(f"--{k.replace('_', '-')} {trained[k]}" for k in keys
-                                              if trained.get(k) is not None)
-    return [f"detection: {show(faces.detection())}; the training crops were found with {show(trained)} "
-            f"({how} detects like training)"]
+    return f"detection: {show(used)}, but the model was trained on faces found with {show(trained)}"

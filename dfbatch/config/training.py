@@ -66,9 +66,10 @@ class PrepareConfig(UsesS3, JobConfig):
     limits: Annotated[LimitsConfig, section()] = field(default_factory=LimitsConfig)
 
     @model_validator(mode="after")
-    def _margin_given(self) -> PrepareConfig:
-        if self.faces.margin is None:
-            raise FieldError("faces.margin", "--margin is required (the crop margin the shards are made with)")
+    def _crops_and_detection_given(self) -> PrepareConfig:
+        for key in ("margin", "detect_max_side", "detect_every"):  # they become the trained model's input contract
+            if getattr(self.faces, key) is None:
+                raise FieldError(f"faces.{key}", f"--{key.replace('_', '-')} is required (the shards are made with it)")
         return self
 
     def pinned(self) -> dict[str, Any]:
