@@ -307,10 +307,11 @@ def train(cfg: TrainConfig) -> TrainResult:
     from dfbatch.training.prepare import ShardStore, model_input
 
     started = time.time()
+    spec = cfg.spec()  # a bad backbone or head name fails first
     storage = Storage(cfg.endpoint_url)
     store = ShardStore(cfg.data, storage)
     prep, desc = _data_description(cfg, store)
-    spec = cfg.spec().replace(**model_input(prep))  # the shards' crops and detection: the model's input contract
+    spec = spec.replace(**model_input(prep))  # the shards' crops and detection: the model's input contract
     tracking_uri = registry.resolve_tracking_uri(cfg.tracking_uri)
     storage_path, pa_fs = _storage_fs(cfg)
     run_dir = f"{storage_path.rstrip('/')}/{cfg.name}"
