@@ -225,7 +225,11 @@ def _ingest_options(data_config_cls):
     """Ray Train's ingest options with the block order preserved: with the seeded block shuffle, every run of the
     same training reads its rows in the same order (what seeds can fix: the sampler, augmentation and
     initialisation are seeded too; float reductions in threads may still differ)."""
-    opts = data_config_cls.default_ingest_options()
+    import warnings
+
+    with warnings.catch_warnings():  # Ray's own defaults set a field it deprecates (exclude_resources)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        opts = data_config_cls.default_ingest_options()
     opts.preserve_order = True
     return opts
 
