@@ -41,12 +41,12 @@ CASES = [
                          threshold=0.4, score_batch_size=4, sampling=SamplingConfig(frames=8, backend="decord"),
                          faces={"detect_every": 2}, limits={"max_duration_s": 60.0})),
     (["prepare", "labels.csv", "-o", "shards", "--split", "0.5,0.5,0", "--no-official-splits", "--frames", "6",
-      "--margin", "0.3", "--compression", "c23"],
+      "--detect-every", "2", "--compression", "c23"],
      "sources: labels.csv\noutput: shards\nfractions: [0.5, 0.5, 0]\nofficial: false\nframes: 6\ncompression: c23\n"
-     "faces: {margin: 0.3}\n",
-     # a partial section keeps prepare's own section defaults (the reference detection)
+     "faces: {detect_every: 2}\n",
+     # a partial section keeps prepare's own section defaults (a margin, where FaceConfig's is None: the model's)
      lambda: PrepareConfig(sources=["labels.csv"], output="shards", fractions=(0.5, 0.5, 0.0), official=False, frames=6,
-                           compression="c23", faces=FaceConfig(margin=0.3, detect_max_side=640, detect_every=1))),
+                           compression="c23", faces=FaceConfig(margin=0.25, detect_every=2))),
     (["train", "shards", "-o", "ckpt", "--workers", "2", "--gpu", "--no-augment", "--restart", "--lr", "0.001",
       "--monitor", "val_log_loss"],
      "data: shards\noutput: ckpt\nnum_workers: 2\nuse_gpu: true\naugment: false\nresume: false\nlr: 0.001\n"

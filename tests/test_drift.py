@@ -18,9 +18,10 @@ from dfbatch.io.storage import Storage
 from dfbatch.models.spec import ModelSpec
 
 CARPHONE = Path(__file__).parent / "data" / "carphone_pristine.mp4"
-# shards as `dfbatch prepare --margin 0.4 --crop-size 96 --jpeg-quality 90` writes their parameters
+# shards as `dfbatch prepare --margin 0.4 --crop-size 96 --jpeg-quality 90 --detect-every 1 --detect-max-side 640`
+# writes their parameters
 PREPARED = PrepareConfig(sources=["labels.csv"], output="shards", frames=8, crop_size=96, jpeg_quality=90,
-                         faces={"margin": 0.4})
+                         faces={"margin": 0.4, **REFERENCE_FACES})  # the reference detection: not scoring's default
 
 
 def _spec(**kw) -> ModelSpec:

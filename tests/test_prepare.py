@@ -93,8 +93,8 @@ def test_crop_and_detection_settings_are_pinned():
     check_params(json.loads(json.dumps({**before, **cfg.pinned()})), cfg)
     with pytest.raises(UserError, match="jpeg_quality: 92 -> 80"):
         check_params(before, cfg.replace(jpeg_quality=80))
-    with pytest.raises(UserError, match="detection: .*'detect_every': 1.* -> .*'detect_every': 4"):
-        check_params(before, cfg.replace(faces={"detect_every": 4, "detect_max_side": 320}))
+    with pytest.raises(UserError, match="detection: .*'detect_every': 4.* -> .*'detect_every': 1"):
+        check_params(before, cfg.replace(faces={"detect_every": 1, "detect_max_side": 640}))
     with pytest.raises(UserError, match="margin: 0.25 -> 0.4"):
         check_params(before, cfg.replace(faces={"margin": 0.4}))
 

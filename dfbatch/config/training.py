@@ -11,7 +11,7 @@ from pydantic import AfterValidator, BeforeValidator, model_validator
 from dfbatch.config.base import (EndpointUrl, FieldError, JobConfig, Numbers, Options, PathStr, Paths, TrackingUri, UsesS3, arg,
                                  job_config, opt, section)
 from dfbatch.models.spec import DEFAULT_CROP_MARGIN
-from dfbatch.config.score import REFERENCE_FACES, FaceConfig, FrameAggregation, LimitsConfig, SamplingConfig, TrackAggregation
+from dfbatch.config.score import FaceConfig, FrameAggregation, LimitsConfig, SamplingConfig, TrackAggregation
 
 Layout = Literal["auto", "dfdc", "ffpp", "celebdf", "csv"]
 MONITORS = {"val_auc": "max", "val_log_loss": "min", "val_ap": "max", "val_balanced_accuracy": "max"}
@@ -46,10 +46,11 @@ class PrepareConfig(UsesS3, JobConfig):
     faces: Annotated[FaceConfig, section(
         margin=f"crop margin per side, fraction of the face box (default {DEFAULT_CROP_MARGIN:g}); recorded in "
         "the model's spec, scoring uses it",
-        detect_max_side="MTCNN input size (default: the reference {default} px; training data is made once)",
+        detect_max_side="MTCNN input size (default {default} px, as scoring's fast path: the trained model is then "
+        "scored at that speed with no detection drift; 640 with --detect-every 1 is the reference detection)",
         detect_every="MTCNN on every k-th sampled frame (default {default})",
         min_face_px="smallest face searched (default: 24 px, or 12 px at the detection size)",
-    )] = field(default_factory=lambda: FaceConfig(**REFERENCE_FACES, margin=DEFAULT_CROP_MARGIN))  # the reference detection
+    )] = field(default_factory=lambda: FaceConfig(margin=DEFAULT_CROP_MARGIN))  # scoring's fast detection
     jpeg_quality: Annotated[int, opt("--jpeg-quality", help="JPEG quality of the stored crops (default {default})",
                                      ge=1, le=100)] = 92
     compression: Annotated[str | None, opt("--compression", help="FaceForensics++: only this compression level (c0, "
