@@ -44,6 +44,8 @@ class Summary:
     temperature: float | None = None  # temperature scaling applied to the video scores (calibration), if any
     threshold_source: str = ""  # where the threshold came from (calibration record, tag, --threshold)
     calibration_notes: list = field(default_factory=list)  # how this job's settings differ from the calibration's
+    model_input: str = ""  # how crops reach the model (its spec's crop path and sequence length)
+    warnings: list = field(default_factory=list)  # settings that differ from the model's training
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -171,7 +173,8 @@ def build_dataset(cfg: ScoreConfig, listing, storage: Storage, bundle, plan: dic
         faces=cfg.faces,
         limits=cfg.limits,
         frames=frames,
-        crop_size=int(bundle.spec.input_size),
+        crop_size=bundle.spec.crop_side,  # the model's crop path (ModelSpec): cut at this side, then
+        crop_jpeg_quality=bundle.spec.crop_jpeg_quality,  # the shards' JPEG round trip; resized in preprocess
         threads=plan["face_threads"],
         device=plan["face_device"],
         save_crops=cfg.save_crops,
@@ -262,7 +265,10 @@ def run_score(cfg: ScoreConfig) -> Summary:
         raise UserError(f"cannot fetch model {redact(cfg.model_uri)}: {one_line(exc)}") from None
     name, version = model_identity(bundle)
     bundle = dataclasses.replace(bundle, name=name, version=version)
-    frames = cfg.sampling.frames or int(bundle.spec.seq_len)
+    cfg, drift = cfg.for_model(bundle.spec)  # what the config leaves to the model comes from its spec
+    for line in drift:
+        log.warning(line)
+    frames = cfg.sampling.frames
     decision = decide_threshold(cfg, bundle, frames)
     threshold, temperature = decision.threshold, decision.temperature
     store.recover()
@@ -270,7 +276,8 @@ def run_score(cfg: ScoreConfig) -> Summary:
     replaced = store.parts_for(name, version) if cfg.rescore else []
     job_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
     summary = Summary(cfg.output, name, version, bundle.pinned_uri or bundle.uri, None, job_id, threshold=threshold,
-                      temperature=temperature, threshold_source=decision.source, calibration_notes=decision.notes)
+                      temperature=temperature, threshold_source=decision.source, calibration_notes=decision.notes,
+                      warnings=drift, model_input=f"crops {bundle.spec.crop_path()}; {frames} frames per video")
     listing = Listing(iter_videos(cfg.sources, storage), skip_ids=done, rows_per_table=cfg.rows_per_block)
     first = next(iter_first := iter(listing), None)  # lists up to the first block: a bad SOURCE fails before any run starts
     counts = listing.counts
@@ -296,11 +303,16 @@ def run_score(cfg: ScoreConfig) -> Summary:
                 "detect_every": cfg.faces.detect_every,
                 "min_face_px": cfg.faces.min_face_px or "auto",
                 "save_crops": cfg.save_crops,
+                "margin": cfg.faces.margin,
+                "crop_path": bundle.spec.crop_path(),
+                "model_seq_len": bundle.spec.seq_len,
+                "model_detection": json.dumps(bundle.spec.detection) if bundle.spec.detection else "not recorded",
             }
         )
         mlflow.set_tags({"output": redact(cfg.output), "dfbatch.version": __version__, "dfbatch.job_id": job_id,
                          "dfbatch.threshold_source": decision.source[:5000]}
-                        | ({"dfbatch.calibration_mismatch": "; ".join(decision.notes)[:5000]} if decision.notes else {}))
+                        | ({"dfbatch.calibration_mismatch": "; ".join(decision.notes)[:5000]} if decision.notes else {})
+                        | ({"dfbatch.warnings": " | ".join(drift)[:5000]} if drift else {}))
         totals: dict = {}
         if first is not None:
             init_ray(cfg.ray_address)

@@ -13,13 +13,13 @@ import pytest
 
 from dfbatch.cli import build_parser, main
 from dfbatch.cli.options import config_from_args
-from dfbatch.config import (BenchSettings, CompareConfig, DemoConfig, EvaluateConfig, FaceConfig, PrepareConfig, SamplingConfig,
-                            ScoreConfig, TrainConfig)
+from dfbatch.config import (BenchSettings, CompareConfig, DemoConfig, EvaluateConfig, FaceConfig, PrepareConfig, ReportConfig, SamplingConfig,
+                            ScoreConfig, ServeConfig, TrainConfig)
 from dfbatch.config.base import cli_flags
 from dfbatch.errors import ConfigError, UserError
 
 REPO = Path(__file__).resolve().parents[1]
-JOB_CONFIGS = [ScoreConfig, PrepareConfig, TrainConfig, EvaluateConfig, CompareConfig, BenchSettings, DemoConfig]
+JOB_CONFIGS = [ScoreConfig, PrepareConfig, TrainConfig, EvaluateConfig, CompareConfig, BenchSettings, DemoConfig, ReportConfig, ServeConfig]
 
 
 def parse(*argv: str):
@@ -39,14 +39,14 @@ CASES = [
      "score_batch_size: 4\nsampling: {frames: 8, backend: decord}\nfaces: {detect_every: 2}\nlimits: {max_duration_s: 60}\n",
      lambda: ScoreConfig(sources=["in/", "s3://b/more/"], output="out", model_uri="runs:/abc/model", rescore=True,
                          threshold=0.4, score_batch_size=4, sampling=SamplingConfig(frames=8, backend="decord"),
-                         faces=FaceConfig(detect_every=2), limits={"max_duration_s": 60.0})),
+                         faces={"detect_every": 2}, limits={"max_duration_s": 60.0})),
     (["prepare", "labels.csv", "-o", "shards", "--split", "0.5,0.5,0", "--no-official-splits", "--frames", "6",
-      "--margin", "0.3", "--compression", "c23"],
+      "--detect-every", "2", "--compression", "c23"],
      "sources: labels.csv\noutput: shards\nfractions: [0.5, 0.5, 0]\nofficial: false\nframes: 6\ncompression: c23\n"
-     "faces: {margin: 0.3}\n",
-     # a partial section keeps prepare's own section defaults (the reference detection)
+     "faces: {detect_every: 2}\n",
+     # a partial section keeps prepare's own section defaults (a margin, where FaceConfig's is None: the model's)
      lambda: PrepareConfig(sources=["labels.csv"], output="shards", fractions=(0.5, 0.5, 0.0), official=False, frames=6,
-                           compression="c23", faces=FaceConfig(margin=0.3, detect_max_side=640, detect_every=1))),
+                           compression="c23", faces=FaceConfig(margin=0.25, detect_every=2))),
     (["train", "shards", "-o", "ckpt", "--workers", "2", "--gpu", "--no-augment", "--restart", "--lr", "0.001",
       "--monitor", "val_log_loss"],
      "data: shards\noutput: ckpt\nnum_workers: 2\nuse_gpu: true\naugment: false\nresume: false\nlr: 0.001\n"
@@ -66,6 +66,12 @@ CASES = [
     (["bench", "--quick", "--size", "640x360", "--detect-every", "2", "--no-baseline"],
      "quick: true\nsize: 640x360\nfast: {detect_every: 2}\nrun_baseline: false\n",
      lambda: BenchSettings(quick=True, size=(640, 360), fast={"detect_every": 2}, run_baseline=False)),
+    (["report", "out", "--html", "r.html", "--top", "5", "--no-gradcam", "--model-version", "3"],
+     "output: out\nhtml: r.html\ntop: 5\nexplain: false\nmodel_version: '3'\n",
+     lambda: ReportConfig(output="out", html="r.html", top=5, explain=False, model_version="3")),
+    (["serve", "--port", "9000", "--no-allow-paths", "--frames", "8", "--detect-every", "2", "--no-gradcam"],
+     "port: 9000\nallow_paths: false\nsampling: {frames: 8}\nfaces: {detect_every: 2}\ngradcam: false\n",
+     lambda: ServeConfig(port=9000, allow_paths=False, sampling={"frames": 8}, faces={"detect_every": 2}, gradcam=False)),
     (["demo", "--root", "d", "--clips", "4", "--size", "256x144", "--ray-logs"],
      "root: d\nn_train: 4\nsize: [256, 144]\nquiet: false\n",
      lambda: DemoConfig(root="d", n_train=4, size=(256, 144), quiet=False)),
@@ -164,7 +170,7 @@ def test_code_gets_the_same_user_errors_and_frozen_objects():
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(obj, dataclasses.fields(obj)[0].name, None)
     changed = cfg.replace(faces={"margin": 0.5})
-    assert changed.faces.margin == 0.5 and changed.faces.detect_every == cfg.faces.detect_every and cfg.faces.margin == 0.25
+    assert changed.faces.margin == 0.5 and changed.faces.detect_every == cfg.faces.detect_every and cfg.faces.margin is None
     with pytest.raises(UserError, match="--detect-every must be at least 1"):
         cfg.replace(faces={"detect_every": 0})
     with pytest.raises(UserError, match="--epochs must be at least 1"):
@@ -179,7 +185,8 @@ def test_every_flag_is_a_field_with_help(cls):
     parser = build_parser()
     sub = next(a for a in parser._subparsers._group_actions).choices  # noqa: SLF001
     command = {ScoreConfig: "score", PrepareConfig: "prepare", TrainConfig: "train", EvaluateConfig: "evaluate",
-               CompareConfig: "compare", BenchSettings: "bench", DemoConfig: "demo"}[cls]
+               CompareConfig: "compare", BenchSettings: "bench", DemoConfig: "demo",
+               ReportConfig: "report", ServeConfig: "serve"}[cls]
     text = sub[command].format_help()
     assert all(f in text for f in flags) and "--config" in text and "--print-config" in text
 

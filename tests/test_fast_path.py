@@ -229,7 +229,11 @@ def test_job_defaults_are_the_fast_path():
     from dfbatch.cli import build_parser
     from dfbatch.cli.options import config_from_args
 
+    from dfbatch.models.spec import ModelSpec
+
     cfg = config_from_args(build_parser().parse_args(["score", "in", "-o", "out"]))
+    # detection is left to the model (its training detection, tests/test_drift.py); the fast path where it has none
+    cfg, _ = cfg.for_model(ModelSpec(backbone="tiny"))
     assert (cfg.sampling.backend, cfg.faces.detect_max_side, cfg.faces.detect_every, cfg.precision) == ("pyav", 320, 4, "auto")
     ref = config_from_args(build_parser().parse_args(["score", "in", "-o", "out", "--reference", "--detect-every", "2"]))
     assert (ref.faces.detect_max_side, ref.faces.detect_every, ref.faces.min_face_px, ref.precision) == (640, 1, None, "fp32")

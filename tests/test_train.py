@@ -40,13 +40,16 @@ def _face_frames(rng, T, S, fake):
     return out
 
 
+DETECTION = {"detect_max_side": 640, "detect_every": 1, "min_face_px": None, "min_face_prob": 0.9}
+
+
 def make_shards(out, n_train=8, n_val=4, T=8, S=48, seed=0) -> ShardStore:
     """A prepared-data folder as `dfbatch prepare` writes it, without decoding videos."""
     rng = np.random.default_rng(seed)
     store = ShardStore(str(out))
     store.check_writable()
-    store.write_params({"format": "dfbatch-shards/1", "frames": T, "crop_size": S, "margin": 0.25,
-                        "fractions": [0.7, 0.3, 0.0], "split_seed": 0, "official": True})
+    store.write_params({"format": "dfbatch-shards/1", "frames": T, "crop_size": S, "margin": 0.4, "jpeg_quality": 90,
+                        "detection": DETECTION, "fractions": [0.7, 0.3, 0.0], "split_seed": 0, "official": True})
     rows = []
     for split, n in (("train", n_train), ("val", n_val)):
         for i in range(n):
@@ -213,6 +216,8 @@ def test_train_one_worker_registers_challenger_then_resumes(ray_local, shards, t
     assert os.path.isfile(r1.model_file) and os.path.isdir(r1.best_checkpoint)
     spec, sd, meta = read_checkpoint(r1.model_file)
     assert spec.backbone == "tiny" and meta["epoch"] == 1 and 0.0 <= meta["threshold"] <= 1.0
+    # the shards' crops and detection are the model's input contract (scoring reproduces them)
+    assert (spec.crop_margin, spec.crop_size, spec.crop_jpeg_quality, spec.detection) == (0.4, 48, 90, DETECTION)
     client = MlflowClient(uri)
     run = client.get_run(r1.run_id)
     assert run.info.status == "FINISHED" and run.data.params["data.train_videos"] == "8"
@@ -224,6 +229,7 @@ def test_train_one_worker_registers_challenger_then_resumes(ray_local, shards, t
     rec = bundle.calibration  # recorded as chosen on the validation crops, not under a scoring job's settings
     assert rec["method"] == "youden" and rec["settings"] is None and list(rec["aggregations"]) == ["tracks=max,frames=mean"]
     assert rec["aggregations"]["tracks=max,frames=mean"]["threshold"] == pytest.approx(r1.threshold, abs=1e-5)
+    assert bundle.spec == spec and registry.show("dfbatch-detector@challenger", tracking_uri=uri)["not_recorded"] == []
 
     # a stopped training continues from its checkpoint: same run, epoch 2 only, a new version
     r2 = train(TrainConfig(**{**cfg.to_dict(), "epochs": 2}))

@@ -268,11 +268,12 @@ def _images(html: str, video_id: str, cls: str) -> list[np.ndarray]:
 def test_report_opens_offline_with_crops_and_heatmaps(scored, tmp_path):
     import mlflow
 
+    from dfbatch.config import ReportConfig
     from dfbatch.views.report import build_report
 
     _need_chromium()
-    saved = build_report(str(scored.out), str(tmp_path / "v1.html"), model_version="1", tracking_uri=scored.uri)
-    again = build_report(str(scored.out), str(tmp_path / "report.html"), tracking_uri=scored.uri)  # v2: scored last, no crops saved
+    saved = build_report(ReportConfig(output=scored.out, html=tmp_path / "v1.html", model_version="1", tracking_uri=scored.uri))
+    again = build_report(ReportConfig(output=scored.out, html=tmp_path / "report.html", tracking_uri=scored.uri))  # v2: scored last, no crops saved
     assert (saved.model_version, again.model_version) == ("1", "2") and saved.top == again.top == 2
     v = scored.videos
     ok1 = v[(v.model_version == "1") & (v.status == "ok")].sort_values("fake_probability", ascending=False)

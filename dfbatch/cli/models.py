@@ -134,9 +134,13 @@ def _show(args) -> int:
         print(f"  promotion:    {info['promotion']}")
     print(f"  model:        {info['summary']}")
     print(f"  parameters:   {info['parameters']:,}")
-    print("  spec:")
+    not_recorded = set(info.get("not_recorded") or [])
+    print("  spec:" + (f" ({', '.join(sorted(not_recorded))}: not recorded in this model's spec, which predates "
+                       "them; the defaults shown are what dfbatch did before recording them)" if not_recorded else ""))
     for k, v in info["spec"].items():
-        print(f"    {k:<13} {v}")
+        if isinstance(v, dict):
+            v = ", ".join(f"{dk}={dv}" for dk, dv in v.items())
+        print(f"    {k:<13} {v}" + ("   (not recorded)" if k in not_recorded else ""))
     print("  metrics:" + ("" if info.get("metrics") else " (none)"))
     for k, v in sorted((info.get("metrics") or {}).items()):
         print(f"    {k:<13} {v:.4g}" if isinstance(v, (int, float)) else f"    {k:<13} {v}")

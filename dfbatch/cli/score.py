@@ -36,6 +36,8 @@ def format_summary(s) -> str:
         f"  time   {s.elapsed_s:>8.1f} s   {s.videos_per_min:.1f} videos/min",
         f"  threshold {s.threshold:g}" + (f" (temperature {s.temperature:g})" if s.temperature else "") + f": {s.threshold_source}",
         *(f"  note: {n}" for n in s.calibration_notes),
+        *([f"  input:   {s.model_input}"] if s.model_input else []),
+        *(f"  warning: {w}" for w in s.warnings),
         f"  results: {videos}/*.parquet (faces: {videos[:-6]}faces/)",
         f"  query:   dfbatch query {shlex.quote(s.output)} \"SELECT video_uri, status, label, fake_probability FROM videos "
         "ORDER BY fake_probability DESC NULLS LAST LIMIT 20\"",

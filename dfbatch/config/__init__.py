@@ -18,8 +18,10 @@ from dfbatch.config.score import (DEFAULT_MODEL_URI, FRAME_AGGREGATIONS, REFEREN
                                   TRACK_AGGREGATIONS, VIDEO_EXTENSIONS, FaceConfig, LimitsConfig, SamplingConfig,
                                   ScoreConfig)
 from dfbatch.config.training import MONITORS, SBI_MODES, PrepareConfig, TrainConfig
+from dfbatch.config.views import ReportConfig, ServeConfig
 
 __all__ = ["BenchSettings", "CompareConfig", "ConfigError", "DEFAULT_MODEL_URI", "DemoConfig", "EvaluateConfig", "FAST", "FRAME_AGGREGATIONS",
            "FaceConfig", "HELDOUT_SEED", "JobConfig", "LimitsConfig", "MONITORS", "PrepareConfig", "Profile", "QUICK",
-           "REFERENCE", "REFERENCE_FACES", "REFERENCE_PRESET", "SBI_MODES", "SamplingConfig", "ScoreConfig",
+           "REFERENCE", "REFERENCE_FACES", "REFERENCE_PRESET", "ReportConfig", "SBI_MODES", "SamplingConfig", "ScoreConfig",
+           "ServeConfig",
            "TRACK_AGGREGATIONS", "TRAIN_SEED", "TrainConfig", "VIDEO_EXTENSIONS", "build", "job_config"]

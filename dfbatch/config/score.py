@@ -1,4 +1,9 @@
-"""The scoring job's config (`dfbatch score`) and its sections: frame sampling, face detection, input limits."""
+"""The scoring job's config (`dfbatch score`) and its sections: frame sampling, face detection, input limits.
+
+Settings that shape the model's input and are left unset (None) come from the model's spec
+(`ScoreConfig.for_model`): frames per video (the sequence length), the crop margin and the face detection; the
+crop side and JPEG round trip always do. An explicit setting that differs from what the model was trained on is
+honoured, with a warning."""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from pydantic import model_validator
 
 from dfbatch.config.base import (EndpointUrl, FieldError, JobConfig, PathStr, Paths, TrackingUri, UsesS3, arg, job_config,
                                  opt, section)
+from dfbatch.models.spec import DEFAULT_CROP_MARGIN, DETECTION_KEYS
 from dfbatch.stages.aggregate import FRAME_STRATEGIES, TRACK_STRATEGIES
 
 DEFAULT_MODEL_URI = "models:/dfbatch-detector@champion"
@@ -42,20 +48,26 @@ class SamplingConfig(JobConfig):
 class FaceConfig(JobConfig):
     """MTCNN detection on downscaled frames, IoU tracking, crops with a margin."""
 
-    detect_max_side: Annotated[int, opt(
+    # None (scoring's default): the model's (`ScoreConfig.for_model`); these defaults (the fast path) for models
+    # that did not record their detection
+    detect_max_side: Annotated[int | None, opt(
         "--detect-max-side", help="downscale frames to this longest side for MTCNN, unless --min-face-px needs more "
-        "(default {default})", ge=12, error=_DETECT_LIMITS)] = 320
-    detect_every: Annotated[int, opt(
+        "(default: the model's training detection; 320 for models that did not record one)", ge=12,
+        error=_DETECT_LIMITS)] = 320
+    detect_every: Annotated[int | None, opt(
         "--detect-every", help="run MTCNN on every k-th sampled frame (and the last), interpolate boxes in between "
-        "(default {default})", ge=1, error=_DETECT_LIMITS)] = 4
+        "(default: the model's training detection; 4 for models that did not record one)", ge=1,
+        error=_DETECT_LIMITS)] = 4
     min_face_prob: Annotated[float, opt(help="MTCNN face probability threshold", ge=0, le=1)] = 0.90
     # smallest face searched, full-resolution pixels: None = 24 px or 12 px at the detection size, whichever is
     # larger (48 px in 720p at 320 px); a number is honoured exactly (the detection size grows when needed)
     min_face_px: Annotated[int | None, opt(
         "--min-face-px", help="smallest face searched, in full-resolution pixels; MTCNN's input grows as needed "
         "(default: 24 px, or 12 px at the detection size if larger: 48 px in 720p)", ge=1, error=_DETECT_LIMITS)] = None
-    margin: Annotated[float, opt("--margin", help="crop margin per side, fraction of the face box (default {default})",
-                                 ge=0)] = 0.25
+    # None: the model's (scoring; `ScoreConfig.for_model`), DEFAULT_CROP_MARGIN where nothing says otherwise
+    margin: Annotated[float | None, opt("--margin", help="crop margin per side, fraction of the face box (default: "
+                                        f"the model's; {DEFAULT_CROP_MARGIN:g} for models that did not record one)",
+                                        ge=0)] = None
     iou_threshold: Annotated[float, opt(help="link detections in consecutive frames into one track", ge=0, le=1)] = 0.3
     max_tracks: Annotated[int, opt(help="score at most this many tracks (largest first)", ge=1)] = 4
     min_track_frames: Annotated[int, opt(help="a track seen in fewer sampled frames is dropped (unless it is the only "
@@ -65,6 +77,15 @@ class FaceConfig(JobConfig):
     def min_face(self) -> int:
         """The size filter in full-resolution pixels (the detection size may raise it further when unset)."""
         return self.min_face_px or 24
+
+    @property
+    def crop_margin(self) -> float:
+        """The margin crops are cut with (`margin`, else the default of models that did not record one)."""
+        return DEFAULT_CROP_MARGIN if self.margin is None else self.margin
+
+    def detection(self) -> dict:
+        """The settings recorded as a model's `detection` (`ModelSpec.detection`)."""
+        return {k: getattr(self, k) for k in DETECTION_KEYS}
 
 
 # the detection settings before the fast path (`dfbatch score --reference`; the benchmark's reference profile)
@@ -122,7 +143,7 @@ class ScoreConfig(UsesS3, JobConfig):
     rows_per_block: Annotated[int, opt(help="listing rows per Ray Data block (the unit handed to one face actor)",
                                        ge=1)] = 8
     faces: Annotated[FaceConfig, section("detect_max_side", "detect_every", "min_face_px")] = field(
-        default_factory=FaceConfig)
+        default_factory=lambda: FaceConfig(detect_max_side=None, detect_every=None))  # None: the model's
     limits: Annotated[LimitsConfig, section("max_duration_s", "time_budget_s")] = field(default_factory=LimitsConfig)
 
     @model_validator(mode="after")
@@ -130,3 +151,35 @@ class ScoreConfig(UsesS3, JobConfig):
         if self.precision == "fp16" and self.device == "cpu":
             raise FieldError("precision", "--precision fp16 needs a GPU; on CPU use auto, bf16 or fp32")
         return self
+
+    def for_model(self, spec) -> tuple[ScoreConfig, list[str]]:
+        """This config with what it leaves to the model taken from `spec` (a `ModelSpec`): frames per video (its
+        sequence length), the crop margin and the detection the training crops were found with (the fast path,
+        `FaceConfig`'s defaults, for a model that did not record it). Returns (config, warnings): one line for
+        each setting that differs from what the model was trained on (honoured all the same)."""
+        trained = spec.detection or {}
+        faces, fast = self.faces, FaceConfig()
+        detect = {k: getattr(faces, k) if getattr(faces, k) is not None else trained.get(k, getattr(fast, k))
+                  for k in ("detect_max_side", "detect_every")}
+        resolved = self.replace(sampling={"frames": self.sampling.frames or spec.seq_len},
+                                faces={"margin": spec.crop_margin if faces.margin is None else faces.margin, **detect})
+        warnings = []
+        if resolved.sampling.frames != spec.seq_len:
+            warnings.append(f"--frames {resolved.sampling.frames} but the model was trained on {spec.seq_len}-frame "
+                            f"sequences")
+        if resolved.faces.margin != spec.crop_margin:
+            warnings.append(f"scored with margin {resolved.faces.margin:g} but the model was trained on "
+                            f"{spec.crop_margin:g} crops")
+        if trained and any(trained.get(k) != v for k, v in resolved.faces.detection().items() if k in trained):
+            warnings.append(detection_warning(resolved.faces.detection(), trained))
+        return resolved, warnings
+
+
+def detection_warning(used: dict, trained: dict) -> str:
+    """One line: the face detection a job uses against the one its model's training faces were found with."""
+    def show(d) -> str:
+        every, side, small = d.get("detect_every"), d.get("detect_max_side"), d.get("min_face_px")
+        return (f"MTCNN on {'every sampled frame' if every == 1 else f'1 in {every} sampled frames'} at {side} px, "
+                f"faces >= {f'{small} px' if small else 'auto'}, probability >= {d.get('min_face_prob'):g}")
+
+    return f"detection: {show(used)}, but the model was trained on faces found with {show(trained)}"

@@ -6,11 +6,12 @@ from __future__ import annotations
 from dataclasses import field
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator
+from pydantic import AfterValidator, BeforeValidator, model_validator
 
-from dfbatch.config.base import (EndpointUrl, JobConfig, Numbers, Options, PathStr, Paths, TrackingUri, UsesS3, arg,
+from dfbatch.config.base import (EndpointUrl, FieldError, JobConfig, Numbers, Options, PathStr, Paths, TrackingUri, UsesS3, arg,
                                  job_config, opt, section)
-from dfbatch.config.score import REFERENCE_FACES, FaceConfig, FrameAggregation, LimitsConfig, SamplingConfig, TrackAggregation
+from dfbatch.models.spec import DEFAULT_CROP_MARGIN
+from dfbatch.config.score import FaceConfig, FrameAggregation, LimitsConfig, SamplingConfig, TrackAggregation
 
 Layout = Literal["auto", "dfdc", "ffpp", "celebdf", "csv"]
 MONITORS = {"val_auc": "max", "val_log_loss": "min", "val_ap": "max", "val_balanced_accuracy": "max"}
@@ -43,11 +44,13 @@ class PrepareConfig(UsesS3, JobConfig):
     crop_size: Annotated[int, opt("--crop-size", help="face crop side in pixels (default {default}); the model resizes to "
                                   "its input size", ge=16)] = 128
     faces: Annotated[FaceConfig, section(
-        "margin",
-        detect_max_side="MTCNN input size (default: the reference {default} px; training data is made once)",
+        margin=f"crop margin per side, fraction of the face box (default {DEFAULT_CROP_MARGIN:g}); recorded in "
+        "the model's spec, scoring uses it",
+        detect_max_side="MTCNN input size (default {default} px, as scoring's fast path: the trained model is then "
+        "scored at that speed with no detection drift; 640 with --detect-every 1 is the reference detection)",
         detect_every="MTCNN on every k-th sampled frame (default {default})",
         min_face_px="smallest face searched (default: 24 px, or 12 px at the detection size)",
-    )] = field(default_factory=lambda: FaceConfig(**REFERENCE_FACES))  # the reference detection, not the fast path
+    )] = field(default_factory=lambda: FaceConfig(margin=DEFAULT_CROP_MARGIN))  # scoring's fast detection
     jpeg_quality: Annotated[int, opt("--jpeg-quality", help="JPEG quality of the stored crops (default {default})",
                                      ge=1, le=100)] = 92
     compression: Annotated[str | None, opt("--compression", help="FaceForensics++: only this compression level (c0, "
@@ -63,9 +66,18 @@ class PrepareConfig(UsesS3, JobConfig):
     sampling: Annotated[SamplingConfig, section()] = field(default_factory=SamplingConfig)
     limits: Annotated[LimitsConfig, section()] = field(default_factory=LimitsConfig)
 
+    @model_validator(mode="after")
+    def _crops_and_detection_given(self) -> PrepareConfig:
+        for key in ("margin", "detect_max_side", "detect_every"):  # they become the trained model's input contract
+            if getattr(self.faces, key) is None:
+                raise FieldError(f"faces.{key}", f"--{key.replace('_', '-')} is required (the shards are made with it)")
+        return self
+
     def pinned(self) -> dict[str, Any]:
-        """The parameters that must not change between runs writing into one OUT."""
+        """The parameters that must not change between runs writing into one OUT (the crop and detection ones
+        become the trained model's input contract, `ModelSpec`)."""
         return {"frames": self.frames, "crop_size": self.crop_size, "margin": self.faces.margin,
+                "jpeg_quality": self.jpeg_quality, "detection": self.faces.detection(),
                 "fractions": list(self.fractions), "split_seed": self.split_seed, "official": self.official}
 
 

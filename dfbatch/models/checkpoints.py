@@ -106,7 +106,11 @@ def save_checkpoint(path: str | os.PathLike, model_or_state_dict: nn.Module | Ma
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[ModelSpec, OrderedDict, dict]:
     """(spec, state_dict, meta) of a dfbatch checkpoint file, without building the model."""
-    obj = load_state_dict_file(path)
+    return checkpoint_parts(load_state_dict_file(path), path)
+
+
+def checkpoint_parts(obj: Any, path: str | os.PathLike) -> tuple[ModelSpec, OrderedDict, dict]:
+    """(spec, state_dict, meta) of a loaded checkpoint file's contents (`obj["spec"]`: the spec as stored)."""
     if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
         try:
             spec = ModelSpec.from_dict(obj["spec"])

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dfbatch.errors import CheckpointError, ModelNotFound, UserError, redact
-from dfbatch.models.spec import ModelSpec, describe_spec, ordered_spec_dict
+from dfbatch.models.spec import ModelSpec, describe_spec, missing_fields, with_defaults
 
 if TYPE_CHECKING:  # torch is imported by the functions that handle tensors, not by importing this module
     import torch
@@ -293,7 +293,8 @@ def register(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor], spec: 
             exp_id = _experiment_id(_client(uri), experiment, uri)
             run_ctx = mlflow.start_run(experiment_id=exp_id, run_name=f"register-{name}", nested=active is not None)
         with run_ctx as run:
-            mlflow.log_params({f"spec.{k}": (json.dumps(v) if isinstance(v, list) else v) for k, v in spec.to_dict().items()})
+            mlflow.log_params({f"spec.{k}": (json.dumps(v) if isinstance(v, (list, dict)) else v)
+                               for k, v in spec.to_dict().items()})
             if params:
                 mlflow.log_params(dict(params))
             if metrics:
@@ -616,18 +617,20 @@ def list_models(tracking_uri: str | None = None, name: str | None = None) -> lis
 def show(model_uri: str, tracking_uri: str | None = None) -> dict[str, Any]:
     """Spec, threshold, metrics, aliases and lineage of `NAME[@ALIAS|/VERSION]`, a models:/ or runs:/ URI, or
     a checkpoint file. A registered version is described from its stored spec.json and metadata (no torch,
-    weights not downloaded); a checkpoint file is read weights-only."""
+    weights not downloaded); a checkpoint file is read weights-only. `spec` is the stored spec with the fields
+    it lacks (stored before they existed) filled in by their defaults; `not_recorded` names those."""
     is_file = not model_uri.startswith(("models:/", "runs:/")) and "://" not in model_uri and Path(model_uri).exists()
     if not is_file and not model_uri.startswith(("models:/", "runs:/")):
         model_uri = "models:/" + model_uri
     if is_file:
-        from dfbatch.models.checkpoints import read_checkpoint
+        from dfbatch.models.checkpoints import checkpoint_parts, load_state_dict_file
 
-        spec, sd, meta = read_checkpoint(model_uri)
+        obj = load_state_dict_file(model_uri)
+        spec, sd, meta = checkpoint_parts(obj, model_uri)
         return {"uri": model_uri, "pinned_uri": str(Path(model_uri).resolve()), "spec": spec.to_dict(),
-                "summary": spec.describe(), "threshold": float(meta.get("threshold", 0.5)),
-                "metrics": meta.get("metrics") or {}, "lineage": meta.get("lineage") or {}, "meta": meta,
-                "parameters": _numel(sd)}
+                "not_recorded": missing_fields(obj["spec"]), "summary": spec.describe(),
+                "threshold": float(meta.get("threshold", 0.5)), "metrics": meta.get("metrics") or {},
+                "lineage": meta.get("lineage") or {}, "meta": meta, "parameters": _numel(sd)}
     uri = resolve_tracking_uri(tracking_uri)
     logged = _locate(model_uri, uri)
     spec, meta, _ = _read_logged_model(logged.root, model_uri, uri, weights=False)
@@ -642,7 +645,8 @@ def show(model_uri: str, tracking_uri: str | None = None) -> dict[str, Any]:
                            "aliases": list(mv.aliases or []) if mv is not None else [],
                            "description": (mv.description or None) if mv is not None else None,
                            "threshold": float(tags.get(TAG_PREFIX + "threshold", meta.get("threshold", 0.5))),
-                           "spec": ordered_spec_dict(spec), "summary": describe_spec(spec),
+                           "spec": with_defaults(spec), "not_recorded": missing_fields(spec),
+                           "summary": describe_spec(spec),
                            "parameters": int(parameters), "tracking_uri": redact(uri)}
     lineage = {k[len(TAG_PREFIX + "lineage."):]: v for k, v in tags.items() if k.startswith(TAG_PREFIX + "lineage.")}
     lineage = lineage or dict(meta.get("lineage") or {})

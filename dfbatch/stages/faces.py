@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from dfbatch.config import FaceConfig, LimitsConfig, SamplingConfig
+from dfbatch.stages.crops import jpeg_round_trip
 from dfbatch.stages.decode import DecodeError, local_copy, read_frames
 from dfbatch.errors import one_line, redact
 from dfbatch.io.results import VIDEOS_SCHEMA  # the columns the results share
@@ -210,7 +211,7 @@ def faces_in_frames(frames: np.ndarray, scale: float, detector: FaceDetector, cf
     n_faces = int(sum(len(p) for _, p in found))
     tracks = link_tracks([(pos, b, p) for pos, (b, p) in zip(positions, found)], cfg.iou_threshold, max_gap=max(2, 2 // step + 1))
     tracks = [fill_track(t, len(frames)) for t in select_tracks(tracks, cfg)]
-    crops = [square_crop(frames[pos], [c * scale for c in box], cfg.margin, crop_size) for t in tracks for pos, box in zip(t.frame_pos, t.boxes)]
+    crops = [square_crop(frames[pos], [c * scale for c in box], cfg.crop_margin, crop_size) for t in tracks for pos, box in zip(t.frame_pos, t.boxes)]
     arr = np.stack(crops) if crops else np.zeros((0, crop_size, crop_size, 3), np.uint8)
     if timings is not None:
         for key, value in (("detect_s", t1 - t0), ("detect_cpu_s", c1 - c0), ("crop_s", time.perf_counter() - t1), ("crop_cpu_s", time.process_time() - c1)):
@@ -263,9 +264,11 @@ def _mark_inflight(video_id: str) -> tuple[str, int]:
     return marker, deaths
 
 
-def process_video(ref: dict, detector: FaceDetector, storage: Storage, sampling: SamplingConfig, limits: LimitsConfig, *, frames: int, crop_size: int, keep: dict | None = None) -> dict:
+def process_video(ref: dict, detector: FaceDetector, storage: Storage, sampling: SamplingConfig, limits: LimitsConfig, *, frames: int, crop_size: int, crop_jpeg_quality: int | None = None, keep: dict | None = None) -> dict:
     """Decode, detect, track and crop one video; every failure becomes status `failed` + a one-line error.
-    `keep` (optional) receives the decoded video as `keep["video"]` (the single-video page shows its frames).
+    Crops are cut at `crop_size` and, with `crop_jpeg_quality`, go through the training shards' JPEG round trip
+    (the model's spec says both: `ModelSpec.crop_side`, `crop_jpeg_quality`). `keep` (optional) receives the
+    decoded video as `keep["video"]` (the single-video page shows its frames).
 
     A video that killed the worker process MAX_WORKER_DEATHS times (native decoder crash, OOM kill, or the
     watchdog: a Ray actor exits when one video takes 2 x time_budget_s, e.g. a native call that never returns)
@@ -278,7 +281,8 @@ def process_video(ref: dict, detector: FaceDetector, storage: Storage, sampling:
     timer = None
     try:
         timer = _watchdog(2 * limits.time_budget_s, ref["video_uri"])
-        return _process_video(ref, detector, storage, sampling, limits, frames=frames, crop_size=crop_size, keep=keep)
+        return _process_video(ref, detector, storage, sampling, limits, frames=frames, crop_size=crop_size,
+                              crop_jpeg_quality=crop_jpeg_quality, keep=keep)
     finally:
         if timer is not None:
             timer.cancel()
@@ -306,7 +310,7 @@ def _watchdog(seconds: float, uri: str) -> threading.Timer | None:
     return timer
 
 
-def _process_video(ref: dict, detector: FaceDetector, storage: Storage, sampling: SamplingConfig, limits: LimitsConfig, *, frames: int, crop_size: int, keep: dict | None = None) -> dict:
+def _process_video(ref: dict, detector: FaceDetector, storage: Storage, sampling: SamplingConfig, limits: LimitsConfig, *, frames: int, crop_size: int, crop_jpeg_quality: int | None, keep: dict | None = None) -> dict:
     row = empty_result(ref)
     if ref.get("list_error"):
         row["error"] = ref["list_error"]
@@ -323,6 +327,7 @@ def _process_video(ref: dict, detector: FaceDetector, storage: Storage, sampling
             tracks, crops, n_faces = [], np.zeros((0, crop_size, crop_size, 3), np.uint8), 0
         else:
             tracks, crops, n_faces = faces_in_frames(video.frames, video.scale, detector, detector.cfg, crop_size)
+            crops = jpeg_round_trip(crops, crop_jpeg_quality)
         if time.monotonic() > deadline:
             raise DecodeError(f"over limit time_budget_s ({limits.time_budget_s:.0f} s)")
     except DecodeError as exc:
@@ -381,14 +386,15 @@ class FaceStage:
     """Ray Data adapter: `ds.map_batches(FaceStage, fn_constructor_kwargs=..., batch_size=1)` on CPU actors.
     `save_crops`: each row also carries its tracks' JPEG strips (`crop_jpegs`), encoded here on the CPU actors."""
 
-    def __init__(self, *, storage: Storage, sampling: SamplingConfig, faces: FaceConfig, limits: LimitsConfig, frames: int, crop_size: int, threads: int = 1, device: str = "cpu", save_crops: bool = False):
+    def __init__(self, *, storage: Storage, sampling: SamplingConfig, faces: FaceConfig, limits: LimitsConfig, frames: int, crop_size: int, crop_jpeg_quality: int | None = None, threads: int = 1, device: str = "cpu", save_crops: bool = False):
         import cv2
         import torch
 
         torch.set_num_threads(max(1, threads))
         cv2.setNumThreads(max(1, threads))  # OpenCV's own pool would oversubscribe the actor's CPUs
         self.detector = FaceDetector(faces, device=device)  # device "cuda": MTCNN on the GPU (fractional GPU per actor)
-        self.kw = dict(storage=storage, sampling=sampling, limits=limits, frames=frames, crop_size=crop_size)
+        self.kw = dict(storage=storage, sampling=sampling, limits=limits, frames=frames, crop_size=crop_size,
+                       crop_jpeg_quality=crop_jpeg_quality)
         self.save_crops = save_crops
 
     def __call__(self, batch: pa.Table) -> pa.Table:

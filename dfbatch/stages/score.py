@@ -1,7 +1,7 @@
 """Score: run the detector over face-track sequences batched across videos, then aggregate per video.
 
 `Scorer` (plain PyTorch) scores sequences; `score_rows` turns face-stage rows into result rows; `ScoreStage`
-is the Ray Data adapter (an actor pool, one model per actor, `num_gpus=1` per actor on a GPU cluster).
+is the Ray Data adapter (an actor pool, one model per actor; its GPU share: `pipeline.plan_resources`).
 """
 
 from __future__ import annotations

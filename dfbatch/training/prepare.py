@@ -45,6 +45,8 @@ from dfbatch.io.images import decode_jpeg, encode_jpeg  # noqa: F401 (re-exporte
 from dfbatch.io.listing import LISTING_SCHEMA
 from dfbatch.io.results import VIDEOS_SCHEMA
 from dfbatch.io.storage import Storage, is_s3
+from dfbatch.models.spec import DEFAULT_CROP_MARGIN, DETECTION_KEYS
+from dfbatch.stages.crops import decode_jpeg, encode_jpeg
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +80,8 @@ SHARD_SCHEMA = pa.schema([
     ("frames", pa.list_(pa.binary())),
 ])
 SHARD_COLUMNS = ["video_id", "label", "track", "frames"]  # what training reads of a shard row
-# parameters that must not change between runs writing into one OUT
-_PINNED_PARAMS = ("frames", "crop_size", "margin", "fractions", "split_seed", "official")
+# the quality of shards whose parameters do not name one: PrepareConfig's default
+DEFAULT_JPEG_QUALITY = PrepareConfig.__pydantic_fields__["jpeg_quality"].default
 
 
 @dataclass
@@ -133,7 +135,7 @@ class PrepareStage:
     """Ray Data adapter: the scoring job's `FaceStage` (decode + MTCNN + tracks + crops), then JPEG-encode
     each track and carry the label columns through. One row per video."""
 
-    def __init__(self, *, jpeg_quality: int = 92, **face_stage_kwargs):
+    def __init__(self, *, jpeg_quality: int = DEFAULT_JPEG_QUALITY, **face_stage_kwargs):
         self.inner = _face_stage_base()(**face_stage_kwargs)
         self.jpeg_quality = jpeg_quality
 
@@ -141,6 +143,37 @@ class PrepareStage:
         faces = self.inner(batch.select([c for c in LISTING_SCHEMA.names if c in batch.column_names]))
         rows = [prepared_row(ref, face, self.jpeg_quality) for ref, face in zip(batch.to_pylist(), faces.to_pylist())]
         return pa.Table.from_pylist(rows, schema=PREPARED_SCHEMA)
+
+
+def pinned_params(params: dict) -> dict:
+    """The pinned parameters (`PrepareConfig.pinned`) of a `_prepare.json`; `detection` of shards made before it
+    was pinned comes from their recorded face settings."""
+    out = dict(params)
+    if out.get("detection") is None and isinstance(out.get("faces"), dict):
+        out["detection"] = {k: out["faces"].get(k) for k in DETECTION_KEYS}
+    return out
+
+
+def check_params(old: dict | None, cfg: PrepareConfig) -> None:
+    """Refuse to add shards made with other pinned parameters than those already in OUT (`old`)."""
+    if old is None:
+        return
+    old = pinned_params(old)
+    changed = {k: (old.get(k), v) for k, v in cfg.pinned().items() if old.get(k) != v}
+    if changed:
+        detail = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items())
+        raise UserError(f"{redact(cfg.output)} holds shards made with other parameters ({detail}); "
+                        f"use the same parameters to resume, or a new output")
+
+
+def model_input(params: dict) -> dict:
+    """The `ModelSpec` input-contract fields of a model trained on shards with these parameters
+    (`_prepare.json`): how their crops were cut and encoded, and the detection that found the faces."""
+    p = pinned_params(params)
+    return {"crop_margin": float(p["margin"]) if p.get("margin") is not None else DEFAULT_CROP_MARGIN,
+            "crop_size": int(p["crop_size"]) if p.get("crop_size") else None,
+            "crop_jpeg_quality": int(p.get("jpeg_quality") or DEFAULT_JPEG_QUALITY),
+            "detection": p.get("detection")}
 
 
 # ----------------------------------------------------------------------------------------------- the store
@@ -360,13 +393,7 @@ def run_prepare(cfg: PrepareConfig) -> PrepareSummary:
         store.check_writable()
     except Exception as exc:
         raise UserError(f"cannot write to {redact(cfg.output)}: {one_line(exc)}") from None
-    old = store.read_params()
-    if old is not None:
-        changed = {k: (old.get(k), v) for k, v in cfg.pinned().items() if old.get(k) != v}
-        if changed:
-            detail = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items())
-            raise UserError(f"{redact(cfg.output)} holds shards made with other parameters ({detail}); "
-                            f"use the same parameters to resume, or a new output")
+    check_params(store.read_params(), cfg)
     store.recover()
     previous = store.split_table()
     pin = dict(zip(previous["group"], previous["split"])) if previous is not None else None
@@ -384,7 +411,7 @@ def run_prepare(cfg: PrepareConfig) -> PrepareSummary:
         labels = labels.assign(video_id=[ids.get(u) for u in labels["uri"]])
         save_split(labels, cfg.output.rstrip("/") + "/split.parquet", storage_options=_storage_options(cfg.output, cfg.endpoint_url))
         params = {"format": PREPARE_FORMAT, "dfbatch_version": __version__, **cfg.pinned(),
-                  "sources": [redact(s) for s in cfg.sources], "layout": cfg.layout, "jpeg_quality": cfg.jpeg_quality,
+                  "sources": [redact(s) for s in cfg.sources], "layout": cfg.layout,
                   "faces": asdict(cfg.faces), "sampling": asdict(cfg.sampling)}
         store.write_params(params)
         summary.skipped = counts["skipped"]
@@ -422,5 +449,5 @@ def run_prepare(cfg: PrepareConfig) -> PrepareSummary:
 
 
 __all__ = ["PrepareConfig", "PrepareSummary", "PrepareStage", "ShardStore", "ShardDatasink", "run_prepare",
-           "read_shards", "prepared_row", "encode_jpeg", "decode_jpeg", "label_table", "SHARD_SCHEMA",
+           "read_shards", "prepared_row", "encode_jpeg", "decode_jpeg", "label_table", "model_input", "SHARD_SCHEMA",
            "PREPARED_VIDEOS_SCHEMA", "PREPARED_SCHEMA", "LABELLED_LISTING_SCHEMA"]

@@ -105,7 +105,7 @@ class SequenceBuilder:
         self.blender = SelfBlender(sbi or SBIConfig())
 
     def decode(self, frames: list[bytes], positions: Iterable[int]) -> np.ndarray:
-        from dfbatch.training.prepare import decode_jpeg
+        from dfbatch.stages.crops import decode_jpeg
 
         return np.stack([decode_jpeg(frames[int(i)]) for i in positions])
 

@@ -221,6 +221,19 @@ def _use_gpu(cfg: TrainConfig) -> bool:
     return use_gpu
 
 
+def _ingest_options(data_config_cls):
+    """Ray Train's ingest options with the block order preserved: with the seeded block shuffle, every run of the
+    same training reads its rows in the same order (what seeds can fix: the sampler, augmentation and
+    initialisation are seeded too; float reductions in threads may still differ)."""
+    import warnings
+
+    with warnings.catch_warnings():  # Ray's own defaults set a field it deprecates (exclude_resources)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        opts = data_config_cls.default_ingest_options()
+    opts.preserve_order = True
+    return opts
+
+
 def _torch_trainer(cfg: TrainConfig, loop_config: dict, datasets: dict, storage_path: str, pa_fs, use_gpu: bool):
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -239,7 +252,7 @@ def _torch_trainer(cfg: TrainConfig, loop_config: dict, datasets: dict, storage_
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
                              logging_config=LoggingConfig(log_level=str(cfg.worker_log_level).upper())),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        dataset_config=DataConfig(datasets_to_split=["train"], execution_options=_ingest_options(DataConfig)),
     )
 
 
@@ -296,18 +309,19 @@ def _register_best(cfg: TrainConfig, client, res: TrainResult, best, best_spec, 
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Train (or resume) on Ray Train, log to MLflow, register the best checkpoint. See the module doc."""
-    from ray.data import DataContext
+    from ray.data import DataContext, RandomSeedConfig
 
     from dfbatch.models import registry
     from dfbatch.models.checkpoints import read_checkpoint
     from dfbatch.pipeline import init_ray
-    from dfbatch.training.prepare import ShardStore
+    from dfbatch.training.prepare import ShardStore, model_input
 
     started = time.time()
-    spec = cfg.spec()
+    spec = cfg.spec()  # a bad backbone or head name fails first
     storage = Storage(cfg.endpoint_url)
     store = ShardStore(cfg.data, storage)
     prep, desc = _data_description(cfg, store)
+    spec = spec.replace(**model_input(prep))  # the shards' crops and detection: the model's input contract
     tracking_uri = registry.resolve_tracking_uri(cfg.tracking_uri)
     storage_path, pa_fs = _storage_fs(cfg)
     run_dir = f"{storage_path.rstrip('/')}/{cfg.name}"
@@ -319,14 +333,15 @@ def train(cfg: TrainConfig) -> TrainResult:
     data_ctx = DataContext.get_current()
     saved_bars = data_ctx.enable_progress_bars
     data_ctx.enable_progress_bars = False  # the datasets carry it to the workers: epoch lines instead of bars
-    datasets = {"train": _read_shards_ds(store.shard_files("train"), storage).randomize_block_order(),
+    datasets = {"train": _read_shards_ds(store.shard_files("train"), storage).randomize_block_order(
+                    seed=RandomSeedConfig(seed=cfg.seed, reseed_after_execution=True)),  # another order each epoch
                 "val": _read_shards_ds(store.shard_files("val"), storage)}
     lineage = {"data": redact(cfg.data), "split_file": redact(store.uri("split.parquet")),
                "train_videos": desc["train_videos"], "train_fake_videos": desc["train_fake_videos"],
                "val_videos": desc["val_videos"], "sbi": cfg.sbi, "training_run": run_id}
     session = uuid.uuid4().hex
     loop_config = {"session": session, "cfg": cfg.to_dict(), "spec": spec.to_dict(),
-                   "margin": float(prep.get("margin") or 0.25), "val_has_fakes": desc["val_fake_videos"] > 0,
+                   "margin": spec.crop_margin, "val_has_fakes": desc["val_fake_videos"] > 0,
                    "run_id": run_id, "tracking_uri": tracking_uri, "lineage": lineage}
     try:
         result = _fit(_torch_trainer(cfg, loop_config, datasets, storage_path, pa_fs, use_gpu), client, run_id)

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from dfbatch.config import FaceConfig, LimitsConfig, SamplingConfig
+from dfbatch.config import ServeConfig
 
 
 def resolve_device(device: str) -> str:
@@ -102,24 +102,6 @@ def overlay(crops: np.ndarray, heatmaps: np.ndarray, weight: float = 0.55) -> np
 
 
 @dataclass
-class AnalysisConfig:
-    """The single-video settings; the defaults are `dfbatch score`'s, so both give the same P(fake)."""
-
-    model_uri: str
-    tracking_uri: str | None = None
-    endpoint_url: str | None = None
-    threshold: float | None = None  # None: the model's
-    track_aggregation: str = "max"
-    frame_aggregation: str = "mean"
-    device: str = "auto"
-    precision: str = "auto"
-    gradcam: bool = True  # heatmaps (about 2/3 of the answer time with ResNeXt50 on CPU)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    faces: FaceConfig = field(default_factory=FaceConfig)
-    limits: LimitsConfig = field(default_factory=LimitsConfig)
-
-
-@dataclass
 class Analysis:
     """One analysed video: the scored row as `dfbatch score` writes it (videos columns, `tracks` as dicts),
     the crops and Grad-CAM heatmaps per track, and the decoded sampled frames."""
@@ -137,28 +119,31 @@ class VideoAnalyzer:
     """MTCNN, the scoring model and the Grad-CAM model, loaded once; `analyze` runs one video through the batch
     job's face and score cores. Not thread-safe: callers serialise (the web app holds a lock)."""
 
-    def __init__(self, cfg: AnalysisConfig, bundle=None):
+    def __init__(self, cfg: ServeConfig, bundle=None):
         from dfbatch.models import registry
-        from dfbatch.pipeline import model_identity
+        from dfbatch.pipeline import decide_threshold, model_identity
         from dfbatch.stages.faces import FaceDetector
         from dfbatch.stages.score import Scorer
 
-        self.cfg = cfg
         bundle = bundle or registry.fetch(cfg.model_uri, cfg.tracking_uri)
         name, version = model_identity(bundle)
         self.bundle = bundle
         self.spec = bundle.spec
+        # the settings a `dfbatch score` job with the same flags uses: what they leave open comes from the model's
+        # spec (frames, margin, detection), the threshold and temperature from its calibration
+        self.cfg, self.warnings = cfg.score_config().for_model(bundle.spec)
+        self.frames = int(self.cfg.sampling.frames)
+        decision = decide_threshold(self.cfg, bundle, self.frames)
+        self.threshold, self.temperature = float(decision.threshold), decision.temperature
         self.device = resolve_device(cfg.device)
         self.model_info = {"model_name": name, "model_version": str(version), "model_uri": bundle.pinned_uri or bundle.uri}
-        self.threshold = float(cfg.threshold if cfg.threshold is not None else bundle.threshold)
-        self.frames = cfg.sampling.frames or int(bundle.spec.seq_len)
-        self.detector = FaceDetector(cfg.faces, device=self.device)
+        self.detector = FaceDetector(self.cfg.faces, device=self.device)
         self.scorer = Scorer(bundle.spec, bundle.state_dict, device=self.device, precision=cfg.precision)
         self.cam = GradCam(bundle, self.device) if cfg.gradcam else None
 
     def warm_up(self) -> None:
         """One pass of each model on blank input: the first real upload then pays no one-time set-up costs."""
-        s = int(self.spec.input_size)
+        s = int(self.spec.crop_side)
         blank = np.zeros((min(4, self.frames), s, s, 3), np.uint8)
         self.scorer.score([blank])
         if self.cam is not None:
@@ -172,10 +157,13 @@ class VideoAnalyzer:
 
         t0 = time.perf_counter()
         keep: dict = {}
-        row = process_video(ref, self.detector, storage, self.cfg.sampling, self.cfg.limits, frames=self.frames, crop_size=int(self.spec.input_size), keep=keep)
+        row = process_video(ref, self.detector, storage, self.cfg.sampling, self.cfg.limits, frames=self.frames,
+                            crop_size=self.spec.crop_side, crop_jpeg_quality=self.spec.crop_jpeg_quality, keep=keep)
         crops = track_crops(row) if row["status"] == "ok" else []
         t1 = time.perf_counter()
-        row = score_rows([row], self.scorer, threshold=self.threshold, track_aggregation=self.cfg.track_aggregation, frame_aggregation=self.cfg.frame_aggregation, model_info=self.model_info, run_id=None)[0]
+        row = score_rows([row], self.scorer, threshold=self.threshold, track_aggregation=self.cfg.track_aggregation,
+                         frame_aggregation=self.cfg.frame_aggregation, model_info=self.model_info, run_id=None,
+                         temperature=self.temperature)[0]
         t2 = time.perf_counter()
         heatmaps = [self.cam(c) for c in crops] if explain and self.cam is not None and row["status"] == "ok" else []
         t3 = time.perf_counter()

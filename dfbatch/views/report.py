@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 
 import pyarrow.compute as pc
 
-from dfbatch.config import FaceConfig, LimitsConfig, SamplingConfig
+from dfbatch.config import FaceConfig, LimitsConfig, ReportConfig, SamplingConfig
 from dfbatch.errors import UserError, one_line, redact
 from dfbatch.io.results import ResultStore
 from dfbatch.io.storage import Storage
@@ -86,14 +86,16 @@ class _CropSource:
             detect_max_side=int(p.get("detect_max_side", FaceConfig.detect_max_side)),
             detect_every=int(p.get("detect_every", FaceConfig.detect_every)),
             min_face_px=None if p.get("min_face_px", "auto") in ("auto", "None", None) else int(p["min_face_px"]),
+            margin=float(p["margin"]) if p.get("margin") not in (None, "None") else None,
         )
         if self.detector is None or self.detector.cfg != faces_cfg:
             self.detector = FaceDetector(faces_cfg, device=self.device)
         frames = int(p.get("frames", 0)) or (int(self.spec.seq_len) if self.spec is not None else len(video["frame_indices"]))
         sampling = SamplingConfig(backend=p.get("decode_backend", SamplingConfig.backend))
-        size = int(self.spec.input_size) if self.spec is not None else 112
+        crop = ({"crop_size": self.spec.crop_side, "crop_jpeg_quality": self.spec.crop_jpeg_quality}  # the model's crop path
+                if self.spec is not None else {"crop_size": 112})
         ref = {"video_uri": video["video_uri"], "video_id": video["video_id"], "size_bytes": None}
-        row = process_video(ref, self.detector, self.storage, sampling, LimitsConfig(), frames=frames, crop_size=size)
+        row = process_video(ref, self.detector, self.storage, sampling, LimitsConfig(), frames=frames, **crop)
         if row["status"] != "ok":
             return None, f"crops not saved, and extracting them again failed: {row['error'] or row['status']}"
         import json
@@ -104,13 +106,14 @@ class _CropSource:
         return track_crops(row)[: len(faces)], note
 
 
-def build_report(output: str, html: str, *, top: int = 20, model_name: str | None = None, model_version: str | None = None, storage: Storage | None = None, tracking_uri: str | None = None, log_mlflow: bool = True, frames_per_track: int = 8, explain: bool = True, device: str = "auto", failed_rows: int = 200) -> ReportResult:
+def build_report(cfg: ReportConfig, storage: Storage | None = None) -> ReportResult:
     """Write the HTML report of OUT's results for one model version (default: the last scored)."""
     import pyarrow as pa
 
     from dfbatch.views import html as H
 
-    storage = storage or Storage()
+    output, html, top, tracking_uri, device = cfg.output, cfg.html, cfg.top, cfg.tracking_uri, cfg.device
+    storage = storage or Storage.from_env(cfg.endpoint_url)
     store = ResultStore(output, storage)
     try:
         ds = store.dataset("videos")
@@ -119,7 +122,7 @@ def build_report(output: str, html: str, *, top: int = 20, model_name: str | Non
     if ds is None:
         raise UserError(f"no results under {redact(output)} (run dfbatch score first)")
     light = ds.to_table(columns=_LIGHT).to_pandas()
-    name, version = _pick_model(light, model_name, model_version)
+    name, version = _pick_model(light, cfg.model_name, cfg.model_version)
     rows = light[(light.model_name == name) & (light.model_version == version)]
     others = sorted({f"{n} v{v}" for n, v in zip(light.model_name, light.model_version)} - {f"{name} v{version}"})
     ok = rows[rows.status == "ok"].sort_values(["fake_probability", "video_uri"], ascending=[False, True])
@@ -148,10 +151,10 @@ def build_report(output: str, html: str, *, top: int = 20, model_name: str | Non
 
             bundle = registry.fetch(model_uri, tracking_uri)
             spec = bundle.spec
-            cam = GradCam(bundle, device_used) if explain else None
+            cam = GradCam(bundle, device_used) if cfg.explain else None
         except Exception as exc:
             cam_note = f"no Grad-CAM heatmaps: cannot load model {redact(model_uri)}: {one_line(exc)}"
-        if not explain:
+        if not cfg.explain:
             cam_note = "Grad-CAM heatmaps not computed (--no-gradcam)"
     params, why = _job_settings(last_run, tracking_uri)
     crops_src = _CropSource(store, storage, params, spec, device_used)
@@ -175,7 +178,7 @@ def build_report(output: str, html: str, *, top: int = 20, model_name: str | Non
                     heat = cam(c)
                 except Exception as exc:  # a heatmap must never cost the report
                     note = f"Grad-CAM failed: {one_line(exc)}"
-            tracks.append(H.track_view(f["track_id"], c, heat, f["frame_indices"], f["frame_scores"], f["fake_probability"], max_frames=frames_per_track))
+            tracks.append(H.track_view(f["track_id"], c, heat, f["frame_indices"], f["frame_scores"], f["fake_probability"], max_frames=cfg.frames_per_track))
         top_cards.append({
             "video_id": vid, "uri": v["video_uri"], "p": v["fake_probability"], "label": v["label"], "n_tracks": v["n_tracks"],
             "n_frames": v["n_frames"], "width": v["width"], "height": v["height"], "duration_s": v["duration_s"],
@@ -194,7 +197,7 @@ def build_report(output: str, html: str, *, top: int = 20, model_name: str | Non
         aggregation=", ".join(sorted(set(rows.aggregation.dropna()))), first_scored=_ts(rows.scored_at.min()), last_scored=_ts(rows.scored_at.max()),
         other_models=others, counts=counts, n_fake=int((rows.label == "FAKE").sum()), n_total=len(rows), n_ok=len(ok),
         hist=H.histogram(list(ok.fake_probability), thresholds[-1]), top=top_cards, cam_note=cam_note,
-        failed=[{"uri": r.video_uri, "error": r.error} for r in failed.head(failed_rows).itertuples()], n_failed=len(failed),
+        failed=[{"uri": r.video_uri, "error": r.error} for r in failed.head(cfg.failed_rows).itertuples()], n_failed=len(failed),
     )
     data = page.encode("utf-8")
     try:
@@ -204,7 +207,7 @@ def build_report(output: str, html: str, *, top: int = 20, model_name: str | Non
     result = ReportResult(html, name, version, len(rows), len(top_cards), notes=notes)
     if cam_note:
         notes.append(cam_note)
-    if log_mlflow and last_run:
+    if cfg.log_mlflow and last_run:
         try:
             _log_artifact(last_run, html, data, tracking_uri)
             result.logged_run_id = last_run
