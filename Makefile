@@ -21,8 +21,10 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP) sysdeps
 
 # ffmpeg (Debian) builds the hostile-input corpus (10-bit H.264, MJPEG/avi, …); optional for scoring.
+# chromium (Debian) opens the HTML report and the `dfbatch serve` page headless in the browser tests.
 sysdeps:
 	@command -v ffmpeg >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq ffmpeg >/dev/null) || echo "note: ffmpeg not installed (only some hostile-input tests need it)"; }
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "note: chromium not installed (only the browser tests need it)"; }
 
 demo: install
 	$(VENV)/bin/dfbatch demo

@@ -23,129 +23,20 @@ import dataclasses
 import json
 import logging
 import os
-import platform
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from dfbatch.config import REFERENCE_FACES, FaceConfig, SamplingConfig
+from dfbatch.config import FAST, REFERENCE, BenchSettings, FaceConfig, Profile, SamplingConfig  # noqa: F401 (re-exported)
+from dfbatch.monitor import ResourceMonitor, load, machine_info, versions
+from dfbatch.stages.aggregate import aggregate
 
 log = logging.getLogger(__name__)
 
 BENCH_FORMAT = "dfbatch-bench/1"
 TARGETS = {"pipeline_videos_per_min": 60.0, "speedup_vs_baseline": 6.0, "pipeline_overhead": 0.20}
-
-
-@dataclass(frozen=True)
-class Profile:
-    """The settings that decide speed and results (everything else is the job's defaults)."""
-
-    name: str
-    backend: str  # decord | pyav
-    detect_max_side: int
-    detect_every: int
-    precision: str  # fp32 | bf16 | fp16
-    min_face_px: int | None = FaceConfig.min_face_px
-
-    def describe(self) -> str:
-        return f"{self.backend}, MTCNN {self.detect_max_side} px every {self.detect_every}, min face {self.min_face_px or 'auto'}, {self.precision}"
-
-    def faces(self) -> FaceConfig:
-        return FaceConfig(detect_max_side=self.detect_max_side, detect_every=self.detect_every, min_face_px=self.min_face_px)
-
-
-REFERENCE = Profile("reference", "decord", REFERENCE_FACES["detect_max_side"], REFERENCE_FACES["detect_every"], "fp32", REFERENCE_FACES["min_face_px"])
-FAST = Profile("fast", SamplingConfig.backend, FaceConfig.detect_max_side, FaceConfig.detect_every, "auto")  # the job's defaults
-
-
-@dataclass
-class BenchSettings:
-    output: str = "bench-out"
-    archive: str | None = None  # a folder of videos to use as-is; None: generate the default archive
-    videos: int = 120  # videos through the pipeline
-    unique: int = 8  # distinct generated clips (repeated by symlink up to `videos`)
-    size: tuple[int, int] = (1280, 720)
-    seconds: float = 10.0
-    fps: float = 30.0
-    frames: int = 32
-    model: str | None = None  # checkpoint file or models:/ URI; None: random-weight ResNeXt50-LSTM(2048) at 112 px
-    stage_videos: int = 4
-    baseline_videos: int = 6
-    device: str = "auto"  # auto | cpu | cuda
-    cpus: int | None = None  # CPUs of a local Ray (None: all)
-    ray_address: str | None = None
-    run_pipeline: bool = True
-    run_baseline: bool = True
-    run_reference: bool = True
-    fast: Profile = FAST
-    rows_per_block: int = 2  # listing rows per Ray Data block: small blocks keep the face actors evenly loaded
-    videos_per_score_batch: int | None = None  # None: the job's default (8), 2 on CPU
-    score_workers: int | None = None  # None: the job's plan (CPU only: model inside each face actor)
-    quick: bool = False
-
-    @classmethod
-    def quick_settings(cls, output: str, **overrides) -> "BenchSettings":
-        """A few short small clips and a tiny model: proves the bench runs end to end (numbers meaningless)."""
-        base = dict(output=output, videos=4, unique=2, size=(480, 270), seconds=2.0, fps=15.0, frames=8,
-                    stage_videos=1, baseline_videos=1, quick=True)
-        base.update(overrides)
-        return cls(**base)
-
-
-# ------------------------------------------------------------------------------------------ environment
-def _cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info() -> dict:
-    import torch
-
-    from dfbatch.models.detector import cpu_bf16_supported
-
-    try:
-        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        mem = None
-    info = {
-        "host_id": __import__("hashlib").sha1(platform.node().encode()).hexdigest()[:8],  # tells runs on one machine apart
-        "platform": platform.platform(),
-        "cpu_model": _cpu_model(),
-        "logical_cpus": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "memory_gb": round(mem / 1024**3, 1) if mem else None,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_bf16": cpu_bf16_supported(),
-        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else [],
-    }
-    return info
-
-
-def versions() -> dict:
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for name in ("dfbatch", "torch", "torchvision", "ray", "av", "decord", "opencv-python-headless", "numpy", "facenet-pytorch", "mlflow", "pyarrow"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def load() -> list[float]:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return []
 
 
 # --------------------------------------------------------------------------------------------- inputs
@@ -194,7 +85,9 @@ def prepare_model(s: BenchSettings) -> str:
         return s.model
     import torch
 
-    from dfbatch.models.detector import ModelSpec, build_model, save_checkpoint
+    from dfbatch.models.checkpoints import save_checkpoint
+    from dfbatch.models.detector import build_model
+    from dfbatch.models.spec import ModelSpec
 
     if s.quick:
         spec = ModelSpec(backbone="tiny", hidden_dim=32, input_size=64, seq_len=s.frames, head="mean")
@@ -219,60 +112,81 @@ class _Clock:
         return out
 
 
-def _video_probability(results: list[tuple[np.ndarray, float]]) -> float | None:
-    """The job's default aggregation: mean of frame probabilities per track, max over tracks."""
-    return max(float(np.mean(f)) for f, _ in results) if results else None
-
-
-def measure_stages(paths: list[Path], profile: Profile, bundle, frames: int, device: str = "cpu", threads: int = 1) -> dict:
-    """Each stage of the face + score path timed per video on `threads` threads (the first video is a warm-up)."""
+def _set_threads(n: int) -> None:
     import cv2
+    import torch
+
+    torch.set_num_threads(n)
+    cv2.setNumThreads(n)
+
+
+@dataclass
+class _StageTools:
+    """Decode settings, MTCNN and the model of one profile."""
+
+    sampling: SamplingConfig
+    faces: FaceConfig
+    detector: object  # stages.faces.FaceDetector
+    scorer: object  # stages.score.Scorer
+    crop_size: int
+
+    @classmethod
+    def build(cls, profile: Profile, bundle, frames: int, device: str, threads: int) -> "_StageTools":
+        from dfbatch.stages.faces import FaceDetector
+        from dfbatch.stages.score import Scorer
+
+        _set_threads(threads)
+        faces = profile.faces()
+        return cls(SamplingConfig(frames=frames, backend=profile.backend, decode_threads=threads), faces,
+                   FaceDetector(faces, device=device),
+                   Scorer(bundle.spec, bundle.state_dict, device=device, precision=profile.precision, threads=threads),
+                   int(bundle.spec.input_size))
+
+
+def _time_video(path: Path, tools: _StageTools, frames: int, device: str) -> dict:
+    """One video through decode, detect + crop, model: its results and wall/CPU seconds per stage."""
     import torch
 
     from dfbatch.config import LimitsConfig
     from dfbatch.stages.decode import read_frames
-    from dfbatch.stages.faces import FaceDetector, detection_positions, faces_in_frames
-    from dfbatch.stages.score import Scorer, split_by_lengths
+    from dfbatch.stages.faces import detection_positions, faces_in_frames
+    from dfbatch.stages.score import split_by_lengths
 
-    torch.set_num_threads(threads)
-    cv2.setNumThreads(threads)
-    sampling = SamplingConfig(frames=frames, backend=profile.backend, decode_threads=threads)
-    faces_cfg = profile.faces()
-    detector = FaceDetector(faces_cfg, device=device)
-    scorer = Scorer(bundle.spec, bundle.state_dict, device=device, precision=profile.precision, threads=threads)
-    crop_size = int(bundle.spec.input_size)
-    per_video = []
-    for i, path in enumerate([paths[0], *paths]):
-        clock = _Clock()
-        video = read_frames(str(path), sampling, LimitsConfig(), frames=frames, max_side=1920)
-        dec_wall, dec_cpu = clock.lap()
-        timings: dict = {}
-        tracks, crops, n_faces = faces_in_frames(video.frames, video.scale, detector, faces_cfg, crop_size, timings=timings)
-        clock.lap()
-        results = scorer.score(split_by_lengths(crops, [len(t.frame_pos) for t in tracks])) if len(tracks) else []
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        mod_wall, mod_cpu = clock.lap()
-        if i == 0:
-            continue  # warm-up: model/MTCNN first calls, page cache
-        per_video.append({
-            "video": path.name,
-            "frames": len(video.indices),
-            "frame_indices": video.indices.tolist(),
-            "detections_run": len(detection_positions(len(video.frames), faces_cfg.detect_every)),
-            "n_faces": n_faces,
-            "tracks": [{"frame_pos": t.frame_pos, "boxes": t.boxes} for t in tracks],
-            "crops": int(len(crops)),
-            "probability": _video_probability(results),
-            "track_probabilities": [float(np.mean(f)) for f, _ in results],
-            "frame_probabilities": [f.tolist() for f, _ in results],
-            "wall_s": {"decode": dec_wall, "detect": timings.get("detect_s", 0.0), "crop": timings.get("crop_s", 0.0), "model": mod_wall},
-            "cpu_s": {"decode": dec_cpu, "detect": timings.get("detect_cpu_s", 0.0), "crop": timings.get("crop_cpu_s", 0.0), "model": mod_cpu},
-        })
+    clock = _Clock()
+    video = read_frames(str(path), tools.sampling, LimitsConfig(), frames=frames, max_side=1920)
+    dec_wall, dec_cpu = clock.lap()
+    timings: dict = {}
+    tracks, crops, n_faces = faces_in_frames(video.frames, video.scale, tools.detector, tools.faces, tools.crop_size,
+                                             timings=timings)
+    clock.lap()
+    results = tools.scorer.score(split_by_lengths(crops, [len(t.frame_pos) for t in tracks])) if len(tracks) else []
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    mod_wall, mod_cpu = clock.lap()
+    track_scores, probability = aggregate(results)  # the job's default strategies
+    return {
+        "video": path.name,
+        "frames": len(video.indices),
+        "frame_indices": video.indices.tolist(),
+        "detections_run": len(detection_positions(len(video.frames), tools.faces.detect_every)),
+        "n_faces": n_faces,
+        "tracks": [{"frame_pos": t.frame_pos, "boxes": t.boxes} for t in tracks],
+        "crops": int(len(crops)),
+        "probability": probability,
+        "track_probabilities": track_scores,
+        "frame_probabilities": [f.tolist() for f, _ in results],
+        "wall_s": {"decode": dec_wall, "detect": timings.get("detect_s", 0.0), "crop": timings.get("crop_s", 0.0), "model": mod_wall},
+        "cpu_s": {"decode": dec_cpu, "detect": timings.get("detect_cpu_s", 0.0), "crop": timings.get("crop_cpu_s", 0.0), "model": mod_cpu},
+    }
+
+
+def measure_stages(paths: list[Path], profile: Profile, bundle, frames: int, device: str = "cpu", threads: int = 1) -> dict:
+    """Each stage of the face + score path timed per video on `threads` threads (the first video is a warm-up)."""
+    tools = _StageTools.build(profile, bundle, frames, device, threads)
+    per_video = [_time_video(path, tools, frames, device) for path in [paths[0], *paths]][1:]  # warm-up: first calls, page cache
     stages = ("decode", "detect", "crop", "model")
     mean_cpu = {k: float(np.mean([v["cpu_s"][k] for v in per_video])) for k in stages}
     mean_wall = {k: float(np.mean([v["wall_s"][k] for v in per_video])) for k in stages}
-    total = sum(mean_cpu.values())
     return {
         "profile": dataclasses.asdict(profile),
         "threads": threads,
@@ -280,7 +194,7 @@ def measure_stages(paths: list[Path], profile: Profile, bundle, frames: int, dev
         "videos": len(per_video),
         "cpu_s_per_video": mean_cpu,
         "wall_s_per_video": mean_wall,
-        "sum_cpu_s_per_video": total,
+        "sum_cpu_s_per_video": sum(mean_cpu.values()),
         "frames_per_s": {
             "decode": float(np.mean([v["frames"] for v in per_video])) / mean_wall["decode"],
             "detect": float(np.mean([v["detections_run"] for v in per_video])) / max(mean_wall["detect"], 1e-9),
@@ -341,66 +255,81 @@ def agreement(reference: dict, fast: dict, min_track_frames: int) -> dict:
 
 
 # -------------------------------------------------------------------------------------------- baseline
+BASELINE_METHOD = ("OpenCV reads the first N frames one by one; facenet-pytorch MTCNN (defaults) on every full frame; "
+                   "most confident face cropped; the same model in fp32 per video; one video at a time")
+
+
+def _baseline_video(path: Path, mtcnn, net, size: int, frames: int, device: str) -> dict:
+    """The straightforward way on one video: every frame read, MTCNN on it, the best face cropped, one forward."""
+    import cv2
+
+    from dfbatch.models.inference import predict_crops
+    from dfbatch.stages.faces import square_crop
+
+    clock = _Clock()
+    cap = cv2.VideoCapture(str(path))
+    crops, n_read = [], 0
+    while n_read < frames:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        n_read += 1
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        boxes, probs = mtcnn.detect(rgb)
+        if boxes is not None and len(boxes):
+            crops.append(square_crop(rgb, [float(v) for v in boxes[int(np.argmax(probs))]], 0.25, size))
+    cap.release()
+    prob = None
+    if crops:
+        frame_p, seq_p = predict_crops(net, np.stack(crops)[None], device=device)
+        prob = aggregate([(frame_p[0], seq_p[0])])[1]
+    wall, cpu = clock.lap()
+    return {"video": path.name, "frames": n_read, "faces": len(crops), "probability": prob, "wall_s": wall, "cpu_s": cpu}
+
+
+def _baseline_warm_up(path: Path, mtcnn, net, size: int, device: str) -> None:
+    """First MTCNN and model calls, outside the timings."""
+    import cv2
+
+    from dfbatch.models.inference import predict_crops
+
+    cap = cv2.VideoCapture(str(path))
+    ok, bgr = cap.read()
+    cap.release()
+    if ok:
+        mtcnn.detect(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    predict_crops(net, np.zeros((1, 2, size, size, 3), np.uint8), device=device)
+
+
 def run_baseline(paths: list[Path], bundle, frames: int, device: str = "cpu") -> dict:
     """The straightforward way (see the module docstring), one video at a time. Thread count: torch's default
     (all cores) or 1, whichever is faster on the first video (on a busy machine OpenMP with all cores can be
     10x slower than 1 thread): the baseline gets its best case."""
-    import cv2
     import torch
     from facenet_pytorch import MTCNN
 
-    from dfbatch.stages.faces import square_crop
-    from dfbatch.models.detector import build_model, load_weights, predict_crops
+    from dfbatch.models.checkpoints import load_weights
+    from dfbatch.models.detector import build_model
 
     mtcnn = MTCNN(keep_all=True, device=device)  # facenet-pytorch defaults (min_face_size=20)
     net = load_weights(build_model(bundle.spec), bundle.state_dict).eval().to(device)
     size = int(bundle.spec.input_size)
-
-    def one(path: Path) -> dict:
-        clock = _Clock()
-        cap = cv2.VideoCapture(str(path))
-        crops, n_read = [], 0
-        while n_read < frames:
-            ok, bgr = cap.read()
-            if not ok:
-                break
-            n_read += 1
-            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            boxes, probs = mtcnn.detect(rgb)
-            if boxes is not None and len(boxes):
-                crops.append(square_crop(rgb, [float(v) for v in boxes[int(np.argmax(probs))]], 0.25, size))
-        cap.release()
-        prob = None
-        if crops:
-            frame_p, _ = predict_crops(net, np.stack(crops)[None], device=device)
-            prob = float(frame_p[0].mean())
-        wall, cpu = clock.lap()
-        return {"video": path.name, "frames": n_read, "faces": len(crops), "probability": prob, "wall_s": wall, "cpu_s": cpu}
-
     saved = torch.get_num_threads()
     tried: dict[int, float] = {}
     try:
         for threads in dict.fromkeys([os.cpu_count() or 1, 1]):
-            torch.set_num_threads(threads)
-            cv2.setNumThreads(threads)
-            if not tried:  # warm-up: first MTCNN and model calls
-                cap = cv2.VideoCapture(str(paths[0]))
-                ok, bgr = cap.read()
-                cap.release()
-                if ok:
-                    mtcnn.detect(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-                predict_crops(net, np.zeros((1, 2, size, size, 3), np.uint8), device=device)
-            tried[threads] = one(paths[0])["wall_s"]
+            _set_threads(threads)
+            if not tried:
+                _baseline_warm_up(paths[0], mtcnn, net, size, device)
+            tried[threads] = _baseline_video(paths[0], mtcnn, net, size, frames, device)["wall_s"]
         best = min(tried, key=tried.get)
-        torch.set_num_threads(best)
-        cv2.setNumThreads(best)
-        per_video = [one(p) for p in paths]
+        _set_threads(best)
+        per_video = [_baseline_video(p, mtcnn, net, size, frames, device) for p in paths]
     finally:
         torch.set_num_threads(saved)
     wall = float(np.mean([v["wall_s"] for v in per_video]))
     return {
-        "method": "OpenCV reads the first N frames one by one; facenet-pytorch MTCNN (defaults) on every full frame; "
-                  "most confident face cropped; the same model in fp32 per video; one video at a time",
+        "method": BASELINE_METHOD,
         "threads": best,
         "threads_tried_s_per_video": {str(k): v for k, v in tried.items()},
         "videos": len(per_video),
@@ -412,162 +341,6 @@ def run_baseline(paths: list[Path], bundle, frames: int, device: str = "cpu") ->
 
 
 # -------------------------------------------------------------------------------------------- pipeline
-def _proc_tree(root: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = set(), [root]
-    while todo:
-        pid = todo.pop()
-        if pid not in out:
-            out.add(pid)
-            todo.extend(children.get(pid, []))
-    return out
-
-
-def _role(cmdline: str, pid: int) -> str:
-    if pid == os.getpid():
-        return "driver"
-    if cmdline.startswith("ray::"):  # a worker's process title: ray::IDLE, ray::MapWorker(MapBatches(FaceStage)), ...
-        for key, role in (("FaceScoreStage", "face_score_worker"), ("FaceStage", "face_worker"), ("ScoreStage", "score_worker"), ("Write", "write_task")):
-            if key in cmdline:
-                return role
-        return "other_ray_worker"
-    exe = os.path.basename(cmdline.split(" ", 1)[0])
-    return exe if exe in ("raylet", "gcs_server") else "other"
-
-
-def _plasma_kb(pid: int) -> int:
-    """KB allocated in the object store's shared-memory file(s) held open by `pid` (tmpfs allocates on first
-    touch and keeps pages when objects are freed, so this is the store's high-water mark)."""
-    total = 0
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                if "plasma" in os.readlink(f"/proc/{pid}/fd/{fd}"):
-                    total += os.stat(f"/proc/{pid}/fd/{fd}").st_blocks * 512
-            except OSError:
-                continue
-    except OSError:
-        pass
-    return total // 1024
-
-
-class ResourceMonitor:
-    """Samples (every `interval` s, Linux /proc) peak RSS and private (anonymous) memory of the driver's process
-    tree by role and CPU time of that tree vs the whole machine. Object store: pages allocated in the raylet's
-    plasma file (its high-water mark). Local node only."""
-
-    def __init__(self, interval: float = 0.5):
-        self.interval = interval
-        self.procs: dict[int, dict] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._ticks = os.sysconf("SC_CLK_TCK")
-        self._initial = False
-        self.timeline: list[tuple[float, float, float]] = []  # (time.time(), our tree's CPU s, machine busy CPU s)
-
-    @staticmethod
-    def _busy_jiffies() -> tuple[int, int]:
-        with open("/proc/stat") as f:
-            vals = [int(v) for v in f.readline().split()[1:]]
-        idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
-        return sum(vals) - idle, sum(vals)
-
-    def _sample(self) -> None:
-        for pid in _proc_tree(os.getpid()):
-            try:
-                with open(f"/proc/{pid}/status") as f:
-                    status = {k: v.strip() for k, _, v in (line.partition(":") for line in f)}
-                with open(f"/proc/{pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-            except (OSError, IndexError):
-                continue
-            kb = lambda key: int(status.get(key, "0 kB").split()[0])  # noqa: E731
-            rec = self.procs.setdefault(pid, {"role": _role(cmd, pid), "hwm_kb": 0, "anon_kb": 0, "shmem_kb": 0, "cpu_s": 0.0, "cpu0_s": None})
-            if rec["role"] in ("other", "other_ray_worker"):
-                rec["role"] = _role(cmd, pid)  # an actor's title appears once it is constructed
-            rec["hwm_kb"] = max(rec["hwm_kb"], kb("VmHWM"))
-            rec["anon_kb"] = max(rec["anon_kb"], kb("RssAnon"))
-            if rec["role"] == "raylet":
-                rec["shmem_kb"] = max(rec["shmem_kb"], _plasma_kb(pid))
-            cpu = (int(fields[11]) + int(fields[12])) / self._ticks
-            if rec["cpu0_s"] is None:
-                rec["cpu0_s"] = cpu if self._initial else 0.0  # a process born during the run counts from 0
-            rec["cpu_s"] = cpu
-        ours = sum(rec["cpu_s"] - rec["cpu0_s"] for rec in self.procs.values())
-        self.timeline.append((time.time(), ours, self._busy_jiffies()[0] / self._ticks))
-
-    def window(self, t0: float, t1: float) -> dict | None:
-        """CPU seconds used by the driver's tree and by the whole machine between two wall-clock times."""
-        def at(t: float) -> tuple[float, float]:
-            ts = [x[0] for x in self.timeline]
-            i = min(max(1, int(np.searchsorted(ts, t))), len(ts) - 1)
-            (ta, oa, ba), (tb, ob, bb) = self.timeline[i - 1], self.timeline[i]
-            w = 0.0 if tb == ta else min(1.0, max(0.0, (t - ta) / (tb - ta)))
-            return oa + w * (ob - oa), ba + w * (bb - ba)
-        if len(self.timeline) < 2 or t1 <= t0:
-            return None
-        (o0, b0), (o1, b1) = at(t0), at(t1)
-        return {"seconds": t1 - t0, "ours_cpu_s": o1 - o0, "machine_busy_cpu_s": b1 - b0}
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._sample()
-            except Exception as exc:  # never let monitoring break the run
-                log.debug("monitor: %s", exc)
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> "ResourceMonitor":
-        self._initial = True
-        self._sample()
-        self._initial = False
-        self._t0, (self._busy0, self._total0) = time.perf_counter(), self._busy_jiffies()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self._sample()
-        busy1, total1 = self._busy_jiffies()
-        self.machine_busy_s = (busy1 - self._busy0) / self._ticks
-        self.elapsed_s = time.perf_counter() - self._t0
-
-    def report(self) -> dict:
-        roles: dict[str, dict] = {}
-        ours = 0.0
-        for rec in self.procs.values():
-            ours += rec["cpu_s"] - (rec["cpu0_s"] or 0.0)
-            r = roles.setdefault(rec["role"], {"processes": 0, "peak_rss_mb": 0.0, "peak_private_mb": 0.0, "cpu_s": 0.0})
-            r["processes"] += 1
-            r["cpu_s"] = round(r["cpu_s"] + rec["cpu_s"] - (rec["cpu0_s"] or 0.0), 1)
-            r["peak_rss_mb"] = round(max(r["peak_rss_mb"], rec["hwm_kb"] / 1024), 1)
-            r["peak_private_mb"] = round(max(r["peak_private_mb"], rec["anon_kb"] / 1024), 1)
-        n_cpu = os.cpu_count() or 1
-        capacity = n_cpu * self.elapsed_s
-        plasma = [rec["shmem_kb"] for rec in self.procs.values() if rec["role"] == "raylet"]
-        return {
-            "per_role": roles,
-            "object_store_peak_mb": round(max(plasma) / 1024, 1) if plasma else None,
-            "cpu": {
-                "ours_cpu_s": round(ours, 1),
-                "machine_busy_cpu_s": round(self.machine_busy_s, 1),
-                "others_share": round(max(0.0, self.machine_busy_s - ours) / capacity, 3) if capacity else None,
-                "utilisation": round(self.machine_busy_s / capacity, 3) if capacity else None,
-            },
-        }
-
-
 def _steady_window(scored_at: list) -> tuple[float, float, int] | None:
     """(t0, t1, videos): from the first to the last score call's stamp, and the videos scored by the calls
     started in between (start-up and the last call excluded); None with fewer than 3 calls."""
@@ -580,15 +353,66 @@ def _steady_window(scored_at: list) -> tuple[float, float, int] | None:
     return times[0].timestamp(), times[-1].timestamp(), sum(stamps[t] for t in times[:-1])
 
 
+def _start_ray(s: BenchSettings) -> bool:
+    """A local Ray with `s.cpus` CPUs, or the cluster the settings/environment name; True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if s.cpus and not (s.ray_address or os.environ.get("RAY_ADDRESS")):
+        ray.init(address="local", num_cpus=s.cpus, include_dashboard=False, logging_level=logging.WARNING)
+    else:
+        from dfbatch.pipeline import init_ray
+
+        init_ray(s.ray_address)
+    return True
+
+
+def _score_config(videos_dir: Path, results: Path, model_uri: str, tracking: str, s: BenchSettings, profile: Profile,
+                  cpu_only: bool):
+    from dfbatch.config import ScoreConfig
+
+    return ScoreConfig(
+        sources=[str(videos_dir)],
+        output=str(results),
+        model_uri=model_uri,
+        tracking_uri=tracking,
+        experiment="dfbatch-bench",
+        device=s.device,
+        precision=profile.precision,
+        rows_per_block=s.rows_per_block,
+        score_workers=s.score_workers,
+        videos_per_score_batch=s.videos_per_score_batch or (2 if cpu_only else 8),
+        sampling=SamplingConfig(frames=s.frames, backend=profile.backend),
+        faces=profile.faces(),
+    )
+
+
+def _steady_state(scored_at: list, mon: ResourceMonitor, cluster_cpus: float | None) -> tuple[float | None, dict | None]:
+    """(steady videos/min, CPU used per video by all our processes in that window) from the score calls' stamps."""
+    window = _steady_window(scored_at)
+    if not window or window[1] <= window[0]:
+        return None, None
+    steady = 60.0 * window[2] / (window[1] - window[0])
+    cpu_window = mon.window(window[0], window[1])
+    if cpu_window:
+        capacity = (cluster_cpus or os.cpu_count() or 1) * cpu_window["seconds"]
+        cpu_window.update(
+            videos=window[2],
+            ours_cpu_s_per_video=cpu_window["ours_cpu_s"] / window[2],
+            others_share=max(0.0, cpu_window["machine_busy_cpu_s"] - cpu_window["ours_cpu_s"]) / capacity,
+        )
+    return steady, cpu_window
+
+
 def run_pipeline(videos_dir: Path, n_videos: int, model_uri: str, s: BenchSettings, profile: Profile) -> dict:
     """The Ray Data job on the whole archive with `profile`'s settings; wall clock, steady state, resources."""
     import mlflow
     import ray
     import ray.data
 
-    from dfbatch.config import ScoreConfig
-    from dfbatch.pipeline import init_ray, run_score
     from dfbatch.io.results import read_results
+    from dfbatch.pipeline import run_score
 
     out = Path(s.output).resolve()
     results = out / "runs" / time.strftime("%Y%m%dT%H%M%S")
@@ -599,28 +423,10 @@ def run_pipeline(videos_dir: Path, n_videos: int, model_uri: str, s: BenchSettin
     try:
         mlflow.set_experiment("dfbatch-bench")  # creates the store before the clock starts
         ray.data.DataContext.get_current().enable_progress_bars = False
-        started_ray = not ray.is_initialized()
-        if started_ray:
-            if s.cpus and not (s.ray_address or os.environ.get("RAY_ADDRESS")):
-                ray.init(address="local", num_cpus=s.cpus, include_dashboard=False, logging_level=logging.WARNING)
-            else:
-                init_ray(s.ray_address)
+        started_ray = _start_ray(s)
         cluster = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "memory", "object_store_memory")}
         cpu_only = not (s.device == "cuda" or (s.device == "auto" and cluster.get("GPU")))
-        cfg = ScoreConfig(
-            sources=[str(videos_dir)],
-            output=str(results),
-            model_uri=model_uri,
-            tracking_uri=tracking,
-            experiment="dfbatch-bench",
-            device=s.device,
-            precision=profile.precision,
-            rows_per_block=s.rows_per_block,
-            score_workers=s.score_workers,
-            videos_per_score_batch=s.videos_per_score_batch or (2 if cpu_only else 8),
-            sampling=SamplingConfig(frames=s.frames, backend=profile.backend),
-            faces=profile.faces(),
-        )
+        cfg = _score_config(videos_dir, results, model_uri, tracking, s, profile, cpu_only)
         load_before = load()
         with ResourceMonitor() as mon:
             t0, started_at = time.perf_counter(), time.time()
@@ -632,18 +438,7 @@ def run_pipeline(videos_dir: Path, n_videos: int, model_uri: str, s: BenchSettin
         ray.shutdown()  # idle workers would otherwise share the cores with the stage timings
     df = read_results(str(results))
     n = int(summary.scored)
-    window = _steady_window(list(df["scored_at"]))
-    steady, cpu_window = None, None
-    if window and window[1] > window[0]:
-        steady = 60.0 * window[2] / (window[1] - window[0])
-        cpu_window = mon.window(window[0], window[1])
-        if cpu_window:
-            capacity = (cluster.get("CPU") or os.cpu_count() or 1) * cpu_window["seconds"]
-            cpu_window.update(
-                videos=window[2],
-                ours_cpu_s_per_video=cpu_window["ours_cpu_s"] / window[2],
-                others_share=max(0.0, cpu_window["machine_busy_cpu_s"] - cpu_window["ours_cpu_s"]) / capacity,
-            )
+    steady, cpu_window = _steady_state(list(df["scored_at"]), mon, cluster.get("CPU"))
     return {
         "profile": dataclasses.asdict(profile),
         "videos": n,
@@ -671,50 +466,69 @@ def _ratio(a, b):
     return a / b if a and b else None
 
 
-def run_bench(s: BenchSettings) -> dict:
-    """Run everything `s` asks for; returns the report (also written to OUT/bench.json)."""
+def _resolve(s: BenchSettings) -> tuple[str, Profile]:
+    """(device, fast profile) with `auto` resolved: CUDA when there is one; bf16 where the device has it natively."""
     import torch
 
-    from dfbatch.models.detector import resolve_precision
+    from dfbatch.models.inference import resolve_precision
+
+    device = s.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return device, dataclasses.replace(s.fast, precision=resolve_precision(s.fast.precision, device))
+
+
+def _distinct(videos: list[Path]) -> list[Path]:
+    """The first link to each distinct file."""
+    first: dict[Path, Path] = {}
+    for path in videos:
+        first.setdefault(path.resolve(), path)
+    return list(first.values())
+
+
+def _run_stages(report: dict, paths: list[Path], fast: Profile, bundle, s: BenchSettings, device: str) -> None:
+    """The isolated stage timings (fast, and reference + agreement unless skipped) into `report`."""
+    threads = 1
+    stages = {}
+    log.warning("bench: stages (%d videos, 1 thread)", len(paths))
+    stages["fast"] = measure_stages(paths, fast, bundle, s.frames, device=device, threads=threads)
+    if s.run_reference:
+        stages["reference"] = measure_stages(paths, REFERENCE, bundle, s.frames, device=device, threads=threads)
+        report["agreement"] = agreement(stages["reference"], stages["fast"], min_track_frames=2 * max(1, fast.detect_every))
+    report["stages"] = stages
+    report["load_after_stages"] = load()
+
+
+def _write(report: dict, out: Path) -> None:
+    """OUT/bench.json and a timestamped copy."""
+    text = json.dumps(report, indent=2, default=str)
+    (out / "bench.json").write_text(text)
+    (out / f"bench-{time.strftime('%Y%m%dT%H%M%S')}.json").write_text(text)
+
+
+def run_bench(s: BenchSettings) -> dict:
+    """Run everything `s` asks for; returns the report (also written to OUT/bench.json)."""
+    from dfbatch.models import registry
 
     out = Path(s.output)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     report: dict = {"format": BENCH_FORMAT, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": s.quick,
                     "machine": machine_info(), "versions": versions(), "load_start": load()}
-    device = s.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    fast = s.fast
-    fast = dataclasses.replace(fast, precision=resolve_precision(fast.precision, device))  # auto: bf16 where native
+    device, fast = _resolve(s)
     videos_dir, videos = prepare_archive(s)
     model_uri = prepare_model(s)
-    settings = dataclasses.asdict(s)
-    settings.update(device_resolved=device, fast=dataclasses.asdict(fast), reference=dataclasses.asdict(REFERENCE))
-    report["settings"] = settings
+    report["settings"] = dataclasses.asdict(s) | {"device_resolved": device, "fast": dataclasses.asdict(fast),
+                                                  "reference": dataclasses.asdict(REFERENCE)}
     report["archive"] = {"folder": str(videos_dir), "videos": len(videos), "distinct_files": len({p.resolve() for p in videos}),
                          "bytes_per_video": float(np.mean([p.stat().st_size for p in videos]))}
-    first: dict[Path, Path] = {}
-    for path in videos:
-        first.setdefault(path.resolve(), path)  # the first link to each distinct file
-    distinct = list(first.values())
-    stage_paths = distinct[: max(1, s.stage_videos)]
+    distinct = _distinct(videos)
     if s.run_pipeline:  # first: the driver's memory is then the job's own, and Ray is gone for the timings below
         log.warning("bench: pipeline (%d videos)", len(videos))
         report["pipeline"] = run_pipeline(videos_dir, len(videos), model_uri, s, fast)
-    from dfbatch.models import registry
-
     bundle = registry.fetch(model_uri)
     report["model"] = {"uri": model_uri, "spec": bundle.spec.to_dict(), "describe": bundle.spec.describe()}
-    threads = 1
-    stages = {}
-    log.warning("bench: stages (%d videos, 1 thread)", len(stage_paths))
-    stages["fast"] = measure_stages(stage_paths, fast, bundle, s.frames, device=device, threads=threads)
-    if s.run_reference:
-        stages["reference"] = measure_stages(stage_paths, REFERENCE, bundle, s.frames, device=device, threads=threads)
-        report["agreement"] = agreement(stages["reference"], stages["fast"], min_track_frames=2 * max(1, fast.detect_every))
-    report["stages"] = stages
-    report["load_after_stages"] = load()
+    _run_stages(report, distinct[: max(1, s.stage_videos)], fast, bundle, s, device)
     if s.run_baseline:
         log.warning("bench: baseline (%d videos)", s.baseline_videos)
         report["baseline"] = run_baseline(distinct[: max(1, s.baseline_videos)], bundle, s.frames, device=device)
@@ -722,9 +536,7 @@ def run_bench(s: BenchSettings) -> dict:
     report["summary"] = summarize(report)
     report["elapsed_s"] = time.time() - started
     report["load_end"] = load()
-    text = json.dumps(report, indent=2, default=str)
-    (out / "bench.json").write_text(text)
-    (out / f"bench-{time.strftime('%Y%m%dT%H%M%S')}.json").write_text(text)
+    _write(report, out)
     return report
 
 

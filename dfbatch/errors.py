@@ -21,6 +21,18 @@ class ModelNotFound(UserError):
     """The requested model URI / file does not exist or is not a dfbatch model."""
 
 
+class ConfigError(UserError):
+    """A job config value the user can fix (from code, a flag or a YAML key): `problems` holds (field path,
+    one-line message) pairs; the error's text is their messages on one line."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = list(problems)
+        super().__init__("; ".join(dict.fromkeys(msg for _, msg in self.problems)))
+
+    def __reduce__(self):
+        return type(self), (self.problems,)
+
+
 class CheckpointError(UserError):
     """A checkpoint file is unreadable, not weights-only, or does not match the model spec."""
 

@@ -18,6 +18,7 @@ from dfbatch import __version__
 from dfbatch.config import ScoreConfig
 from dfbatch.errors import UserError, one_line, redact
 from dfbatch.io.storage import Storage, is_s3
+from dfbatch.stages.aggregate import describe
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,12 @@ class Summary:
     listing_s: float | None = None  # job start to the last listing page
     videos_per_min: float = 0.0
     resources: dict = field(default_factory=dict)
+    threshold: float | None = None
+    temperature: float | None = None  # temperature scaling applied to the video scores (calibration), if any
+    threshold_source: str = ""  # where the threshold came from (calibration record, tag, --threshold)
+    calibration_notes: list = field(default_factory=list)  # how this job's settings differ from the calibration's
+    model_input: str = ""  # how crops reach the model (its spec's crop path and sequence length)
+    warnings: list = field(default_factory=list)  # settings that differ from the model's training
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -286,7 +293,8 @@ def _pool(plan: dict, stage: str, **kwargs):
 LISTING_ROW_BYTES = 160
 
 
-def build_dataset(cfg: ScoreConfig, source, storage: Storage, bundle, plan: dict, run_id: str | None, frames: int, threshold: float):
+def build_dataset(cfg: ScoreConfig, source, storage: Storage, bundle, plan: dict, run_id: str | None, frames: int, threshold: float,
+                  temperature: float | None = None):
     """The Ray Data graph up to (not including) the write: listing read tasks -> face actors -> model actors
     (or fused actors on a CPU-only cluster)."""
     import ray
@@ -309,9 +317,11 @@ def build_dataset(cfg: ScoreConfig, source, storage: Storage, bundle, plan: dict
         faces=cfg.faces,
         limits=cfg.limits,
         frames=frames,
-        crop_size=int(bundle.spec.input_size),
+        crop_size=bundle.spec.crop_side,  # the model's crop path (ModelSpec): cut at this side, then
+        crop_jpeg_quality=bundle.spec.crop_jpeg_quality,  # the shards' JPEG round trip; resized in preprocess
         threads=plan["face_threads"],
         device=plan["face_device"],
+        save_crops=cfg.save_crops,
     )
     bundle_ref = ray.put(shareable_bundle(bundle))
     score_kwargs = dict(
@@ -325,6 +335,7 @@ def build_dataset(cfg: ScoreConfig, source, storage: Storage, bundle, plan: dict
         frame_aggregation=cfg.frame_aggregation,
         run_id=run_id,
         compile=plan["compile"],
+        temperature=temperature,
     )
     if plan["fused"]:  # CPU only: the model runs inside each face actor
         score_kwargs["threads"] = face_kwargs["threads"]
@@ -375,6 +386,18 @@ def _resume_index(output: str, storage: Storage, name: str, version: str):
     return scored_index(ResultStore(output, storage), name, version)
 
 
+def decide_threshold(cfg: ScoreConfig, bundle, frames: int):
+    """The job's threshold and temperature (`evaluation.thresholds.resolve`): the version's calibration for the
+    job's aggregation, or --threshold; with notes where the job's settings differ from the calibration's."""
+    from dfbatch.evaluation.thresholds import job_settings, resolve
+
+    settings = job_settings(frames=frames, detect_max_side=cfg.faces.detect_max_side, detect_every=cfg.faces.detect_every,
+                            min_face_px=cfg.faces.min_face_px, precision=cfg.precision)
+    return resolve(bundle.calibration, float(bundle.threshold), settings=settings, override=cfg.threshold,
+                   aggregation=describe(frame_aggregation=cfg.frame_aggregation, track_aggregation=cfg.track_aggregation),
+                   registered=(bundle.pinned_uri or "").startswith("models:/"))
+
+
 def run_score(cfg: ScoreConfig) -> Summary:
     """Score every listed video that has no row yet for the model version; returns the job summary."""
     import mlflow
@@ -401,15 +424,21 @@ def run_score(cfg: ScoreConfig) -> Summary:
         raise UserError(f"cannot fetch model {redact(cfg.model_uri)}: {one_line(exc)}") from None
     name, version = model_identity(bundle)
     bundle = dataclasses.replace(bundle, name=name, version=version)
-    frames = cfg.sampling.frames or int(bundle.spec.seq_len)
-    threshold = cfg.threshold if cfg.threshold is not None else float(bundle.threshold)
+    cfg, drift = cfg.for_model(bundle.spec)  # what the config leaves to the model comes from its spec
+    for line in drift:
+        log.warning(line)
+    frames = cfg.sampling.frames
+    decision = decide_threshold(cfg, bundle, frames)
+    threshold, temperature = decision.threshold, decision.temperature
     store.recover()
     replaced = store.parts_for(name, version) if cfg.rescore else []
     # every SOURCE is checked (its first video found) before anything runs: a bad SOURCE is a one-line error
     any_video = [first_video(src, storage) is not None for src in cfg.sources]
     shards = [sh for i, src in enumerate(cfg.sources) if any_video[i] for sh in source_shards(i, src, storage, cfg.listing_shards)]
     job_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
-    summary = Summary(cfg.output, name, version, bundle.pinned_uri or bundle.uri, None, job_id)
+    summary = Summary(cfg.output, name, version, bundle.pinned_uri or bundle.uri, None, job_id, threshold=threshold,
+                      temperature=temperature, threshold_source=decision.source, calibration_notes=decision.notes,
+                      warnings=drift, model_input=f"crops {bundle.spec.crop_path()}; {frames} frames per video")
     client = mlflow.MlflowClient()  # no global set_experiment: the caller's MLflow state stays as it was
     experiment = client.get_experiment_by_name(cfg.experiment)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(cfg.experiment)
@@ -422,7 +451,8 @@ def run_score(cfg: ScoreConfig) -> Summary:
                 "model_name": name,
                 "model_version": version,
                 "frames": frames,
-                "aggregation": f"tracks={cfg.track_aggregation},frames={cfg.frame_aggregation}",
+                "aggregation": describe(frame_aggregation=cfg.frame_aggregation, track_aggregation=cfg.track_aggregation,
+                                        temperature=temperature),
                 "threshold": threshold,
                 "precision": cfg.precision,
                 "rescore": cfg.rescore,
@@ -430,9 +460,17 @@ def run_score(cfg: ScoreConfig) -> Summary:
                 "detect_max_side": cfg.faces.detect_max_side,
                 "detect_every": cfg.faces.detect_every,
                 "min_face_px": cfg.faces.min_face_px or "auto",
+                "save_crops": cfg.save_crops,
+                "margin": cfg.faces.margin,
+                "crop_path": bundle.spec.crop_path(),
+                "model_seq_len": bundle.spec.seq_len,
+                "model_detection": json.dumps(bundle.spec.detection) if bundle.spec.detection else "not recorded",
             }
         )
-        mlflow.set_tags({"output": redact(cfg.output), "dfbatch.version": __version__, "dfbatch.job_id": job_id})
+        mlflow.set_tags({"output": redact(cfg.output), "dfbatch.version": __version__, "dfbatch.job_id": job_id,
+                         "dfbatch.threshold_source": decision.source[:5000]}
+                        | ({"dfbatch.calibration_mismatch": "; ".join(decision.notes)[:5000]} if decision.notes else {})
+                        | ({"dfbatch.warnings": " | ".join(drift)[:5000]} if drift else {}))
         totals: dict = {}
         if shards:
             import ray
@@ -448,7 +486,7 @@ def run_score(cfg: ScoreConfig) -> Summary:
             resume = None if cfg.rescore else ray.remote(_resume_index).options(**here).remote(cfg.output, storage, name, version)
             source = VideoDatasource(shards, storage, ledger=ledger, resume=resume, claims=claims, lead=max(cfg.listing_lead, 4 * 128))
             try:
-                ds = build_dataset(cfg, source, storage, bundle, summary.resources, run.info.run_id, frames, threshold)
+                ds = build_dataset(cfg, source, storage, bundle, summary.resources, run.info.run_id, frames, threshold, temperature)
                 sink = ResultsDatasink(cfg.output, storage, job_id=job_id, ledger=ledger)
                 ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
                 totals = dict(sink.totals)

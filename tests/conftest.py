@@ -85,7 +85,8 @@ def s3_endpoint():
 def tiny_model(mlflow_uri):
     """A small random-weight detector registered as dfbatch-detector@champion (accuracy is not the point)."""
     from dfbatch.models import registry
-    from dfbatch.models.detector import ModelSpec, build_model
+    from dfbatch.models.detector import build_model
+    from dfbatch.models.spec import ModelSpec
 
     import torch
 

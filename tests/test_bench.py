@@ -14,13 +14,13 @@ import pytest
 
 def test_bench_flags_parse():
     from dfbatch.cli import build_parser
-    from dfbatch.cli.bench import settings_from_args
+    from dfbatch.cli.options import config_from_args
 
     args = build_parser().parse_args(["bench", "--quick", "-o", "x", "--detect-every", "2", "--size", "640x360", "--no-baseline"])
-    s = settings_from_args(args)
+    s = config_from_args(args)
     assert s.quick and s.output == "x" and s.size == (640, 360) and not s.run_baseline
     assert s.fast.detect_every == 2 and s.fast.backend == "pyav"
-    full = settings_from_args(build_parser().parse_args(["bench"]))
+    full = config_from_args(build_parser().parse_args(["bench"]))
     assert full.size == (1280, 720) and full.seconds == 10.0 and full.frames == 32 and full.videos >= 60
 
 

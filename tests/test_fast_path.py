@@ -64,7 +64,8 @@ def sharp_model(reference_faces):
     reference crops of the clips (P(fake) per frame then spreads over (0, 1))."""
     import torch
 
-    from dfbatch.models.detector import ModelSpec, build_model, preprocess
+    from dfbatch.models.detector import build_model, preprocess
+    from dfbatch.models.spec import ModelSpec
 
     torch.manual_seed(0)
     spec = ModelSpec(hidden_dim=256, input_size=112, seq_len=FRAMES, head="mean")
@@ -228,9 +229,13 @@ def test_plan_fits_the_cluster(monkeypatch, cluster, workers, expect):
 def test_job_defaults_are_the_fast_path():
     """`dfbatch score` runs the fast path unless told otherwise; `--reference` restores the reference settings."""
     from dfbatch.cli import build_parser
-    from dfbatch.cli.score import config_from_args
+    from dfbatch.cli.options import config_from_args
+
+    from dfbatch.models.spec import ModelSpec
 
     cfg = config_from_args(build_parser().parse_args(["score", "in", "-o", "out"]))
+    # detection is left to the model (its training detection, tests/test_drift.py); the fast path where it has none
+    cfg, _ = cfg.for_model(ModelSpec(backbone="tiny"))
     assert (cfg.sampling.backend, cfg.faces.detect_max_side, cfg.faces.detect_every, cfg.precision) == ("pyav", 320, 4, "auto")
     ref = config_from_args(build_parser().parse_args(["score", "in", "-o", "out", "--reference", "--detect-every", "2"]))
     assert (ref.faces.detect_max_side, ref.faces.detect_every, ref.faces.min_face_px, ref.precision) == (640, 1, None, "fp32")

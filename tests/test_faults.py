@@ -198,7 +198,7 @@ _CRASH_HOOK = textwrap.dedent(
 
     class _Poison(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path, target=None):
-            if name != "dfbatch.decode":
+            if name != "dfbatch.stages.decode":
                 return None
             sys.meta_path.remove(self)
             spec = importlib.util.find_spec(name)

@@ -1,6 +1,6 @@
-"""Hostile inputs (dfbatch.hostile): every case gets the right status and a one-line error or a score, decoding
-never holds more than the sampled frames, limits give `failed` rows naming the limit, and one Ray job over the
-whole corpus writes exactly one row per listed file."""
+"""Hostile inputs (dfbatch.corpora.hostile makes them): every case gets the status a user should get and a one-line
+error naming the problem, or a score; decoding never holds more than the sampled frames; limits give `failed` rows
+naming the limit; one Ray job over the whole corpus writes exactly one row per listed file."""
 
 from __future__ import annotations
 
@@ -25,12 +25,72 @@ from dfbatch.io.storage import Storage
 
 FRAMES = 6  # sampled frames per video in these tests (MTCNN time is per frame)
 
+OK, NO_FACE, FAILED, UNLISTED = "ok", "no_face", "failed", None
+# What a user should get for each case: (status, words the one-line error must contain, displayed size and other
+# checks). Stated from what each file is, not from what the code produced; the generator only makes the files.
+# UNLISTED: not a video file, so no row at all.
+EXPECTED: dict[str, tuple[str | None, str | None, dict]] = {
+    # a valid clip, and copies of it under names that trip up shells and URI parsers: all scored
+    "base.mp4": (OK, None, {"width": 176, "height": 144}),
+    "UPPER CASE.MP4": (OK, None, {}),
+    "Mixed.Mov": (OK, None, {}),
+    "name with spaces.mp4": (OK, None, {}),
+    "quote ' and \" double.mp4": (OK, None, {}),
+    "accénts café naïve.mkv": (OK, None, {}),
+    "emoji 🎭😀.mp4": (OK, None, {}),
+    "nested/deeper/clip.mp4": (OK, None, {}),
+    # not videos: failed, saying what is wrong
+    "empty.mp4": (FAILED, "empty file", {}),
+    "text.mp4": (FAILED, "cannot open video", {}),
+    "line\nbreak.mp4": (FAILED, "cannot open video", {}),  # and the error stays one line
+    "png_named.mp4": (FAILED, "not a video", {}),  # a still image (with a face) is not a video
+    "audio_only.mp4": (FAILED, "no video stream", {}),
+    # damaged files: scored on what decodes, failed when nothing can
+    "truncated_before_moov.mp4": (FAILED, "cannot open video", {}),  # the index at the end is gone
+    "truncated_after_moov.mp4": (OK, None, {}),  # index intact, the last 40% of the frames gone
+    "bitflips.mp4": (OK, None, {}),  # the decoder conceals the damage
+    # frame counts and sizes
+    "one_frame.mp4": (OK, None, {}),
+    "three_frames.mp4": (OK, None, {}),
+    "tiny_16x16.mp4": (NO_FACE, None, {"width": 16, "height": 16}),  # decodes; no face fits in 16 px
+    "tiny_10x10.mp4": (NO_FACE, None, {"width": 10, "height": 10}),
+    # codecs, containers, pixel formats, variable frame rate
+    "vp9.webm": (OK, None, {}),
+    "mjpeg.avi": (OK, None, {}),
+    "hevc.mkv": (OK, None, {}),
+    "h264_10bit.mp4": (OK, None, {}),
+    "vfr.mp4": (OK, None, {}),
+    # phone videos: stored turned, shown (and scored) upright at the displayed size
+    "rotated_90.mp4": (OK, None, {"width": 176, "height": 144, "upright": True}),
+    "rotated_270.mp4": (OK, None, {"width": 176, "height": 144, "upright": True}),
+    # the filesystem
+    "dir_named.mp4": (UNLISTED, None, {}),  # a directory, however it is named
+    "dir_named.mp4/inside.mp4": (OK, None, {}),
+    "symlink.mp4": (OK, None, {}),  # followed
+    "broken_symlink.mp4": (FAILED, "No such file or directory", {}),
+    "loop.mp4": (FAILED, "Too many levels of symbolic links", {}),
+    "fifo.mp4": (FAILED, "not a regular file", {}),  # never opened: reading it would block
+    "unreadable.mp4": (FAILED, "Permission denied", {}),  # mode 000 (root reads it anyway: then ok)
+    ".hidden.mp4": (UNLISTED, None, {}),
+    "notes.txt": (UNLISTED, None, {}),
+}
+LARGE = {  # hostile._large_cases
+    "uhd_3840x2160.mp4": (OK, None, {"width": 3840, "height": 2160}),
+    "long_2min.mp4": (OK, None, {"width": 1280, "height": 720}),
+}
+
+
+def _want(rel: str) -> tuple[str | None, str | None, dict]:
+    if rel == "unreadable.mp4" and os.geteuid() == 0:
+        return OK, None, {}
+    return EXPECTED[rel]
+
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("hostile")
-    expected = hostile.hostile_corpus(root)
-    yield root, expected
+    made = hostile.hostile_corpus(root)
+    yield root, made
     hostile.restore_permissions(root)
 
 
@@ -51,39 +111,38 @@ def _upright(frames: np.ndarray) -> bool:
 
 
 def test_corpus_cases(corpus):
-    root, expected = corpus
+    """The generator makes exactly the cases stated above (a new case needs its expectation here)."""
+    root, made = corpus
     skipped = hostile.skipped(root)
     if skipped:
         print("cases left out:", skipped)
-    must = {"empty.mp4", "text.mp4", "png_named.mp4", "truncated_before_moov.mp4", "truncated_after_moov.mp4", "bitflips.mp4", "audio_only.mp4",
-            "one_frame.mp4", "three_frames.mp4", "tiny_16x16.mp4", "vfr.mp4", "vp9.webm", "mjpeg.avi", "hevc.mkv", "h264_10bit.mp4", "UPPER CASE.MP4",
-            "emoji 🎭😀.mp4", "dir_named.mp4", "symlink.mp4", "unreadable.mp4"}
-    assert must <= set(expected)
-    assert set(expected) | set(skipped) >= {"rotated_90.mp4", "rotated_270.mp4"}
+    assert len(made) == len(set(made)) and set(made) | set(skipped) == set(EXPECTED)
+    assert set(skipped) <= {"rotated_90.mp4", "rotated_270.mp4"}
     if shutil.which("ffmpeg") is None:
         pytest.skip("ffmpeg not installed: rotation cases left out (install Debian's ffmpeg: make sysdeps)")
 
 
 def test_listing_has_exactly_the_video_files(corpus):
-    root, expected = corpus
+    root, made = corpus
     listed = {os.path.relpath(r.video_uri, root): r for r in iter_videos([str(root)], Storage())}
-    assert set(listed) == {k for k, v in expected.items() if v["status"] is not None}
+    assert set(listed) == {k for k in made if EXPECTED[k][0] is not UNLISTED}
     assert listed["broken_symlink.mp4"].list_error and listed["loop.mp4"].list_error
     assert listed["symlink.mp4"].size_bytes == (root / "base.mp4").stat().st_size  # followed
 
 
 def test_every_case_gets_its_status_and_a_one_line_error(corpus, detector):
-    root, expected = corpus
+    root, made = corpus
     wrong = []
-    for rel, want in sorted(expected.items()):
-        if want["status"] is None:
+    for rel in sorted(made):
+        status, words, want = _want(rel)
+        if status is UNLISTED:
             continue
         row = process_video(_ref(root / rel), detector, Storage(), SamplingConfig(), LimitsConfig(), frames=FRAMES, crop_size=64)
         got = (row["status"], row["error"])
-        if row["status"] != want["status"]:
-            wrong.append(f"{rel!r}: {got} (want {want['status']})")
-        elif want["error"] and want["error"] not in (row["error"] or ""):
-            wrong.append(f"{rel!r}: error {row['error']!r} lacks {want['error']!r}")
+        if row["status"] != status:
+            wrong.append(f"{rel!r}: {got} (want {status})")
+        elif words and words not in (row["error"] or ""):
+            wrong.append(f"{rel!r}: error {row['error']!r} lacks {words!r}")
         elif row["status"] == "failed" and ("\n" in row["error"] or len(row["error"]) > 300):
             wrong.append(f"{rel!r}: error is not one short line: {row['error']!r}")
         elif row["status"] != "failed" and row["error"] is not None:
@@ -108,8 +167,8 @@ def test_partial_files_keep_the_frames_that_decode(corpus):
 
 @pytest.mark.parametrize("backend", ["decord", "pyav"])
 def test_rotation_metadata_is_applied_once(corpus, backend):
-    root, expected = corpus
-    cases = [k for k, v in expected.items() if v.get("upright")]
+    root, made = corpus
+    cases = [k for k in made if EXPECTED[k][2].get("upright")]
     if not cases:
         pytest.skip("ffmpeg not installed: no rotation cases")
     for rel in cases:
@@ -157,13 +216,15 @@ _MEASURE = textwrap.dedent(
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads VmHWM from /proc")
 def test_large_inputs_hold_only_the_sampled_frames(tmp_path):
     """3840x2160 x 60 frames and 1280x720 x 2 minutes are >1.4 GB decoded whole; decoding keeps only 8 frames."""
-    exp = hostile._large_cases(tmp_path)
+    made = hostile._large_cases(tmp_path)
+    assert set(made) == set(LARGE)
     results = {}
-    for rel in exp:
+    for rel in made:
         for backend in ("decord", "pyav"):
             proc = subprocess.run([sys.executable, "-c", _MEASURE, str(tmp_path / rel), backend], capture_output=True, text=True, timeout=120)
             assert proc.returncode == 0, proc.stderr[-2000:]
             m = json.loads(proc.stdout.strip().splitlines()[-1])
+            assert (m["w"], m["h"]) == (LARGE[rel][2]["width"], LARGE[rel][2]["height"])
             whole = m["n_frames"] * m["w"] * m["h"] * 3
             results[(rel, backend)] = (m["delta"] >> 20, whole >> 20)
             assert m["shape"][0] == 8 and max(m["shape"][1:3]) <= 1920
@@ -179,7 +240,7 @@ def test_one_ray_job_over_the_corpus(corpus, ray_local, mlflow_uri, tiny_model, 
     from dfbatch.pipeline import run_score
     from dfbatch.io.results import read_results
 
-    root, expected = corpus
+    root, made = corpus
     src = tmp_path / "src"
     os.symlink(root, src)  # the corpus plus one clip over the duration limit, without touching the shared corpus
     over = tmp_path / "over_limit.mp4"
@@ -189,8 +250,8 @@ def test_one_ray_job_over_the_corpus(corpus, ray_local, mlflow_uri, tiny_model, 
                       sampling=SamplingConfig(frames=FRAMES), limits=LimitsConfig(max_duration_s=3.5), face_workers=1, score_workers=1)
     summary = run_score(cfg)
     df = read_results(str(out))
-    want = {str(src / k): v for k, v in expected.items() if v["status"] is not None}
-    want[str(over)] = {"status": "failed", "error": "over limit max_duration_s"}
+    want = {str(src / k): {"status": _want(k)[0], "error": _want(k)[1]} for k in made if _want(k)[0] is not UNLISTED}
+    want[str(over)] = {"status": FAILED, "error": "over limit max_duration_s"}
     assert df.video_uri.is_unique and sorted(df.video_uri) == sorted(want)
     wrong = []
     for row in df.itertuples():

@@ -12,20 +12,17 @@ import torchvision
 from torch import nn
 
 from dfbatch.errors import CheckpointError, ModelNotFound, UserError
-from dfbatch.models.detector import (
-    BACKBONE_FEATURES,
-    ModelSpec,
-    build_model,
+from dfbatch.models.backbones import BACKBONE_FEATURES
+from dfbatch.models.checkpoints import (
     import_seed_file,
     import_seed_state_dict,
-    inference_context,
     load_checkpoint,
-    predict_crops,
-    prepare_for_inference,
-    preprocess,
     read_checkpoint,
     save_checkpoint,
 )
+from dfbatch.models.detector import build_model, preprocess
+from dfbatch.models.inference import inference_context, predict_crops, prepare_for_inference
+from dfbatch.models.spec import ModelSpec
 
 TINY = ModelSpec(backbone="tiny", hidden_dim=16, input_size=32, seq_len=4)
 
@@ -130,7 +127,7 @@ def test_inference_helpers_cpu():
 def test_batchnorm_folding_keeps_the_function(backbone):
     """fold_batchnorm (used by the scorer) leaves no BatchNorm in the body and the same logits, with BatchNorm
     statistics and affine parameters that are far from their defaults (a fresh model would hide mistakes)."""
-    from dfbatch.models.detector import fold_batchnorm
+    from dfbatch.models.inference import fold_batchnorm
 
     torch.manual_seed(0)
     spec = ModelSpec(backbone=backbone, hidden_dim=16, input_size=64, seq_len=3)

@@ -79,6 +79,26 @@ def test_changed_parameters_are_refused(tmp_path):
         run_prepare(cfg)
 
 
+def test_crop_and_detection_settings_are_pinned():
+    """The crops' JPEG quality and the detection become the trained model's input contract: shards made with
+    other ones are refused; shards whose parameters predate pinning them resume when they match."""
+    from dataclasses import asdict
+
+    from dfbatch.training.prepare import check_params
+
+    cfg = PrepareConfig(sources=["labels.csv"], output="out")
+    before = {"frames": 32, "crop_size": 128, "margin": 0.25, "jpeg_quality": 92, "fractions": [0.8, 0.1, 0.1],
+              "split_seed": 0, "official": True, "faces": asdict(cfg.faces)}  # a _prepare.json of before
+    check_params(before, cfg)
+    check_params(json.loads(json.dumps({**before, **cfg.pinned()})), cfg)
+    with pytest.raises(UserError, match="jpeg_quality: 92 -> 80"):
+        check_params(before, cfg.replace(jpeg_quality=80))
+    with pytest.raises(UserError, match="detection: .*'detect_every': 4.* -> .*'detect_every': 1"):
+        check_params(before, cfg.replace(faces={"detect_every": 1, "detect_max_side": 640}))
+    with pytest.raises(UserError, match="margin: 0.25 -> 0.4"):
+        check_params(before, cfg.replace(faces={"margin": 0.4}))
+
+
 @pytest.mark.slow
 def test_prepare_real_clips_then_resume(ray_local, tmp_path):
     from dfbatch.corpora import synth

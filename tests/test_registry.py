@@ -13,7 +13,10 @@ import torch
 import dfbatch.cli
 from dfbatch.models import registry
 from dfbatch.errors import CheckpointError, ModelNotFound, redact
-from dfbatch.models.detector import ModelSpec, build_model, import_seed_state_dict, predict_crops, save_checkpoint
+from dfbatch.models.checkpoints import import_seed_state_dict, save_checkpoint
+from dfbatch.models.detector import build_model
+from dfbatch.models.inference import predict_crops
+from dfbatch.models.spec import ModelSpec
 
 SPEC = ModelSpec(backbone="tiny", hidden_dim=16, input_size=32, seq_len=4, head="mean")
 NAME = "det-test"

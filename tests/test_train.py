@@ -14,17 +14,10 @@ import pytest
 
 from dfbatch.errors import UserError
 from dfbatch.training.prepare import ShardStore, decode_jpeg, encode_jpeg, read_shards
-from dfbatch.training.trainer import (
-    BalancedSampler,
-    Item,
-    SequenceBuilder,
-    TrainConfig,
-    aggregate_videos,
-    collate,
-    frame_positions,
-    video_metrics,
-    youden_threshold,
-)
+from dfbatch.evaluation.metrics import youden_threshold
+from dfbatch.training.loop import aggregate_videos, val_metrics
+from dfbatch.training.sampler import BalancedSampler, Item, SequenceBuilder, collate, frame_positions
+from dfbatch.training.trainer import TrainConfig
 
 DATA = Path(__file__).parent / "data"
 
@@ -47,13 +40,16 @@ def _face_frames(rng, T, S, fake):
     return out
 
 
+DETECTION = {"detect_max_side": 640, "detect_every": 1, "min_face_px": None, "min_face_prob": 0.9}
+
+
 def make_shards(out, n_train=8, n_val=4, T=8, S=48, seed=0) -> ShardStore:
     """A prepared-data folder as `dfbatch prepare` writes it, without decoding videos."""
     rng = np.random.default_rng(seed)
     store = ShardStore(str(out))
     store.check_writable()
-    store.write_params({"format": "dfbatch-shards/1", "frames": T, "crop_size": S, "margin": 0.25,
-                        "fractions": [0.7, 0.3, 0.0], "split_seed": 0, "official": True})
+    store.write_params({"format": "dfbatch-shards/1", "frames": T, "crop_size": S, "margin": 0.4, "jpeg_quality": 90,
+                        "detection": DETECTION, "fractions": [0.7, 0.3, 0.0], "split_seed": 0, "official": True})
     rows = []
     for split, n in (("train", n_train), ("val", n_val)):
         for i in range(n):
@@ -144,19 +140,19 @@ def test_sequence_builder_decodes_blends_and_augments(shards):
     assert flipped.shape == plain.shape
 
 
-def test_threshold_and_video_metrics():
+def test_threshold_and_val_metrics():
     y = np.array([0, 0, 0, 0, 1, 1, 1])
     p = np.array([0.1, 0.2, 0.3, 0.45, 0.4, 0.8, 0.9])
     thr = youden_threshold(y, p)
     assert thr == pytest.approx(0.4)  # TPR 1, FPR 1/4 (J .75) beats 0.8 (TPR 2/3, FPR 0)
     assert youden_threshold([0, 0, 1, 1], [0.1, 0.6, 0.5, 0.9]) == pytest.approx(0.9)  # tie: the higher one
-    m = video_metrics(y, p)
+    m = val_metrics(y, p)
     from sklearn.metrics import log_loss, roc_auc_score
 
     assert m["val_auc"] == pytest.approx(roc_auc_score(y, p))
     assert m["val_log_loss"] == pytest.approx(log_loss(y, p))
     assert m["val_threshold"] == pytest.approx(thr) and m["val_balanced_accuracy"] == pytest.approx((1 + 3 / 4) / 2)
-    one = video_metrics(np.zeros(3), np.array([0.1, 0.2, 0.3]))
+    one = val_metrics(np.zeros(3), np.array([0.1, 0.2, 0.3]))
     assert np.isnan(one["val_auc"]) and one["val_threshold"] == 0.5
     ids, yy, pp = aggregate_videos([("a", "FAKE", 0, [0.2, 0.4], 0.9), ("a", "FAKE", 1, [0.8, 0.8], 0.1),
                                     ("b", "REAL", 0, [0.1, 0.3], 0.5)], "mean", "max")
@@ -184,16 +180,16 @@ def test_config_validation_and_unusable_data(tmp_path, shards):
 
 def test_cli_config_yaml_and_flags(tmp_path):
     from dfbatch.cli import build_parser
-    from dfbatch.cli.train import train_config
+    from dfbatch.cli.options import config_from_args
 
     (tmp_path / "t.yaml").write_text("epochs: 7\nbackbone: tiny\nsbi: only\n")
     args = build_parser().parse_args(["train", "S", "-o", "C", "--config", str(tmp_path / "t.yaml"), "--epochs", "2",
                                       "--workers", "2", "--cpu", "--no-augment"])
-    cfg = train_config(args)
+    cfg = config_from_args(args)
     assert (cfg.epochs, cfg.backbone, cfg.sbi, cfg.num_workers, cfg.use_gpu, cfg.augment) == (2, "tiny", "only", 2, False, False)
     (tmp_path / "bad.yaml").write_text("epochz: 1\n")
     with pytest.raises(UserError, match="unknown fields"):
-        train_config(build_parser().parse_args(["train", "S", "-o", "C", "--config", str(tmp_path / "bad.yaml")]))
+        config_from_args(build_parser().parse_args(["train", "S", "-o", "C", "--config", str(tmp_path / "bad.yaml")]))
 
 
 # ---------------------------------------------------------------------------------------------- slow
@@ -209,7 +205,7 @@ def test_train_one_worker_registers_challenger_then_resumes(ray_local, shards, t
     from mlflow import MlflowClient
 
     from dfbatch.models import registry
-    from dfbatch.models.detector import read_checkpoint
+    from dfbatch.models.checkpoints import read_checkpoint
     from dfbatch.training.trainer import train
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -220,6 +216,8 @@ def test_train_one_worker_registers_challenger_then_resumes(ray_local, shards, t
     assert os.path.isfile(r1.model_file) and os.path.isdir(r1.best_checkpoint)
     spec, sd, meta = read_checkpoint(r1.model_file)
     assert spec.backbone == "tiny" and meta["epoch"] == 1 and 0.0 <= meta["threshold"] <= 1.0
+    # the shards' crops and detection are the model's input contract (scoring reproduces them)
+    assert (spec.crop_margin, spec.crop_size, spec.crop_jpeg_quality, spec.detection) == (0.4, 48, 90, DETECTION)
     client = MlflowClient(uri)
     run = client.get_run(r1.run_id)
     assert run.info.status == "FINISHED" and run.data.params["data.train_videos"] == "8"
@@ -228,6 +226,10 @@ def test_train_one_worker_registers_challenger_then_resumes(ray_local, shards, t
     assert bundle.version == r1.model_version and bundle.run_id == r1.run_id
     assert bundle.threshold == pytest.approx(r1.threshold, abs=1e-5)
     assert bundle.tags["dfbatch.lineage.train_videos"] == "8"
+    rec = bundle.calibration  # recorded as chosen on the validation crops, not under a scoring job's settings
+    assert rec["method"] == "youden" and rec["settings"] is None and list(rec["aggregations"]) == ["tracks=max,frames=mean"]
+    assert rec["aggregations"]["tracks=max,frames=mean"]["threshold"] == pytest.approx(r1.threshold, abs=1e-5)
+    assert bundle.spec == spec and registry.show("dfbatch-detector@challenger", tracking_uri=uri)["not_recorded"] == []
 
     # a stopped training continues from its checkpoint: same run, epoch 2 only, a new version
     r2 = train(TrainConfig(**{**cfg.to_dict(), "epochs": 2}))
@@ -258,7 +260,7 @@ def test_train_two_workers(ray_local, shards, tmp_path):
 
 @pytest.mark.slow
 def test_train_reads_shards_from_s3_and_checkpoints_to_s3(ray_local, s3_endpoint, tmp_path):
-    from dfbatch.models.detector import read_checkpoint
+    from dfbatch.models.checkpoints import read_checkpoint
     from dfbatch.io.storage import Storage
     from dfbatch.training.trainer import train
 

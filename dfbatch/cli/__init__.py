@@ -9,25 +9,9 @@ import sys
 
 from dfbatch.errors import UserError
 
-# Each module exposes add_parser(subparsers) and sets `func` on its parser(s).
-COMMAND_MODULES = ["score", "models", "evaluate", "demo", "train", "bench"]
-
-
-def size_arg(text: str) -> tuple[int, int]:
-    """argparse type for WIDTHxHEIGHT."""
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 1280x720, got {text!r}") from None
-    return w, h
-
-
-def require_positive(args: argparse.Namespace, *flags: str) -> None:
-    """One-line user error for a numeric flag below 1 (unset flags are skipped)."""
-    for flag in flags:
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
+# Each module exposes add_parser(subparsers) and sets `func` on its parser(s). A job command's flags come from its
+# config class (dfbatch.cli.options.add_job_arguments); its run() builds the config with config_from_args(args).
+COMMAND_MODULES = ["score", "models", "evaluate", "compare", "demo", "train", "bench", "query", "report", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if getattr(args, "print_config", False):
+            from dfbatch.cli.options import config_from_args
+
+            print(config_from_args(args).to_yaml(), end="")
+            return 0
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"dfbatch: error: {exc}", file=sys.stderr)

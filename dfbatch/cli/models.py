@@ -18,8 +18,11 @@ def add_parser(subparsers) -> None:
         return sp
 
     def naming(sp: argparse.ArgumentParser) -> None:
-        from dfbatch.models.registry import DEFAULT_MODEL_NAME
+        # the name in the default model URI: building the parser must not import the registry (torch), which
+        # every command's start-up, `dfbatch query` included, would pay for
+        from dfbatch.config import DEFAULT_MODEL_URI
 
+        DEFAULT_MODEL_NAME = DEFAULT_MODEL_URI.removeprefix("models:/").split("@")[0]
         sp.add_argument("--name", default=DEFAULT_MODEL_NAME, help=f"registered model name (default {DEFAULT_MODEL_NAME})")
         sp.add_argument("--alias", default=None, help="set this alias on the new version (champion, challenger)")
         sp.add_argument("--description", default=None)
@@ -126,11 +129,18 @@ def _show(args) -> int:
     if info.get("description"):
         print(f"  description:  {info['description']}")
     print(f"  threshold:    {info['threshold']:g}  (FAKE when P(fake) >= threshold)")
+    _print_calibration(info.get("calibration"))
+    if info.get("promotion"):
+        print(f"  promotion:    {info['promotion']}")
     print(f"  model:        {info['summary']}")
     print(f"  parameters:   {info['parameters']:,}")
-    print("  spec:")
+    not_recorded = set(info.get("not_recorded") or [])
+    print("  spec:" + (f" ({', '.join(sorted(not_recorded))}: not recorded in this model's spec, which predates "
+                       "them; the defaults shown are what dfbatch did before recording them)" if not_recorded else ""))
     for k, v in info["spec"].items():
-        print(f"    {k:<13} {v}")
+        if isinstance(v, dict):
+            v = ", ".join(f"{dk}={dv}" for dk, dv in v.items())
+        print(f"    {k:<13} {v}" + ("   (not recorded)" if k in not_recorded else ""))
     print("  metrics:" + ("" if info.get("metrics") else " (none)"))
     for k, v in sorted((info.get("metrics") or {}).items()):
         print(f"    {k:<13} {v:.4g}" if isinstance(v, (int, float)) else f"    {k:<13} {v}")
@@ -140,3 +150,20 @@ def _show(args) -> int:
     for k, v in sorted((info.get("tags") or {}).items()):
         print(f"  tag {k}: {v}")
     return 0
+
+
+def _print_calibration(rec: dict | None) -> None:
+    from dfbatch.evaluation.thresholds import describe_record
+
+    if not rec:
+        print("  calibration:  none (`dfbatch evaluate --model URI LABELS --calibrate eer` chooses thresholds on "
+              "scored videos)")
+        return
+    print(f"  calibration:  {describe_record(rec)}")
+    settings = rec.get("settings")
+    print("    settings:   " + (", ".join(f"{k} {v}" for k, v in settings.items()) if settings else
+                                "not the scoring job's (crops made for training)"))
+    for agg, entry in sorted(rec.get("aggregations", {}).items()):
+        temp = f"  temperature {entry['temperature']:g}" if entry.get("temperature") else ""
+        mark = "  (default)" if agg == rec.get("default") else ""
+        print(f"    {agg:<34} threshold {entry['threshold']:.4g}{temp}{mark}")

@@ -3,11 +3,15 @@
 Layout under OUT (local path or s3://):
   videos/part-<model>-<hash>.parquet   one row per (input video, model version)
   faces/part-<model>-<hash>.parquet    one row per scored face track (same file name as its videos part)
+  crops/part-<model>-<hash>/<video_id>-<track>.jpg
+                                       with `--save-crops`: one JPEG per track, its crops side by side
+                                       (named in the faces column `crops_file`, relative to OUT)
 
-Commit protocol: a write task writes both tables to `_staging/` and renames faces first, videos last; the
-videos part is the commit point. A part's name is a hash of (job id, its video ids), so a retried write task
-overwrites rather than duplicates, and a rerun skips every video with a committed row. Readers see only complete files (local rename is atomic; an S3
-PUT is atomic). `recover()` removes staging leftovers and faces parts whose videos part never committed.
+Commit protocol: a write task writes the crops, then both tables to `_staging/`, and renames faces first,
+videos last; the videos part is the commit point. A part's name is a hash of (job id, its video ids), so a
+retried write task overwrites rather than duplicates, and a rerun skips every video with a committed row.
+Readers see only complete files (local rename is atomic; an S3 PUT is atomic). `recover()` removes staging
+leftovers, and faces parts and crops folders whose videos part never committed.
 """
 
 from __future__ import annotations
@@ -55,8 +59,9 @@ VIDEOS_SCHEMA = pa.schema(
     ]
 )
 
-# what the score stage hands the sink: the videos columns plus the per-track details (JSON)
-SCORED_SCHEMA = VIDEOS_SCHEMA.append(pa.field("tracks", pa.string()))
+# what the score stage hands the sink: the videos columns plus the per-track details (JSON) and, with
+# --save-crops, one JPEG strip per track (io.images.encode_strip)
+SCORED_SCHEMA = VIDEOS_SCHEMA.append(pa.field("tracks", pa.string())).append(pa.field("crop_jpegs", pa.list_(pa.binary())))
 
 FACES_SCHEMA = pa.schema(
     [
@@ -68,10 +73,12 @@ FACES_SCHEMA = pa.schema(
         ("det_probs", pa.list_(pa.float32())),  # MTCNN probability; null where the box was interpolated
         ("frame_scores", pa.list_(pa.float64())),  # per-frame P(fake) from the model
         ("fake_probability", pa.float64()),  # the track's score
+        ("sequence_probability", pa.float64()),  # the model's own P(fake) of the sequence (its temporal head)
         ("model_name", pa.string()),
         ("model_version", pa.string()),
         ("mlflow_run_id", pa.string()),
         ("scored_at", pa.timestamp("us", tz="UTC")),
+        ("crops_file", pa.string()),  # --save-crops: the track's JPEG strip, relative to OUT; else null
     ]
 )
 
@@ -81,12 +88,23 @@ def model_key(name: str, version: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{name}-v{version}")
 
 
-def to_tables(rows: list[dict]) -> tuple[pa.Table, pa.Table]:
-    """Split scored rows (score stage output) into the videos and faces tables."""
+def crop_files(rows: list[dict], part: str) -> dict[tuple[str, int], tuple[str, bytes]]:
+    """(video_id, track) -> (path relative to OUT, JPEG strip) for the rows' saved crops (part: the part's stem)."""
+    out = {}
+    for r in rows:
+        for i, jpeg in enumerate(r.get("crop_jpegs") or []):
+            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(r["video_id"]))
+            out[(r["video_id"], i)] = (f"crops/{part}/{name}-{i}.jpg", jpeg)
+    return out
+
+
+def to_tables(rows: list[dict], crops: dict[tuple[str, int], tuple[str, bytes]] | None = None) -> tuple[pa.Table, pa.Table]:
+    """Split scored rows (score stage output) into the videos and faces tables (`crops`: from `crop_files`)."""
     videos = pa.Table.from_pylist([{k: r.get(k) for k in VIDEOS_SCHEMA.names} for r in rows], schema=VIDEOS_SCHEMA)
     faces = []
     for r in rows:
         for i, track in enumerate(json.loads(r.get("tracks") or "[]")):
+            crop = (crops or {}).get((r["video_id"], i))
             faces.append(
                 {
                     "video_id": r["video_id"],
@@ -97,10 +115,12 @@ def to_tables(rows: list[dict]) -> tuple[pa.Table, pa.Table]:
                     "det_probs": track["probs"],
                     "frame_scores": track.get("frame_scores"),
                     "fake_probability": track.get("fake_probability"),
+                    "sequence_probability": track.get("sequence_probability"),
                     "model_name": r.get("model_name"),
                     "model_version": r.get("model_version"),
                     "mlflow_run_id": r.get("mlflow_run_id"),
                     "scored_at": r.get("scored_at"),
+                    "crops_file": crop[0] if crop else None,
                 }
             )
     return videos, pa.Table.from_pylist(faces, schema=FACES_SCHEMA)
@@ -117,6 +137,12 @@ class ResultStore:
 
     def _dir(self, name: str) -> str:
         return f"{self.root}/{name}"
+
+    def _crops_dirs(self) -> list[str]:
+        try:
+            return sorted(p for p in self.fs.ls(self._dir("crops"), detail=False) if p.rsplit("/", 1)[-1].startswith("part-"))
+        except FileNotFoundError:
+            return []
 
     def check_writable(self) -> None:
         """Create OUT and prove it is writable (raises OSError/PermissionError otherwise)."""
@@ -137,8 +163,11 @@ class ResultStore:
         key = model_key(rows[0]["model_name"], rows[0]["model_version"])
         digest = hashlib.sha1("\n".join([job_id, *sorted(r["video_id"] for r in rows)]).encode()).hexdigest()[:16]
         name = f"part-{key}-{digest}.parquet"
-        videos, faces = to_tables(rows)
+        crops = crop_files(rows, name[: -len(".parquet")])
+        videos, faces = to_tables(rows, crops)
         local = not is_s3(self.output)
+        if crops:  # before the tables: a committed row never names a missing file
+            self._write_files({f"{self.root}/{rel}": data for rel, data in crops.values()}, local)
         for table, sub in ((faces, "faces"), (videos, "videos")):  # videos last: the commit point
             final = f"{self._dir(sub)}/{name}"
             if local:
@@ -150,6 +179,27 @@ class ResultStore:
                     pq.write_table(table, f)
         return dict(Counter(r["status"] for r in rows)) | {"fake": sum(1 for r in rows if r.get("label") == "FAKE")}
 
+    def _write_files(self, files: dict[str, bytes], local: bool) -> None:
+        """Each file appears whole or not at all: locally staged + renamed, on S3 one PUT each (concurrent)."""
+        if not local:
+            self.fs.pipe(files)
+            return
+        for final, data in files.items():
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            staging = f"{self._dir('_staging')}/crop-{uuid.uuid4().hex}.jpg"
+            with open(staging, "wb") as f:
+                f.write(data)
+            os.replace(staging, final)
+
+    def read_crops(self, crops_file: str):
+        """A track's saved crops (a faces row's `crops_file`) as uint8 (T, S, S, 3) RGB."""
+        from dfbatch.io.images import decode_strip
+
+        if not re.fullmatch(r"crops/part-[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+\.jpg", crops_file or "") or ".." in crops_file:
+            raise ValueError(f"not a crops file of this store: {crops_file!r}")
+        with self.fs.open(f"{self.root}/{crops_file}", "rb") as f:
+            return decode_strip(f.read())
+
     def _parts(self, sub: str) -> list[str]:
         try:
             return sorted(p for p in self.fs.ls(self._dir(sub), detail=False) if p.endswith(".parquet"))
@@ -157,12 +207,17 @@ class ResultStore:
             return []
 
     def recover(self) -> int:
-        """Remove staging leftovers and faces parts whose videos part never committed. Returns files removed."""
+        """Remove staging leftovers, and faces parts and crops folders whose videos part never committed.
+        Returns the files and folders removed."""
         removed = 0
         committed = {p.rsplit("/", 1)[-1] for p in self._parts("videos")}
         for p in self._parts("faces"):
             if p.rsplit("/", 1)[-1] not in committed:
                 self.fs.rm(p)
+                removed += 1
+        for p in self._crops_dirs():
+            if p.rsplit("/", 1)[-1] + ".parquet" not in committed:
+                self.fs.rm(p, recursive=True)
                 removed += 1
         try:
             for p in self.fs.ls(self._dir("_staging"), detail=False):
@@ -188,13 +243,16 @@ class ResultStore:
         return set(ds.to_table(columns=["video_id"], filter=flt).column("video_id").to_pylist())
 
     def parts_for(self, model_name: str, model_version: str) -> list[str]:
+        """The model version's videos and faces parts and crops folders."""
         prefix = f"part-{model_key(model_name, model_version)}-"
-        return [p for sub in ("videos", "faces") for p in self._parts(sub) if p.rsplit("/", 1)[-1].startswith(prefix)]
+        paths = [p for sub in ("videos", "faces") for p in self._parts(sub)] + self._crops_dirs()
+        return [p for p in paths if p.rsplit("/", 1)[-1].startswith(prefix)]
 
     def remove(self, paths: Iterable[str]) -> None:
-        """Delete parts, videos first (an interrupted removal leaves only orphan faces, which recover() drops)."""
-        for p in sorted(paths, key=lambda p: "/faces/" in p):
-            self.fs.rm(p)
+        """Delete parts, videos first (an interrupted removal leaves only orphan faces and crops, which
+        recover() drops)."""
+        for p in sorted(paths, key=lambda p: (f"{self.root}/videos/" not in p, f"{self.root}/faces/" not in p)):
+            self.fs.rm(p, recursive=not p.endswith(".parquet"))
 
     def read(self, sub: str = "videos", columns: list[str] | None = None):
         """The table as pandas (empty with the schema's columns when nothing was written yet)."""

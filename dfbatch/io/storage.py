@@ -37,6 +37,11 @@ class Storage:
 
     endpoint_url: str | None = None
 
+    @classmethod
+    def from_env(cls, endpoint_url: str | None = None) -> "Storage":
+        """The given S3-compatible endpoint, else AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS's own."""
+        return cls(endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
+
     def fs(self, uri: str) -> fsspec.AbstractFileSystem:
         if is_s3(uri):
             kwargs: dict = {"config_kwargs": {"retries": {"max_attempts": 8, "mode": "adaptive"}}}
@@ -58,6 +63,14 @@ class Storage:
     def join(self, base: str, *parts: str) -> str:
         base = base.rstrip("/") if is_s3(base) else os.path.abspath(os.path.expanduser(base))
         return "/".join([base, *parts]) if is_s3(base) else os.path.join(base, *parts)
+
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        """Write a whole file to a local path (parent folders created) or an s3:// URI (one PUT)."""
+        fs, path = self.fs(uri), self.path(uri)
+        if not is_s3(uri):
+            fs.makedirs(os.path.dirname(path), exist_ok=True)
+        with fs.open(path, "wb") as f:
+            f.write(data)
 
     def boto3_client(self):
         import boto3

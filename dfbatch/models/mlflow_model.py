@@ -21,7 +21,10 @@ class DetectorPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         import torch
 
-        from dfbatch.models.detector import ModelSpec, build_model, load_weights, prepare_for_inference
+        from dfbatch.models.checkpoints import load_weights
+        from dfbatch.models.detector import build_model
+        from dfbatch.models.inference import prepare_for_inference
+        from dfbatch.models.spec import ModelSpec
 
         with open(context.artifacts["spec"], encoding="utf-8") as fh:
             self.spec = ModelSpec.from_dict(json.load(fh))
@@ -32,7 +35,7 @@ class DetectorPyfunc(mlflow.pyfunc.PythonModel):
 
     # np.ndarray hint: MLflow skips type-hint validation/inference (the tensor signature is given at log time)
     def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
-        from dfbatch.models.detector import predict_crops
+        from dfbatch.models.inference import predict_crops
 
         if isinstance(model_input, dict):  # named tensor input ({"crops": array}) from the scoring server
             model_input = model_input.get("crops", next(iter(model_input.values())))

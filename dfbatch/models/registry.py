@@ -10,8 +10,13 @@ Storage format of a logged model (MLflow pyfunc, "model from code", nothing pick
 
 `fetch()` never runs the logged code and never unpickles: it downloads `spec.json` + `weights.pt` and checks
 the weights' sha256. Registered versions carry tags `dfbatch.threshold`, `dfbatch.kind` (native|seed),
-`dfbatch.backbone`, `dfbatch.temporal`, `dfbatch.lineage.*`. Aliases (`champion`, `challenger`) replace
-the old stages.
+`dfbatch.backbone`, `dfbatch.temporal`, `dfbatch.lineage.*`, `dfbatch.calibration` (JSON: thresholds and
+temperature per aggregation, how and on what data they were chosen; `dfbatch.evaluation.thresholds`) and
+`dfbatch.promotion` (why `dfbatch compare --promote` made it champion). Aliases (`champion`, `challenger`)
+replace the old stages.
+
+Importing this module, `list_models` and `show` of a registered version do not import torch; the functions
+that handle weights import it when called.
 
 Tracking URI: the argument, else MLFLOW_TRACKING_URI, else MLflow's default (sqlite:///mlflow.db in the
 working directory). URIs are shown with credentials redacted.
@@ -30,21 +35,16 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from dfbatch.errors import CheckpointError, ModelNotFound, UserError, redact
-from dfbatch.models.detector import (
-    Detector,
-    ModelSpec,
-    build_model,
-    load_state_dict_file,
-    load_weights,
-    read_checkpoint,
-)
+from dfbatch.models.spec import ModelSpec, describe_spec, missing_fields, with_defaults
+
+if TYPE_CHECKING:  # torch is imported by the functions that handle tensors, not by importing this module
+    import torch
+    from torch import nn
+
+    from dfbatch.models.detector import Detector
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ HOW_TO_GET_A_MODEL = ("run `make demo`, or `dfbatch models import-seed FILE.pt -
                       "or pass --model FILE.pt (a dfbatch checkpoint)")
 TAG_PREFIX = "dfbatch."
 KNOWN_ALIASES = ("champion", "challenger")
+CALIBRATION_TAG = TAG_PREFIX + "calibration"
+PROMOTION_TAG = TAG_PREFIX + "promotion"
 
 
 # --------------------------------------------------------------------------------------------- bundle
@@ -77,12 +79,22 @@ class ModelBundle:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def build(self) -> Detector:
-        """Detector in eval mode on CPU with these weights (call `model.prepare_for_inference` next)."""
+        """Detector in eval mode on CPU with these weights (call `inference.prepare_for_inference` next)."""
+        from dfbatch.models.checkpoints import load_weights
+        from dfbatch.models.detector import build_model
+
         return load_weights(build_model(self.spec), self.state_dict, source=self.pinned_uri or self.uri).eval()
 
     def columns(self) -> dict[str, Any]:
         """Model columns for result rows."""
         return {"model_name": self.name, "model_version": self.version, "model_uri": self.pinned_uri or self.uri}
+
+    @property
+    def calibration(self) -> dict | None:
+        """The version's calibration record (`dfbatch.evaluation.thresholds`), None when it has none."""
+        from dfbatch.evaluation.thresholds import parse_record
+
+        return parse_record(self.tags.get(CALIBRATION_TAG))
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -175,11 +187,6 @@ def _is_not_found(exc: Exception) -> bool:
     return "RESOURCE_DOES_NOT_EXIST" in str(code) or "not found" in str(exc).lower() or "does not exist" in str(exc).lower()
 
 
-def _plain_state_dict(model_or_sd: nn.Module | Mapping[str, torch.Tensor]) -> OrderedDict:
-    sd = model_or_sd.state_dict() if isinstance(model_or_sd, nn.Module) else model_or_sd
-    return OrderedDict((k, v.detach().to("cpu").contiguous()) for k, v in sd.items())
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -188,8 +195,13 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _numel(state_dict: Mapping[str, Any]) -> int:
+    return sum(int(v.numel()) for v in state_dict.values())
+
+
 def _pip_requirements() -> list[str]:
     import mlflow
+    import torch
     import torchvision
 
     def base(v: str) -> str:
@@ -223,10 +235,15 @@ def log_model(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor], spec:
     doc). Returns MLflow's ModelInfo (`.model_uri`, `.registered_model_version`). The weights are checked
     against the spec first."""
     import mlflow
+    import numpy as np
+    import torch
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    sd = _plain_state_dict(model_or_state_dict)
+    from dfbatch.models.checkpoints import load_weights, plain_state_dict
+    from dfbatch.models.detector import build_model
+
+    sd = plain_state_dict(model_or_state_dict)
     model = load_weights(build_model(spec), sd, source="model to register").eval()
     with tempfile.TemporaryDirectory(prefix="dfbatch-log-") as tmp:
         weights = Path(tmp) / "weights.pt"
@@ -238,7 +255,7 @@ def log_model(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor], spec:
         signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, S, S, 3), "crops")]),
                                    outputs=Schema([TensorSpec(np.dtype(np.float32), (-1,), "fake_probability")]))
         metadata = {"dfbatch_format": MLFLOW_FORMAT, "dfbatch_spec": spec.to_dict(), "threshold": float(threshold),
-                    "weights_sha256": _sha256(weights), "lineage": {k: str(v) for k, v in (lineage or {}).items()}}
+                    "weights_sha256": _sha256(weights), "parameters": _numel(sd), "lineage": {k: str(v) for k, v in (lineage or {}).items()}}
         del model
         with _quiet_downloads():
             return mlflow.pyfunc.log_model(
@@ -276,7 +293,8 @@ def register(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor], spec: 
             exp_id = _experiment_id(_client(uri), experiment, uri)
             run_ctx = mlflow.start_run(experiment_id=exp_id, run_name=f"register-{name}", nested=active is not None)
         with run_ctx as run:
-            mlflow.log_params({f"spec.{k}": (json.dumps(v) if isinstance(v, list) else v) for k, v in spec.to_dict().items()})
+            mlflow.log_params({f"spec.{k}": (json.dumps(v) if isinstance(v, (list, dict)) else v)
+                               for k, v in spec.to_dict().items()})
             if params:
                 mlflow.log_params(dict(params))
             if metrics:
@@ -330,6 +348,8 @@ def register_uri(source: str, name: str = DEFAULT_MODEL_NAME, *, alias: str | No
         return version
     if "://" in source or source.startswith("models:/"):
         raise UserError(f"can register a checkpoint file or a runs:/RUN/PATH model, not {source!r}")
+    from dfbatch.models.checkpoints import read_checkpoint
+
     spec, sd, meta = read_checkpoint(source)
     p = Path(source)
     lineage = {"source_file": p.name, "source_sha256": _sha256(p)}
@@ -343,7 +363,7 @@ def register_uri(source: str, name: str = DEFAULT_MODEL_NAME, *, alias: str | No
 def import_seed(path: str | os.PathLike, frames: int, name: str = DEFAULT_MODEL_NAME, *, alias: str | None = None,
                 threshold: float = 0.5, description: str | None = None, tracking_uri: str | None = None) -> str:
     """Load a seed ResNeXt50-LSTM state dict (weights_only), check every key/shape, register it."""
-    from dfbatch.models.detector import import_seed_state_dict
+    from dfbatch.models.checkpoints import import_seed_state_dict, load_state_dict_file
 
     p = Path(path)
     model, spec = import_seed_state_dict(load_state_dict_file(p), frames)
@@ -377,6 +397,38 @@ def set_threshold(name: str, version: str | int, threshold: float, tracking_uri:
     if not 0.0 <= float(threshold) <= 1.0:
         raise UserError(f"threshold must be in [0, 1], got {threshold}")
     _client(tracking_uri).set_model_version_tag(name, str(version), TAG_PREFIX + "threshold", f"{float(threshold):.6g}")
+
+
+def set_calibration(name: str, version: str | int, calibration: Mapping[str, Any],
+                    tracking_uri: str | None = None) -> None:
+    """Store a calibration record on a version (tag `dfbatch.calibration`, JSON) and its default aggregation's
+    threshold as the plain `dfbatch.threshold` tag."""
+    default = calibration["aggregations"][calibration["default"]]
+    set_threshold(name, version, float(default["threshold"]), tracking_uri=tracking_uri)
+    _client(tracking_uri).set_model_version_tag(name, str(version), CALIBRATION_TAG,
+                                                json.dumps(calibration, sort_keys=True))
+
+
+def set_version_tag(name: str, version: str | int, key: str, value: str, tracking_uri: str | None = None) -> None:
+    _client(tracking_uri).set_model_version_tag(name, str(version), key, value)
+
+
+def version_info(model_uri: str, tracking_uri: str | None = None) -> dict[str, Any]:
+    """A registered version without its weights: name, version, aliases, tags, run id, the MLflow 3 logged model id
+    (metrics logged with it show on the version's page) and the alias -> version map of its registered model."""
+    from mlflow.store.artifact.utils.models import _parse_model_id_if_present
+
+    uri = resolve_tracking_uri(tracking_uri)
+    logged = _locate(model_uri, uri)
+    mv = logged.version
+    if mv is None:
+        raise UserError(f"{model_uri} is not a registered model version (use models:/NAME@ALIAS or models:/NAME/VERSION)")
+    # MLflow 3 registers a logged model from models:/<model_id>; the sqlite store keeps that only in `source`
+    model_id = getattr(mv, "model_id", None) or _parse_model_id_if_present(mv.source or "")
+    aliases = dict(_client(uri).get_registered_model(mv.name).aliases or {})
+    return {"name": mv.name, "version": str(mv.version), "uri": f"models:/{mv.name}/{mv.version}",
+            "aliases": list(mv.aliases or []), "tags": dict(mv.tags or {}), "run_id": mv.run_id,
+            "model_id": model_id, "model_aliases": {a: str(v) for a, v in aliases.items()}}
 
 
 # -------------------------------------------------------------------------------------------- fetch
@@ -423,9 +475,41 @@ def _run_model_root(client, run_id: str, path: str, uri: str, tracking_uri: str)
     return f"{run.info.artifact_uri.rstrip('/')}/{path}"
 
 
-def _read_logged_model(artifact_root: str, uri: str, tracking_uri: str) -> tuple[ModelSpec, OrderedDict, dict]:
-    """Download MLmodel + spec.json + weights.pt from a logged model's concrete artifact location (file://,
-    s3://, mlflow-artifacts://, ...); never executes or unpickles.
+@dataclass
+class _Logged:
+    """A models:/ or runs:/ URI resolved to its logged model's artifact location (and registry version)."""
+
+    root: str
+    pinned_uri: str
+    run_id: str | None
+    version: Any = None  # MLflow ModelVersion for models:/ URIs
+
+
+def _locate(model_uri: str, tracking_uri: str) -> _Logged:
+    if (missing := _sqlite_missing(_registry_uri(tracking_uri))) is not None:
+        raise _not_found(model_uri, tracking_uri, f"no database at {missing}")
+    if model_uri.startswith("runs:/"):
+        rest = model_uri[len("runs:/"):].strip("/")
+        run_id, _, path = rest.partition("/")
+        if not run_id:
+            raise UserError(f"bad runs URI {model_uri!r}; use runs:/RUN_ID/model")
+        root = _run_model_root(_client(tracking_uri), run_id, path or ARTIFACT_NAME, model_uri, tracking_uri)
+        return _Logged(root, f"runs:/{run_id}/{path or ARTIFACT_NAME}", run_id)
+    if not model_uri.startswith("models:/"):
+        raise UserError(f"unsupported model URI {model_uri!r}; use models:/NAME@ALIAS, models:/NAME/VERSION, "
+                        "runs:/RUN/model or a checkpoint file")
+    name, version, alias = parse_model_uri(model_uri)
+    client = _client(tracking_uri)
+    mv = _resolve_version(client, name, version, alias, tracking_uri)
+    root = client.get_model_version_download_uri(name, str(mv.version))
+    return _Logged(root, f"models:/{name}/{mv.version}", mv.run_id, mv)
+
+
+def _read_logged_model(artifact_root: str, uri: str, tracking_uri: str, *,
+                       weights: bool = True) -> tuple[dict, dict, OrderedDict | None]:
+    """(spec dict as stored, MLmodel metadata, state dict if `weights`) of a logged model, downloaded from its
+    concrete artifact location (file://, s3://, mlflow-artifacts://, ...); never executes or unpickles.
+    Without `weights`, torch is not imported.
 
     The location is resolved with our own client first: MLflow's models:/ and runs:/ artifact repositories
     look the model up through the *global* default client, ignoring the tracking/registry URI passed in."""
@@ -449,14 +533,27 @@ def _read_logged_model(artifact_root: str, uri: str, tracking_uri: str) -> tuple
         arts = (mlmodel.flavors.get("python_function") or {}).get("artifacts") or {}
         rel_w = (arts.get("weights") or {}).get("path", "artifacts/weights.pt")
         rel_s = (arts.get("spec") or {}).get("path", "artifacts/spec.json")
-        spec = ModelSpec.from_dict(json.loads(get(rel_s).read_text(encoding="utf-8")))
+        spec = json.loads(get(rel_s).read_text(encoding="utf-8"))
+        if not weights:
+            return spec, meta, None
+        from dfbatch.models.checkpoints import load_state_dict_file
+
         wpath = get(rel_w)
         if meta.get("weights_sha256") and _sha256(wpath) != meta["weights_sha256"]:
             raise CheckpointError(f"{uri}: weights file does not match its recorded sha256 (corrupted upload?)")
         sd = load_state_dict_file(wpath)
     if not isinstance(sd, Mapping):
         raise CheckpointError(f"{uri}: weights artifact is not a state dict")
-    return spec, OrderedDict(sd), meta
+    return spec, meta, OrderedDict(sd)
+
+
+def _checked_spec(d: Mapping[str, Any], uri: str) -> ModelSpec:
+    try:
+        return ModelSpec.from_dict(d)
+    except CheckpointError:
+        raise
+    except UserError as exc:  # e.g. a backbone registered by a plugin that is not installed here
+        raise CheckpointError(f"{uri}: bad model spec: {exc}") from None
 
 
 def fetch(model_uri: str, tracking_uri: str | None = None) -> ModelBundle:
@@ -465,6 +562,8 @@ def fetch(model_uri: str, tracking_uri: str | None = None) -> ModelBundle:
     if not model_uri:
         raise ModelNotFound(f"no model given; {HOW_TO_GET_A_MODEL}")
     if not (model_uri.startswith(("models:/", "runs:/")) or "://" in model_uri):
+        from dfbatch.models.checkpoints import read_checkpoint
+
         p = Path(model_uri).expanduser()
         if not p.exists():
             raise ModelNotFound(f"no such model file: {model_uri}; {HOW_TO_GET_A_MODEL}")
@@ -474,32 +573,17 @@ def fetch(model_uri: str, tracking_uri: str | None = None) -> ModelBundle:
                            name=meta.get("name"), version=None, run_id=meta.get("run_id"))
 
     uri = resolve_tracking_uri(tracking_uri)
-    if (missing := _sqlite_missing(_registry_uri(uri))) is not None:
-        raise _not_found(model_uri, uri, f"no database at {missing}")
-    if model_uri.startswith("runs:/"):
-        rest = model_uri[len("runs:/"):].strip("/")
-        run_id, _, path = rest.partition("/")
-        if not run_id:
-            raise UserError(f"bad runs URI {model_uri!r}; use runs:/RUN_ID/model")
-        pinned = f"runs:/{run_id}/{path or ARTIFACT_NAME}"
-        root = _run_model_root(_client(uri), run_id, path or ARTIFACT_NAME, model_uri, uri)
-        spec, sd, meta = _read_logged_model(root, model_uri, uri)
-        return ModelBundle(spec=spec, state_dict=sd, uri=model_uri, pinned_uri=pinned,
-                           threshold=float(meta.get("threshold", 0.5)), run_id=run_id, meta=meta)
-    if not model_uri.startswith("models:/"):
-        raise UserError(f"unsupported model URI {model_uri!r}; use models:/NAME@ALIAS, models:/NAME/VERSION, "
-                        "runs:/RUN/model or a checkpoint file")
-
-    name, version, alias = parse_model_uri(model_uri)
-    client = _client(uri)
-    mv = _resolve_version(client, name, version, alias, uri)
-    pinned = f"models:/{name}/{mv.version}"
-    spec, sd, meta = _read_logged_model(client.get_model_version_download_uri(name, str(mv.version)), model_uri, uri)
-    tags = dict(mv.tags or {})
-    threshold = float(tags.get(TAG_PREFIX + "threshold", meta.get("threshold", 0.5)))
-    return ModelBundle(spec=spec, state_dict=sd, name=name, version=str(mv.version), uri=model_uri, pinned_uri=pinned,
-                       threshold=threshold, run_id=mv.run_id, aliases=list(mv.aliases or []), tags=tags,
-                       description=mv.description or None, meta=meta)
+    logged = _locate(model_uri, uri)
+    spec_dict, meta, sd = _read_logged_model(logged.root, model_uri, uri)
+    bundle = ModelBundle(spec=_checked_spec(spec_dict, model_uri), state_dict=sd, uri=model_uri,
+                         pinned_uri=logged.pinned_uri, threshold=float(meta.get("threshold", 0.5)),
+                         run_id=logged.run_id, meta=meta)
+    if (mv := logged.version) is not None:
+        bundle.tags = dict(mv.tags or {})
+        bundle.threshold = float(bundle.tags.get(TAG_PREFIX + "threshold", bundle.threshold))
+        bundle.name, bundle.version = mv.name, str(mv.version)
+        bundle.aliases, bundle.description = list(mv.aliases or []), mv.description or None
+    return bundle
 
 
 # ----------------------------------------------------------------------------------------- listing
@@ -532,46 +616,66 @@ def list_models(tracking_uri: str | None = None, name: str | None = None) -> lis
 
 def show(model_uri: str, tracking_uri: str | None = None) -> dict[str, Any]:
     """Spec, threshold, metrics, aliases and lineage of `NAME[@ALIAS|/VERSION]`, a models:/ or runs:/ URI, or
-    a checkpoint file (weights are loaded to read the spec, never executed)."""
+    a checkpoint file. A registered version is described from its stored spec.json and metadata (no torch,
+    weights not downloaded); a checkpoint file is read weights-only. `spec` is the stored spec with the fields
+    it lacks (stored before they existed) filled in by their defaults; `not_recorded` names those."""
     is_file = not model_uri.startswith(("models:/", "runs:/")) and "://" not in model_uri and Path(model_uri).exists()
     if not is_file and not model_uri.startswith(("models:/", "runs:/")):
         model_uri = "models:/" + model_uri
     if is_file:
-        spec, sd, meta = read_checkpoint(model_uri)
+        from dfbatch.models.checkpoints import checkpoint_parts, load_state_dict_file
+
+        obj = load_state_dict_file(model_uri)
+        spec, sd, meta = checkpoint_parts(obj, model_uri)
         return {"uri": model_uri, "pinned_uri": str(Path(model_uri).resolve()), "spec": spec.to_dict(),
-                "summary": spec.describe(), "threshold": float(meta.get("threshold", 0.5)),
-                "metrics": meta.get("metrics") or {}, "lineage": meta.get("lineage") or {}, "meta": meta,
-                "parameters": sum(int(v.numel()) for v in sd.values())}
-    b = fetch(model_uri, tracking_uri)
+                "not_recorded": missing_fields(obj["spec"]), "summary": spec.describe(),
+                "threshold": float(meta.get("threshold", 0.5)), "metrics": meta.get("metrics") or {},
+                "lineage": meta.get("lineage") or {}, "meta": meta, "parameters": _numel(sd)}
     uri = resolve_tracking_uri(tracking_uri)
-    out: dict[str, Any] = {"uri": model_uri, "pinned_uri": b.pinned_uri, "name": b.name, "version": b.version,
-                           "aliases": b.aliases, "description": b.description, "threshold": b.threshold,
-                           "spec": b.spec.to_dict(), "summary": b.spec.describe(),
-                           "parameters": sum(int(v.numel()) for v in b.state_dict.values()),
-                           "tracking_uri": redact(uri)}
-    lineage = {k[len(TAG_PREFIX + "lineage."):]: v for k, v in b.tags.items() if k.startswith(TAG_PREFIX + "lineage.")}
-    lineage = lineage or dict(b.meta.get("lineage") or {})
+    logged = _locate(model_uri, uri)
+    spec, meta, _ = _read_logged_model(logged.root, model_uri, uri, weights=False)
+    parameters = meta.get("parameters")
+    if parameters is None:  # logged before the count was recorded: count the weights (imports torch)
+        parameters = _numel(_read_logged_model(logged.root, model_uri, uri)[2])
+    mv = logged.version
+    tags = dict(mv.tags or {}) if mv is not None else {}
+    out: dict[str, Any] = {"uri": model_uri, "pinned_uri": logged.pinned_uri,
+                           "name": mv.name if mv is not None else None,
+                           "version": str(mv.version) if mv is not None else None,
+                           "aliases": list(mv.aliases or []) if mv is not None else [],
+                           "description": (mv.description or None) if mv is not None else None,
+                           "threshold": float(tags.get(TAG_PREFIX + "threshold", meta.get("threshold", 0.5))),
+                           "spec": with_defaults(spec), "not_recorded": missing_fields(spec),
+                           "summary": describe_spec(spec),
+                           "parameters": int(parameters), "tracking_uri": redact(uri)}
+    lineage = {k[len(TAG_PREFIX + "lineage."):]: v for k, v in tags.items() if k.startswith(TAG_PREFIX + "lineage.")}
+    lineage = lineage or dict(meta.get("lineage") or {})
     metrics: dict[str, float] = {}
-    if b.run_id:
+    if logged.run_id:
         try:
-            run = _client(uri).get_run(b.run_id)
+            run = _client(uri).get_run(logged.run_id)
             metrics = dict(run.data.metrics)
-            lineage.update({"run_id": b.run_id, "run_name": run.info.run_name or "",
+            lineage.update({"run_id": logged.run_id, "run_name": run.info.run_name or "",
                             "experiment_id": run.info.experiment_id})
             git = run.data.tags.get("mlflow.source.git.commit")
             if git:
                 lineage["git_commit"] = git
         except Exception as exc:  # run deleted: still show the version
-            log.debug("run %s not readable: %s", b.run_id, exc)
-            lineage["run_id"] = b.run_id
+            log.debug("run %s not readable: %s", logged.run_id, exc)
+            lineage["run_id"] = logged.run_id
     out["metrics"] = metrics
     out["lineage"] = lineage
-    out["tags"] = {k: v for k, v in b.tags.items() if not k.startswith(TAG_PREFIX)}
+    from dfbatch.evaluation.thresholds import parse_record
+
+    out["calibration"] = parse_record(tags.get(CALIBRATION_TAG))
+    if tags.get(PROMOTION_TAG):
+        out["promotion"] = tags[PROMOTION_TAG]
+    out["tags"] = {k: v for k, v in tags.items() if not k.startswith(TAG_PREFIX)}
     return out
 
 
 __all__ = [
     "DEFAULT_MODEL_NAME", "ModelBundle", "fetch", "register", "register_uri", "import_seed", "log_model",
-    "set_alias", "delete_alias", "set_threshold", "list_models", "show", "parse_model_uri",
-    "resolve_tracking_uri",
+    "set_alias", "delete_alias", "set_threshold", "set_calibration", "set_version_tag", "version_info",
+    "list_models", "show", "parse_model_uri", "resolve_tracking_uri",
 ]

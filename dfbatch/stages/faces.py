@@ -21,8 +21,10 @@ import numpy as np
 import pyarrow as pa
 
 from dfbatch.config import FaceConfig, LimitsConfig, SamplingConfig
+from dfbatch.stages.crops import jpeg_round_trip
 from dfbatch.stages.decode import DecodeError, local_copy, read_frames
 from dfbatch.errors import one_line, redact
+from dfbatch.io.results import VIDEOS_SCHEMA  # the columns the results share
 from dfbatch.io.storage import Storage
 
 
@@ -30,24 +32,10 @@ MTCNN_MIN_PX = 12  # facenet's P-Net window: smaller faces are never found (and 
 
 # one row per video between the face stage and the score stage (crops: uint8 (sum of track lengths, S, S, 3))
 FACE_ROWS_SCHEMA = pa.schema(
-    [
-        ("video_uri", pa.string()),
-        ("video_id", pa.string()),
-        ("size_bytes", pa.int64()),
-        ("status", pa.string()),
-        ("error", pa.string()),
-        ("duration_s", pa.float64()),
-        ("fps", pa.float64()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("n_frames", pa.int32()),
-        ("frame_indices", pa.list_(pa.int32())),
-        ("n_faces", pa.int32()),
-        ("n_tracks", pa.int32()),
-        ("tracks", pa.string()),
-        ("crops", pa.binary()),
-        ("crop_size", pa.int32()),
-    ]
+    [VIDEOS_SCHEMA.field(n) for n in ("video_uri", "video_id", "size_bytes", "status", "error", "duration_s", "fps", "width",
+                                      "height", "n_frames", "frame_indices", "n_faces", "n_tracks")]
+    + [pa.field("tracks", pa.string()), pa.field("crops", pa.binary()), pa.field("crop_size", pa.int32()),
+       pa.field("crop_jpegs", pa.list_(pa.binary()))]  # --save-crops: one JPEG strip per track (else null)
 )
 
 
@@ -223,7 +211,7 @@ def faces_in_frames(frames: np.ndarray, scale: float, detector: FaceDetector, cf
     n_faces = int(sum(len(p) for _, p in found))
     tracks = link_tracks([(pos, b, p) for pos, (b, p) in zip(positions, found)], cfg.iou_threshold, max_gap=max(2, 2 // step + 1))
     tracks = [fill_track(t, len(frames)) for t in select_tracks(tracks, cfg)]
-    crops = [square_crop(frames[pos], [c * scale for c in box], cfg.margin, crop_size) for t in tracks for pos, box in zip(t.frame_pos, t.boxes)]
+    crops = [square_crop(frames[pos], [c * scale for c in box], cfg.crop_margin, crop_size) for t in tracks for pos, box in zip(t.frame_pos, t.boxes)]
     arr = np.stack(crops) if crops else np.zeros((0, crop_size, crop_size, 3), np.uint8)
     if timings is not None:
         for key, value in (("detect_s", t1 - t0), ("detect_cpu_s", c1 - c0), ("crop_s", time.perf_counter() - t1), ("crop_cpu_s", time.process_time() - c1)):
@@ -250,6 +238,7 @@ def empty_result(ref: dict) -> dict:
         "tracks": "[]",
         "crops": b"",
         "crop_size": 0,
+        "crop_jpegs": None,
     }
 
 
@@ -275,8 +264,11 @@ def _mark_inflight(video_id: str) -> tuple[str, int]:
     return marker, deaths
 
 
-def process_video(ref: dict, detector: FaceDetector, storage: Storage, sampling: SamplingConfig, limits: LimitsConfig, *, frames: int, crop_size: int) -> dict:
+def process_video(ref: dict, detector: FaceDetector, storage: Storage, sampling: SamplingConfig, limits: LimitsConfig, *, frames: int, crop_size: int, crop_jpeg_quality: int | None = None, keep: dict | None = None) -> dict:
     """Decode, detect, track and crop one video; every failure becomes status `failed` + a one-line error.
+    Crops are cut at `crop_size` and, with `crop_jpeg_quality`, go through the training shards' JPEG round trip
+    (the model's spec says both: `ModelSpec.crop_side`, `crop_jpeg_quality`). `keep` (optional) receives the
+    decoded video as `keep["video"]` (the single-video page shows its frames).
 
     A video that killed the worker process MAX_WORKER_DEATHS times (native decoder crash, OOM kill, or the
     watchdog: a Ray actor exits when one video takes 2 x time_budget_s, e.g. a native call that never returns)
@@ -289,7 +281,8 @@ def process_video(ref: dict, detector: FaceDetector, storage: Storage, sampling:
     timer = None
     try:
         timer = _watchdog(2 * limits.time_budget_s, ref["video_uri"])
-        return _process_video(ref, detector, storage, sampling, limits, frames=frames, crop_size=crop_size)
+        return _process_video(ref, detector, storage, sampling, limits, frames=frames, crop_size=crop_size,
+                              crop_jpeg_quality=crop_jpeg_quality, keep=keep)
     finally:
         if timer is not None:
             timer.cancel()
@@ -317,7 +310,7 @@ def _watchdog(seconds: float, uri: str) -> threading.Timer | None:
     return timer
 
 
-def _process_video(ref: dict, detector: FaceDetector, storage: Storage, sampling: SamplingConfig, limits: LimitsConfig, *, frames: int, crop_size: int) -> dict:
+def _process_video(ref: dict, detector: FaceDetector, storage: Storage, sampling: SamplingConfig, limits: LimitsConfig, *, frames: int, crop_size: int, crop_jpeg_quality: int | None, keep: dict | None = None) -> dict:
     row = empty_result(ref)
     if ref.get("list_error"):
         row["error"] = ref["list_error"]
@@ -326,12 +319,15 @@ def _process_video(ref: dict, detector: FaceDetector, storage: Storage, sampling
     try:
         with local_copy(ref["video_uri"], storage, limits.max_bytes) as path:
             video = read_frames(path, sampling, limits, frames=frames, max_side=1920, deadline=deadline)
+        if keep is not None:
+            keep["video"] = video
         info = video.info
         row.update(duration_s=info.duration_s, fps=info.fps, width=info.width, height=info.height, n_frames=len(video.indices), frame_indices=video.indices.tolist())
         if min(video.frames.shape[1:3]) < max(MTCNN_MIN_PX, detector.cfg.min_face * video.scale):  # no face fits (MTCNN raises below 12 px)
             tracks, crops, n_faces = [], np.zeros((0, crop_size, crop_size, 3), np.uint8), 0
         else:
             tracks, crops, n_faces = faces_in_frames(video.frames, video.scale, detector, detector.cfg, crop_size)
+            crops = jpeg_round_trip(crops, crop_jpeg_quality)
         if time.monotonic() > deadline:
             raise DecodeError(f"over limit time_budget_s ({limits.time_budget_s:.0f} s)")
     except DecodeError as exc:
@@ -365,18 +361,45 @@ def _process_video(ref: dict, detector: FaceDetector, storage: Storage, sampling
     return row
 
 
-class FaceStage:
-    """Ray Data adapter: `ds.map_batches(FaceStage, fn_constructor_kwargs=..., batch_size=1)` on CPU actors."""
+def track_crops(row: dict) -> list[np.ndarray]:
+    """A face row's crops (all tracks, one after another) as one uint8 (T, S, S, 3) array per track."""
+    from dfbatch.stages.score import split_by_lengths
 
-    def __init__(self, *, storage: Storage, sampling: SamplingConfig, faces: FaceConfig, limits: LimitsConfig, frames: int, crop_size: int, threads: int = 1, device: str = "cpu"):
+    lengths = [len(t["frame_indices"]) for t in json.loads(row["tracks"] or "[]")]
+    size = int(row["crop_size"] or 0)
+    crops = np.frombuffer(row["crops"], dtype=np.uint8).reshape(-1, size, size, 3) if size else np.zeros((0, 1, 1, 3), np.uint8)
+    if sum(lengths) != len(crops):
+        raise ValueError(f"crops ({len(crops)}) do not match tracks ({sum(lengths)} frames)")
+    return split_by_lengths(crops, lengths)
+
+
+def crop_strips(row: dict, quality: int = 90) -> list[bytes] | None:
+    """One JPEG per track of an `ok` face row, its crops side by side (what `--save-crops` keeps); else None."""
+    if row["status"] != "ok":
+        return None
+    from dfbatch.io.images import encode_strip
+
+    return [encode_strip(c, quality) for c in track_crops(row)]
+
+
+class FaceStage:
+    """Ray Data adapter: `ds.map_batches(FaceStage, fn_constructor_kwargs=..., batch_size=1)` on CPU actors.
+    `save_crops`: each row also carries its tracks' JPEG strips (`crop_jpegs`), encoded here on the CPU actors."""
+
+    def __init__(self, *, storage: Storage, sampling: SamplingConfig, faces: FaceConfig, limits: LimitsConfig, frames: int, crop_size: int, crop_jpeg_quality: int | None = None, threads: int = 1, device: str = "cpu", save_crops: bool = False):
         import cv2
         import torch
 
         torch.set_num_threads(max(1, threads))
         cv2.setNumThreads(max(1, threads))  # OpenCV's own pool would oversubscribe the actor's CPUs
         self.detector = FaceDetector(faces, device=device)  # device "cuda": MTCNN on the GPU (fractional GPU per actor)
-        self.kw = dict(storage=storage, sampling=sampling, limits=limits, frames=frames, crop_size=crop_size)
+        self.kw = dict(storage=storage, sampling=sampling, limits=limits, frames=frames, crop_size=crop_size,
+                       crop_jpeg_quality=crop_jpeg_quality)
+        self.save_crops = save_crops
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = [process_video(ref, self.detector, **self.kw) for ref in batch.to_pylist()]
+        if self.save_crops:
+            for row in rows:
+                row["crop_jpegs"] = crop_strips(row)
         return pa.Table.from_pylist(rows, schema=FACE_ROWS_SCHEMA)

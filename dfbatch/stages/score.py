@@ -1,7 +1,7 @@
 """Score: run the detector over face-track sequences batched across videos, then aggregate per video.
 
 `Scorer` (plain PyTorch) scores sequences; `score_rows` turns face-stage rows into result rows; `ScoreStage`
-is the Ray Data adapter (an actor pool, one model per actor, `num_gpus=1` per actor on a GPU cluster).
+is the Ray Data adapter (an actor pool, one model per actor; its GPU share: `pipeline.plan_resources`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from dfbatch.io.results import SCORED_SCHEMA
-
-AGGREGATORS = {"max": np.max, "mean": np.mean, "median": np.median}
+from dfbatch.stages.aggregate import FRAME_AGGREGATION, TRACK_AGGREGATION, aggregate, describe, with_temperature
 
 
 class Scorer:
@@ -27,16 +26,18 @@ class Scorer:
         CUDA: channels_last + autocast, pinned uint8 input copied non-blocking. `compile`: torch.compile."""
         import torch
 
-        from dfbatch.models import detector as M
+        from dfbatch.models.checkpoints import load_weights
+        from dfbatch.models.detector import build_model
+        from dfbatch.models.inference import fold_batchnorm, prepare_for_inference, resolve_precision
 
         if threads:
             torch.set_num_threads(threads)
         self.spec = spec
         self.batch_size = max(1, batch_size)
         self.device = torch.device(device)
-        precision = M.resolve_precision(precision, self.device)
-        net = M.fold_batchnorm(M.load_weights(M.build_model(spec), state_dict).eval())
-        self.net = M.prepare_for_inference(net, self.device, precision)
+        precision = resolve_precision(precision, self.device)
+        net = fold_batchnorm(load_weights(build_model(spec), state_dict).eval())
+        self.net = prepare_for_inference(net, self.device, precision)
         self.precision = precision
         self.cast = None  # input dtype when the weights themselves are cast (CPU bf16)
         if self.device.type == "cpu":
@@ -52,7 +53,8 @@ class Scorer:
         """(per-frame P(fake), sequence P(fake)) for each sequence; equal lengths are batched together."""
         import torch
 
-        from dfbatch.models.detector import inference_context, preprocess
+        from dfbatch.models.detector import preprocess
+        from dfbatch.models.inference import inference_context
 
         out: list = [None] * len(sequences)
         by_len: dict[int, list[int]] = defaultdict(list)
@@ -82,18 +84,16 @@ def split_by_lengths(crops: np.ndarray, lengths: list[int]) -> list[np.ndarray]:
 
 
 def _split_crops(row: dict) -> list[np.ndarray]:
-    lengths = [len(t["frame_indices"]) for t in json.loads(row["tracks"])]
-    size = int(row["crop_size"])
-    crops = np.frombuffer(row["crops"], dtype=np.uint8).reshape(-1, size, size, 3)
-    if sum(lengths) != len(crops):
-        raise ValueError(f"crops ({len(crops)}) do not match tracks ({sum(lengths)} frames)")
-    return split_by_lengths(crops, lengths)
+    from dfbatch.stages.faces import track_crops
+
+    return track_crops(row)
 
 
-def score_rows(rows: list[dict], scorer: Scorer, *, threshold: float, track_aggregation: str = "max", frame_aggregation: str = "mean", model_info: dict, run_id: str | None) -> list[dict]:
-    """Score every `ok` row's tracks in shared batches; fill the result columns of all rows."""
+def score_rows(rows: list[dict], scorer: Scorer, *, threshold: float, track_aggregation: str = TRACK_AGGREGATION, frame_aggregation: str = FRAME_AGGREGATION, model_info: dict, run_id: str | None, temperature: float | None = None) -> list[dict]:
+    """Score every `ok` row's tracks in shared batches; fill the result columns of all rows. A `temperature`
+    (calibration stored on the model version) scales the video score, not the per-frame and track scores."""
     now = datetime.now(timezone.utc)
-    aggregation = f"tracks={track_aggregation},frames={frame_aggregation}"
+    aggregation = describe(frame_aggregation=frame_aggregation, track_aggregation=track_aggregation, temperature=temperature)
     jobs: list[tuple[int, int]] = []
     seqs: list[np.ndarray] = []
     for i, row in enumerate(rows):
@@ -129,16 +129,16 @@ def score_rows(rows: list[dict], scorer: Scorer, *, threshold: float, track_aggr
         tracks = json.loads(row["tracks"])
         pos = {f: k for k, f in enumerate(row["frame_indices"])}
         frame_best = np.full(n, np.nan)
-        track_scores = []
-        for track, (frame_p, seq_p) in zip(tracks, results_i):
-            score = seq_p if frame_aggregation == "model" else float(AGGREGATORS[frame_aggregation](frame_p))
-            track["frame_scores"] = [round(float(p), 6) for p in frame_p]
+        track_scores, prob = aggregate(results_i, frame_aggregation=frame_aggregation, track_aggregation=track_aggregation)
+        prob = with_temperature(prob, temperature)
+        for track, (frame_p, seq_p), score in zip(tracks, results_i, track_scores):
+            # unrounded: every aggregation can be recomputed exactly from the faces table (dfbatch evaluate)
+            track["frame_scores"] = [float(p) for p in frame_p]
+            track["sequence_probability"] = float(seq_p)
             track["fake_probability"] = score
-            track_scores.append(score)
             for f, p in zip(track["frame_indices"], frame_p):
                 k = pos[f]
                 frame_best[k] = p if np.isnan(frame_best[k]) else max(frame_best[k], p)
-        prob = float(AGGREGATORS[track_aggregation](track_scores))
         row["tracks"] = json.dumps(tracks)
         row["frame_scores"] = [None if np.isnan(v) else float(v) for v in frame_best]
         row["fake_probability"] = prob
@@ -172,13 +172,13 @@ def _tensors(state_dict: dict) -> dict:
 class ScoreStage:
     """Ray Data adapter: `ds.map_batches(ScoreStage, batch_size=videos, concurrency=n, num_gpus=...)`."""
 
-    def __init__(self, *, bundle_ref: list, device: str, precision: str, batch_size: int, threads: int | None, threshold: float, track_aggregation: str, frame_aggregation: str, run_id: str | None, compile: bool = False):
+    def __init__(self, *, bundle_ref: list, device: str, precision: str, batch_size: int, threads: int | None, threshold: float, track_aggregation: str, frame_aggregation: str, run_id: str | None, compile: bool = False, temperature: float | None = None):
         import ray
 
         bundle = ray.get(bundle_ref[0])  # model weights travel through the object store, fetched once per actor
         self.scorer = Scorer(bundle.spec, _tensors(bundle.state_dict), device=device, precision=precision, batch_size=batch_size, threads=threads, compile=compile)
         self.model_info = {"model_name": bundle.name, "model_version": str(bundle.version), "model_uri": bundle.pinned_uri or bundle.uri}
-        self.kw = dict(threshold=threshold, track_aggregation=track_aggregation, frame_aggregation=frame_aggregation, model_info=self.model_info, run_id=run_id)
+        self.kw = dict(threshold=threshold, track_aggregation=track_aggregation, frame_aggregation=frame_aggregation, model_info=self.model_info, run_id=run_id, temperature=temperature)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = score_rows(batch.to_pylist(), self.scorer, **self.kw)

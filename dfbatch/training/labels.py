@@ -63,7 +63,6 @@ import logging
 import os
 import posixpath
 import re
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
@@ -121,32 +120,26 @@ class _Tree:
             return []
         return sorted(self.fs.find(path, withdirs=False))
 
-    def dirs(self, path: str | None = None) -> dict[str, str]:
-        """Immediate sub-folders: lower-case name -> path."""
-        path = path or self.root
-        out = {}
+    def _entries(self, path: str | None, kind: str) -> dict[str, str]:
+        """Immediate entries of one ``kind`` (``directory`` | ``file``): lower-case name -> path."""
         try:
-            entries = self.fs.ls(path, detail=True)
+            entries = self.fs.ls(path or self.root, detail=True)
         except (FileNotFoundError, NotADirectoryError):
-            return out
+            return {}
+        out = {}
         for e in entries:
-            if e.get("type") == "directory":
+            if e.get("type") == kind:
                 name = e["name"].rstrip("/")
                 out[posixpath.basename(name).lower()] = name
         return out
 
+    def dirs(self, path: str | None = None) -> dict[str, str]:
+        """Immediate sub-folders: lower-case name -> path."""
+        return self._entries(path, "directory")
+
     def files(self, path: str | None = None) -> dict[str, str]:
         """Immediate files: lower-case name -> path."""
-        path = path or self.root
-        out = {}
-        try:
-            entries = self.fs.ls(path, detail=True)
-        except (FileNotFoundError, NotADirectoryError):
-            return out
-        for e in entries:
-            if e.get("type") == "file":
-                out[posixpath.basename(e["name"]).lower()] = e["name"]
-        return out
+        return self._entries(path, "file")
 
     def read_text(self, path: str) -> str:
         with self.fs.open(path, "rb") as fh:
@@ -232,45 +225,43 @@ def _csv_header(tree: _Tree, path: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------------ readers
+def _dfdc_entries(tree: _Tree, files: dict[str, str]) -> Iterable[tuple[str, str, str | None, str | None, bool]]:
+    """(file name, label as written, original, split, from the test labels.csv) per video of one DFDC folder."""
+    if "metadata.json" in files:
+        for name, info in sorted(json.loads(tree.read_text(files["metadata.json"])).items()):
+            info = info or {}
+            split = _norm_split(info.get("split"))
+            yield name, info.get("label"), info.get("original") or None, None if split == "train" else split, False  # train metadata: always "train"
+    if "labels.csv" in files:
+        table = pd.read_csv(io.StringIO(tree.read_text(files["labels.csv"])), dtype=str)
+        table.columns = [c.strip().lower() for c in table.columns]
+        if {"filename", "label"} <= set(table.columns):
+            for name, lab in zip(table["filename"], table["label"]):
+                yield name, lab, None, "test", True
+
+
 def read_dfdc(root: str, storage_options: Mapping | None = None, *, dfdc_group: str = "original") -> pd.DataFrame:
-    """DFDC: every ``metadata.json`` at the root or one folder down, plus a test-release ``labels.csv``."""
+    """DFDC: every ``metadata.json`` at the root or one folder down, plus a test-release ``labels.csv`` (whose
+    videos already in a metadata.json are not read twice)."""
     if dfdc_group not in ("original", "folder"):
         raise UserError("dfdc_group must be 'original' or 'folder'")
     tree = _Tree.open(root, storage_options)
-    folders = [tree.root] + sorted(tree.dirs().values())
     rows: list[dict] = []
     seen: set[str] = set()
-    for folder in folders:
+    for folder in [tree.root] + sorted(tree.dirs().values()):
         files = tree.files(folder)
         videos = {posixpath.basename(p): p for p in files.values() if _is_video(p)}
         folder_key = posixpath.basename(folder) if folder != tree.root else "."
-        if "metadata.json" in files:
-            meta = json.loads(tree.read_text(files["metadata.json"]))
-            for name, info in sorted(meta.items()):
-                info = info or {}
-                path = videos.get(name) or posixpath.join(folder, name)
-                label = _norm_label(info.get("label"))
-                orig = info.get("original") or None
-                split = _norm_split(info.get("split"))
-                split = None if split == "train" else split  # DFDC train metadata: always "train"
-                key = folder_key if dfdc_group == "folder" else _stem(orig if (label == "FAKE" and orig) else name)
-                rows.append(dict(uri=tree.uri(path), label=label, group=f"dfdc:{key}", source_group=None,
-                                 original=tree.uri(videos.get(orig) or posixpath.join(folder, orig)) if orig else None,
-                                 split=split, dataset="dfdc", method=None))
-                seen.add(path)
-        if "labels.csv" in files:
-            table = pd.read_csv(io.StringIO(tree.read_text(files["labels.csv"])), dtype=str)
-            table.columns = [c.strip().lower() for c in table.columns]
-            if not {"filename", "label"} <= set(table.columns):
+        path_of = lambda name: videos.get(name) or posixpath.join(folder, name)  # noqa: E731
+        for name, label, orig, split, from_test_csv in _dfdc_entries(tree, files):
+            path = path_of(name)
+            if from_test_csv and path in seen:
                 continue
-            for name, lab in zip(table["filename"], table["label"]):
-                path = videos.get(name) or posixpath.join(folder, name)
-                if path in seen:
-                    continue
-                key = folder_key if dfdc_group == "folder" else _stem(name)
-                rows.append(dict(uri=tree.uri(path), label=_norm_label(lab, one_means="FAKE"), group=f"dfdc:{key}",
-                                 source_group=None, original=None, split="test", dataset="dfdc", method=None))
-                seen.add(path)
+            label = _norm_label(label, one_means="FAKE")
+            key = folder_key if dfdc_group == "folder" else _stem(orig if (label == "FAKE" and orig) else name)
+            rows.append(dict(uri=tree.uri(path), label=label, group=f"dfdc:{key}", source_group=None,
+                             original=tree.uri(path_of(orig)) if orig else None, split=split, dataset="dfdc", method=None))
+            seen.add(path)
     if not rows:
         raise UserError(f"{root}: no DFDC metadata.json or labels.csv found")
     return _frame(rows)

@@ -33,88 +33,55 @@ import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dfbatch import __version__
-from dfbatch.config import REFERENCE_FACES, FaceConfig, LimitsConfig, SamplingConfig
+from dfbatch.config import PrepareConfig
 from dfbatch.errors import UserError, one_line, redact
+from dfbatch.io.images import decode_jpeg, encode_jpeg  # noqa: F401 (re-exported: trainer, tests)
+from dfbatch.io.listing import LISTING_SCHEMA
+from dfbatch.io.results import VIDEOS_SCHEMA
 from dfbatch.io.storage import Storage, is_s3
+from dfbatch.models.spec import DEFAULT_CROP_MARGIN, DETECTION_KEYS
+from dfbatch.stages.crops import decode_jpeg, encode_jpeg
 
 log = logging.getLogger(__name__)
 
 PREPARE_FORMAT = "dfbatch-shards/1"
 SPLIT_DIRS = ("train", "val", "test")
 LABEL_COLUMNS = ("label", "group", "split", "dataset", "original")
-LISTING_SCHEMA = pa.schema([
-    ("video_uri", pa.string()), ("video_id", pa.string()), ("size_bytes", pa.int64()), ("mtime", pa.string()),
-    ("list_error", pa.string()),
-    ("label", pa.string()), ("group", pa.string()), ("split", pa.string()), ("dataset", pa.string()),
-    ("original", pa.string()),
-])
+_LABEL_FIELDS = [pa.field(c, pa.string()) for c in LABEL_COLUMNS]
+
+
+def _result_fields(*names: str) -> list[pa.Field]:
+    """Columns shared with the scoring job's results: defined once, in `io.results.VIDEOS_SCHEMA`."""
+    return [VIDEOS_SCHEMA.field(n) for n in names]
+
+
+# the prepare job's listing: the scoring job's listing rows plus the label columns
+LABELLED_LISTING_SCHEMA = pa.schema(list(LISTING_SCHEMA) + _LABEL_FIELDS)
 # PrepareStage output: one row per video, tracks nested
-PREPARED_SCHEMA = pa.schema([
-    ("video_uri", pa.string()), ("video_id", pa.string()), ("label", pa.string()), ("group", pa.string()),
-    ("split", pa.string()), ("dataset", pa.string()), ("original", pa.string()),
-    ("status", pa.string()), ("error", pa.string()), ("n_frames", pa.int32()), ("n_faces", pa.int32()),
-    ("n_tracks", pa.int32()), ("crop_size", pa.int32()), ("fps", pa.float64()), ("duration_s", pa.float64()),
-    ("track_frame_indices", pa.list_(pa.list_(pa.int32()))), ("track_frames", pa.list_(pa.list_(pa.binary()))),
-])
-VIDEOS_SCHEMA = pa.schema([f for f in PREPARED_SCHEMA if not f.name.startswith("track_")]
-                          + [pa.field("prepared_at", pa.string()), pa.field("job_id", pa.string())])
+PREPARED_SCHEMA = pa.schema(
+    _result_fields("video_uri", "video_id") + _LABEL_FIELDS
+    + _result_fields("status", "error", "n_frames", "n_faces", "n_tracks") + [pa.field("crop_size", pa.int32())]
+    + _result_fields("fps", "duration_s")
+    + [pa.field("track_frame_indices", pa.list_(pa.list_(pa.int32()))),
+       pa.field("track_frames", pa.list_(pa.list_(pa.binary())))])
+# OUT/videos/: the index of prepared videos (the commit record and the resume set) — not scoring results
+PREPARED_VIDEOS_SCHEMA = pa.schema([f for f in PREPARED_SCHEMA if not f.name.startswith("track_")]
+                                   + [pa.field("prepared_at", pa.string()), pa.field("job_id", pa.string())])
 SHARD_SCHEMA = pa.schema([
     ("video_id", pa.string()), ("video_uri", pa.string()), ("label", pa.string()), ("group", pa.string()),
     ("split", pa.string()), ("dataset", pa.string()), ("track", pa.int32()), ("n_frames", pa.int32()),
     ("frame_indices", pa.list_(pa.int32())), ("crop_size", pa.int32()), ("fps", pa.float64()),
     ("frames", pa.list_(pa.binary())),
 ])
-# parameters that must not change between runs writing into one OUT
-_PINNED_PARAMS = ("frames", "crop_size", "margin", "fractions", "split_seed", "official")
-
-
-@dataclass
-class PrepareConfig:
-    sources: list[str]  # dataset roots / label CSVs (see datasets.load_labels)
-    output: str
-    layout: str = "auto"
-    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train, val, test
-    split_seed: int = 0
-    official: bool = True  # official dataset splits win
-    frames: int = 32  # frames sampled per video (evenly; training picks seq_len of them)
-    crop_size: int = 128  # square face crops, pixels (the model resizes to its input_size)
-    jpeg_quality: int = 92
-    retry_failed: bool = False
-    limit: int | None = None  # at most this many videos (first ones of the label table), for trials
-    face_workers: int | None = None  # None: one per CPU
-    cpus_per_face_worker: float = 1.0
-    s3_endpoint_url: str | None = None
-    reader_options: dict = field(default_factory=dict)  # e.g. {"compression": "c23"} for FF++
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    # training data is made once: the reference detection (MTCNN on every frame at 640 px), not the fast path
-    faces: FaceConfig = field(default_factory=lambda: FaceConfig(**REFERENCE_FACES))
-    limits: LimitsConfig = field(default_factory=LimitsConfig)
-
-    def __post_init__(self) -> None:
-        if not self.sources:
-            raise UserError("no labelled dataset given")
-        if self.frames < 1 or self.crop_size < 16:
-            raise UserError("--frames must be >= 1 and --crop-size >= 16")
-        if not 1 <= self.jpeg_quality <= 100:
-            raise UserError("--jpeg-quality must be within 1..100")
-        self.fractions = tuple(float(f) for f in self.fractions)
-        if len(self.fractions) != 3 or any(f < 0 for f in self.fractions) or sum(self.fractions) <= 0:
-            raise UserError("split fractions: three non-negative numbers (train, val, test)")
-
-    @property
-    def endpoint_url(self) -> str | None:
-        return self.s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-
-    def pinned(self) -> dict[str, Any]:
-        return {"frames": self.frames, "crop_size": self.crop_size, "margin": self.faces.margin,
-                "fractions": list(self.fractions), "split_seed": self.split_seed, "official": self.official}
+SHARD_COLUMNS = ["video_id", "label", "track", "frames"]  # what training reads of a shard row
+# the quality of shards whose parameters do not name one: PrepareConfig's default
+DEFAULT_JPEG_QUALITY = PrepareConfig.__pydantic_fields__["jpeg_quality"].default
 
 
 @dataclass
@@ -134,25 +101,6 @@ class PrepareSummary:
 
 
 # ------------------------------------------------------------------------------------------------ the stage
-def encode_jpeg(crop: np.ndarray, quality: int) -> bytes:
-    import cv2
-
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:  # pragma: no cover
-        raise ValueError("JPEG encoding failed")
-    return buf.tobytes()
-
-
-def decode_jpeg(data: bytes) -> np.ndarray:
-    """JPEG bytes -> uint8 (H, W, 3) RGB."""
-    import cv2
-
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError("undecodable JPEG frame")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
 def prepared_row(ref: dict, face_row: dict, jpeg_quality: int) -> dict:
     """A FaceStage row (+ the label columns of its listing row) -> a PREPARED_SCHEMA row (tracks as JPEGs)."""
     out = {k: face_row.get(k) for k in ("video_uri", "video_id", "status", "error", "n_frames", "n_faces",
@@ -187,15 +135,45 @@ class PrepareStage:
     """Ray Data adapter: the scoring job's `FaceStage` (decode + MTCNN + tracks + crops), then JPEG-encode
     each track and carry the label columns through. One row per video."""
 
-    def __init__(self, *, jpeg_quality: int = 92, **face_stage_kwargs):
+    def __init__(self, *, jpeg_quality: int = DEFAULT_JPEG_QUALITY, **face_stage_kwargs):
         self.inner = _face_stage_base()(**face_stage_kwargs)
         self.jpeg_quality = jpeg_quality
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        listing = [c for c in ("video_uri", "video_id", "size_bytes", "mtime", "list_error") if c in batch.column_names]
-        faces = self.inner(batch.select(listing))
+        faces = self.inner(batch.select([c for c in LISTING_SCHEMA.names if c in batch.column_names]))
         rows = [prepared_row(ref, face, self.jpeg_quality) for ref, face in zip(batch.to_pylist(), faces.to_pylist())]
         return pa.Table.from_pylist(rows, schema=PREPARED_SCHEMA)
+
+
+def pinned_params(params: dict) -> dict:
+    """The pinned parameters (`PrepareConfig.pinned`) of a `_prepare.json`; `detection` of shards made before it
+    was pinned comes from their recorded face settings."""
+    out = dict(params)
+    if out.get("detection") is None and isinstance(out.get("faces"), dict):
+        out["detection"] = {k: out["faces"].get(k) for k in DETECTION_KEYS}
+    return out
+
+
+def check_params(old: dict | None, cfg: PrepareConfig) -> None:
+    """Refuse to add shards made with other pinned parameters than those already in OUT (`old`)."""
+    if old is None:
+        return
+    old = pinned_params(old)
+    changed = {k: (old.get(k), v) for k, v in cfg.pinned().items() if old.get(k) != v}
+    if changed:
+        detail = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items())
+        raise UserError(f"{redact(cfg.output)} holds shards made with other parameters ({detail}); "
+                        f"use the same parameters to resume, or a new output")
+
+
+def model_input(params: dict) -> dict:
+    """The `ModelSpec` input-contract fields of a model trained on shards with these parameters
+    (`_prepare.json`): how their crops were cut and encoded, and the detection that found the faces."""
+    p = pinned_params(params)
+    return {"crop_margin": float(p["margin"]) if p.get("margin") is not None else DEFAULT_CROP_MARGIN,
+            "crop_size": int(p["crop_size"]) if p.get("crop_size") else None,
+            "crop_jpeg_quality": int(p.get("jpeg_quality") or DEFAULT_JPEG_QUALITY),
+            "detection": p.get("detection")}
 
 
 # ----------------------------------------------------------------------------------------------- the store
@@ -256,9 +234,9 @@ class ShardStore:
                     "video_id": r["video_id"], "video_uri": r["video_uri"], "label": r["label"], "group": r["group"],
                     "split": split, "dataset": r.get("dataset"), "track": t, "n_frames": len(frames),
                     "frame_indices": idx, "crop_size": r.get("crop_size"), "fps": r.get("fps"), "frames": frames})
-        videos = [{**{k: r.get(k) for k in VIDEOS_SCHEMA.names}, "prepared_at": now, "job_id": job_id} for r in rows]
+        videos = [{**{k: r.get(k) for k in PREPARED_VIDEOS_SCHEMA.names}, "prepared_at": now, "job_id": job_id} for r in rows]
         tables = [(f"shards/{s}", pa.Table.from_pylist(v, schema=SHARD_SCHEMA)) for s, v in sorted(shards.items())]
-        tables.append(("videos", pa.Table.from_pylist(videos, schema=VIDEOS_SCHEMA)))
+        tables.append(("videos", pa.Table.from_pylist(videos, schema=PREPARED_VIDEOS_SCHEMA)))
         for sub, table in tables:  # videos last: the commit point
             final = self.path(sub, name)
             if not is_s3(self.output):
@@ -294,10 +272,10 @@ class ShardStore:
         """The videos table (pandas; empty with the schema's columns before anything was written)."""
         parts = self._ls("videos")
         if not parts:
-            return VIDEOS_SCHEMA.empty_table().to_pandas()
+            return PREPARED_VIDEOS_SCHEMA.empty_table().to_pandas()
         import pyarrow.dataset as pads
 
-        df = pads.dataset(parts, schema=VIDEOS_SCHEMA, format="parquet", filesystem=self.fs).to_table().to_pandas()
+        df = pads.dataset(parts, schema=PREPARED_VIDEOS_SCHEMA, format="parquet", filesystem=self.fs).to_table().to_pandas()
         # a retried video has several rows: the latest wins
         df = df.sort_values("prepared_at", kind="stable").drop_duplicates("video_id", keep="last").reset_index(drop=True)
         return df[columns] if columns else df
@@ -351,7 +329,8 @@ def label_table(cfg: PrepareConfig, pin: dict[str, str] | None = None):
     opts = {}
     for src in cfg.sources:
         opts = _storage_options(src, cfg.endpoint_url) or opts
-    df = datasets.load_labels(cfg.sources, cfg.layout, storage_options=opts or None, **cfg.reader_options)
+    options = {**cfg.reader_options, **({"compression": cfg.compression} if cfg.compression else {})}
+    df = datasets.load_labels(cfg.sources, cfg.layout, storage_options=opts or None, **options)
     df = datasets.assign_splits(df, dict(zip(datasets.SPLITS, cfg.fractions)), seed=cfg.split_seed,
                                 official=cfg.official, pin=pin)
     datasets.check_splits(df)
@@ -392,10 +371,10 @@ def _listing(labels, store: ShardStore, storage: Storage, work: str, skip: set[s
                         "list_error": ref.list_error, **{k: lab.get(k) for k in LABEL_COLUMNS}})
             counts["to_prepare"] += 1
             if len(buf) >= chunk:
-                yield pa.Table.from_pylist(buf, schema=LISTING_SCHEMA)
+                yield pa.Table.from_pylist(buf, schema=LABELLED_LISTING_SCHEMA)
                 buf = []
         if buf:
-            yield pa.Table.from_pylist(buf, schema=LISTING_SCHEMA)
+            yield pa.Table.from_pylist(buf, schema=LABELLED_LISTING_SCHEMA)
 
     return ids, counts, chunks()
 
@@ -414,13 +393,7 @@ def run_prepare(cfg: PrepareConfig) -> PrepareSummary:
         store.check_writable()
     except Exception as exc:
         raise UserError(f"cannot write to {redact(cfg.output)}: {one_line(exc)}") from None
-    old = store.read_params()
-    if old is not None:
-        changed = {k: (old.get(k), v) for k, v in cfg.pinned().items() if old.get(k) != v}
-        if changed:
-            detail = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items())
-            raise UserError(f"{redact(cfg.output)} holds shards made with other parameters ({detail}); "
-                            f"use the same parameters to resume, or a new output")
+    check_params(store.read_params(), cfg)
     store.recover()
     previous = store.split_table()
     pin = dict(zip(previous["group"], previous["split"])) if previous is not None else None
@@ -438,7 +411,7 @@ def run_prepare(cfg: PrepareConfig) -> PrepareSummary:
         labels = labels.assign(video_id=[ids.get(u) for u in labels["uri"]])
         save_split(labels, cfg.output.rstrip("/") + "/split.parquet", storage_options=_storage_options(cfg.output, cfg.endpoint_url))
         params = {"format": PREPARE_FORMAT, "dfbatch_version": __version__, **cfg.pinned(),
-                  "sources": [redact(s) for s in cfg.sources], "layout": cfg.layout, "jpeg_quality": cfg.jpeg_quality,
+                  "sources": [redact(s) for s in cfg.sources], "layout": cfg.layout,
                   "faces": asdict(cfg.faces), "sampling": asdict(cfg.sampling)}
         store.write_params(params)
         summary.skipped = counts["skipped"]
@@ -476,5 +449,5 @@ def run_prepare(cfg: PrepareConfig) -> PrepareSummary:
 
 
 __all__ = ["PrepareConfig", "PrepareSummary", "PrepareStage", "ShardStore", "ShardDatasink", "run_prepare",
-           "read_shards", "prepared_row", "encode_jpeg", "decode_jpeg", "label_table", "SHARD_SCHEMA",
-           "VIDEOS_SCHEMA", "PREPARED_SCHEMA"]
+           "read_shards", "prepared_row", "encode_jpeg", "decode_jpeg", "label_table", "model_input", "SHARD_SCHEMA",
+           "PREPARED_VIDEOS_SCHEMA", "PREPARED_SCHEMA", "LABELLED_LISTING_SCHEMA"]

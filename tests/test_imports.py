@@ -1,0 +1,57 @@
+"""Light imports: reading results, the model registry and the CLI's --help load neither Ray nor torch (each
+checked in a fresh interpreter, from `sys.modules`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("ray", "torch", "torchvision")
+REPORT = "\nimport json, sys\nprint(json.dumps(sorted(m for m in %r if m in sys.modules)))\n" % (HEAVY,)
+
+
+def heavy_modules_after(code: str) -> tuple[list[str], str]:
+    """Run `code` in a fresh interpreter: (the heavy modules it left in sys.modules, what it printed)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code + REPORT], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    *printed, last = done.stdout.strip().splitlines()
+    return json.loads(last), "\n".join(printed)
+
+
+def cli(*argv: str) -> str:
+    """`python -m dfbatch ARGV` inside the fresh interpreter (exit status checked, output kept)."""
+    return (f"import runpy, sys\nsys.argv = ['dfbatch', *{list(argv)!r}]\n"
+            "try:\n    runpy.run_module('dfbatch', run_name='__main__', alter_sys=True)\n"
+            "except SystemExit as exc:\n    assert exc.code in (0, None), exc.code\n")
+
+
+@pytest.mark.parametrize("code", [
+    "import dfbatch\ndfbatch.read_results\nimport dfbatch.io.results",
+    "import dfbatch.models.registry",
+    "import dfbatch.models.spec",
+    cli("--help"),
+], ids=["read_results", "registry", "spec", "cli-help"])
+def test_light_imports(code):
+    assert heavy_modules_after(code)[0] == []
+
+
+def test_models_list_and_show_without_torch(tiny_model):
+    """`dfbatch models list/show` read tags, spec.json and MLmodel metadata; the weights stay where they are."""
+    from dfbatch.models.detector import build_model
+
+    heavy, listed = heavy_modules_after(cli("models", "list"))
+    assert heavy == [] and "dfbatch-detector" in listed and "champion" in listed
+    heavy, shown = heavy_modules_after(cli("models", "show", tiny_model["uri"], "--json"))
+    assert heavy == []
+    info = json.loads(shown)
+    spec = tiny_model["spec"]
+    assert info["spec"] == spec.to_dict() and info["summary"] == spec.describe()
+    assert info["parameters"] == sum(int(v.numel()) for v in build_model(spec).state_dict().values())
