@@ -157,9 +157,9 @@ def test_gpu_check_commands_parse():
     finally:
         sys.path.pop(0)
     from dfbatch.cli import build_parser
-    from dfbatch.cli.bench import settings_from_args
+    from dfbatch.cli.options import config_from_args
 
-    settings = settings_from_args(build_parser().parse_args(gpu_check.bench_args(Path("out"))))
+    settings = config_from_args(build_parser().parse_args(gpu_check.bench_args(Path("out"))))
     assert settings.device == "cuda" and settings.size == (1920, 1080) and settings.run_pipeline
 
 
