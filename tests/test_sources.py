@@ -182,13 +182,15 @@ def test_datasource_dedups_resumes_and_counts_once_per_page(ray_local, tmp_path)
     claims = [ray.remote(IdClaims).options(num_cpus=0).remote() for _ in range(2)]
     done = next(iter_videos([str(root / "x.mp4")], storage)).video_id
     resume = ray.put(__import__("numpy").array([done], dtype="S20"))
+    assert shards[1].source == 0 and shards[1].paths == (str(root / "a"), str(root / "dir.mp4"))
+    # shard 1 listed before the others (which claim first is otherwise up to the scheduler): it claims root/a's videos
+    assert sum(t.num_rows for t in read_shard(1, shards[1], storage, ledger, [resume], claims, lead=10**6)) == 4
     ds = ray.data.read_datasource(VideoDatasource(shards, storage, ledger=ledger, resume=resume, claims=claims), override_num_blocks=len(shards))
     uris = sorted(r["video_uri"] for r in ds.take_all())
     everything = sorted({r.video_uri for r in iter_videos([str(root)], storage)})
     assert uris == [u for u in everything if not u.endswith("/x.mp4")]
     first = ray.get(ledger.totals.remote())["counts"]
     assert first["listed"] == 5 + 4 + 3 and first["skipped"] == 1 and first["duplicates"] == 4 + 3 and first["to_score"] == 4
-    assert shards[1].source == 0 and shards[1].paths == (str(root / "a"), str(root / "dir.mp4"))
     again = list(read_shard(1, shards[1], storage, ledger, [resume], claims, lead=10**6))  # shard 1 (root/a, root/dir.mp4) again
     assert sum(t.num_rows for t in again) == 4 and ray.get(ledger.totals.remote())["counts"] == first
     for actor in [ledger, *claims]:
