@@ -11,6 +11,9 @@ import json
 import logging
 import math
 import os
+import signal
+import sys
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -46,6 +49,7 @@ class Summary:
     calibration_notes: list = field(default_factory=list)  # how this job's settings differ from the calibration's
     model_input: str = ""  # how crops reach the model (its spec's crop path and sequence length)
     warnings: list = field(default_factory=list)  # settings that differ from the model's training
+    startup: dict = field(default_factory=dict)  # where the fixed cost went: steps from the process start (monitor.StartupClock)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,12 +75,71 @@ QUIET_WORKER_ENV = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_DATA_LOG_LEVEL":
                     "PYTHONWARNINGS": "ignore::DeprecationWarning"}
 
 
+class _NotMainThreadNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "not the main thread" not in str(record.msg)
+
+
+class RayStart:
+    """`init_ray` on a thread: Ray's processes (GCS, raylet, the first workers) come up while this one goes on
+    reading the model and opening the MLflow run. ray.init mostly waits on those processes (~0.5 CPU s of this
+    process against seconds of wall time), so the wait overlaps work instead of adding to it. `start()` begins
+    (idempotent), `wait()` joins it and raises what ray.init raised (starting it first if needed)."""
+
+    def __init__(self, address: str | None = None, clock=None):
+        self.address, self.clock = address, clock
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            # what ray.init installs when called from the main thread: SIGTERM exits through atexit (Ray shut down)
+            signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+        self._thread = threading.Thread(target=self._run, name="dfbatch-ray-start")  # joined at exit, before Ray's atexit
+        self._thread.start()
+
+    def _run(self) -> None:
+        started = time.time()
+        notice = logging.getLogger("ray._private.worker")
+        quiet = _NotMainThreadNotice()
+        notice.addFilter(quiet)  # "SIGTERM handler is not set": start() set it
+        try:
+            init_ray(self.address)
+        except BaseException as exc:  # re-raised by wait(), in the caller's thread
+            self._error = exc
+        finally:
+            notice.removeFilter(quiet)
+            if self.clock is not None:
+                self.clock.record("ray_start", started)
+
+    def wait(self) -> None:
+        self.start()
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def settle(self) -> None:
+        """Join a start in flight, raising nothing (a job with nothing to score needs no Ray)."""
+        if self._thread is not None:
+            self._thread.join()
+
+
+_RAY_INIT = threading.Lock()  # one ray.init at a time: a background start (RayStart) may be in flight
+
+
 def init_ray(address: str | None = None, *, quiet: bool = False) -> None:
     """Join the cluster at `address` / RAY_ADDRESS (set under `ray job submit`), else start a local Ray.
 
     quiet: the job's Ray processes log errors only and get `QUIET_WORKER_ENV` (Ray Train's controller, for one,
     warns every second that it cannot ask the dashboard for placement group state); this process's own logging
     and Ray Data defaults stay as they were."""
+    with _RAY_INIT:
+        _init_ray(address, quiet=quiet)
+
+
+def _init_ray(address: str | None, *, quiet: bool) -> None:
     import ray
 
     if ray.is_initialized():
@@ -241,10 +304,14 @@ def decide_threshold(cfg: ScoreConfig, bundle, frames: int):
 
 def run_score(cfg: ScoreConfig) -> Summary:
     """Score every listed video that has no row yet for the model version; returns the job summary."""
+    from dfbatch.monitor import StartupClock
+
+    clock = StartupClock()  # from the process start: interpreter, imports and config until here
+    clock.record("python_and_cli", clock.origin)
+    ray_start = RayStart(cfg.ray_address, clock)  # starts once the model is found (a mistyped URI starts nothing)
     import mlflow
 
     from dfbatch.models import registry
-    from dfbatch.io.datasink import ResultsDatasink
     from dfbatch.io.results import ResultStore
     from dfbatch.io.listing import Listing, iter_videos
 
@@ -258,7 +325,8 @@ def run_score(cfg: ScoreConfig) -> Summary:
     if cfg.tracking_uri:
         mlflow.set_tracking_uri(cfg.tracking_uri)
     try:
-        bundle = registry.fetch(cfg.model_uri, cfg.tracking_uri)
+        with clock.step("model"):  # MLflow store, registry lookup, weights (Ray starts meanwhile)
+            bundle = registry.fetch(cfg.model_uri, cfg.tracking_uri, found=ray_start.start)
     except UserError:
         raise
     except Exception as exc:  # MLflow unreachable or refusing: one line, credentials removed
@@ -285,6 +353,7 @@ def run_score(cfg: ScoreConfig) -> Summary:
     experiment = client.get_experiment_by_name(cfg.experiment)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(cfg.experiment)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"score-{job_id}") as run:
+        clock.record("job_setup", started)  # output checks, model, threshold, resume set, first listing block, MLflow run
         summary.mlflow_run_id = run.info.run_id
         mlflow.log_params(
             {
@@ -315,12 +384,17 @@ def run_score(cfg: ScoreConfig) -> Summary:
                         | ({"dfbatch.warnings": " | ".join(drift)[:5000]} if drift else {}))
         totals: dict = {}
         if first is not None:
-            init_ray(cfg.ray_address)
+            from dfbatch.io.datasink import ResultsDatasink
+
+            with clock.step("ray_wait"):
+                ray_start.wait()
             summary.resources = plan_resources(cfg)
             tables = itertools.chain([first], iter_first)
-            ds = build_dataset(cfg, tables, storage, bundle, summary.resources, run.info.run_id, frames, threshold, temperature)
+            with clock.step("graph"):
+                ds = build_dataset(cfg, tables, storage, bundle, summary.resources, run.info.run_id, frames, threshold, temperature)
             sink = ResultsDatasink(cfg.output, storage, job_id=job_id)
-            ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
+            with clock.step("run"):  # actors start, videos are scored and written
+                ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
             totals = dict(sink.totals)
         summary.listed, summary.skipped, summary.duplicates = counts["listed"], counts["skipped"], counts["duplicates"]
         if replaced:
@@ -328,6 +402,7 @@ def run_score(cfg: ScoreConfig) -> Summary:
         summary.counts = {k: int(totals.get(k, 0)) for k in ("ok", "no_face", "failed", "fake")}
         summary.scored = sum(summary.counts[k] for k in ("ok", "no_face", "failed"))
         summary.elapsed_s = time.time() - started
+        summary.startup = clock.report()
         summary.videos_per_min = 60.0 * summary.scored / summary.elapsed_s if summary.elapsed_s else 0.0
         mlflow.log_metrics(
             {
@@ -340,5 +415,6 @@ def run_score(cfg: ScoreConfig) -> Summary:
             }
         )
         mlflow.log_dict(summary.to_dict(), "summary.json")
+    ray_start.settle()  # when run_score returns, Ray is up or was never started
     log.info("job summary: %s", json.dumps(summary.to_dict()))
     return summary

@@ -12,14 +12,16 @@ import pickle
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from dfbatch.errors import CheckpointError, ModelNotFound, UserError
-from dfbatch.models.detector import Detector, build_model
 from dfbatch.models.spec import ModelSpec
+
+if TYPE_CHECKING:  # reading weights needs torch only: the model code (torchvision, ~1.5 CPU s to import) loads when built
+    from dfbatch.models.detector import Detector
 
 CHECKPOINT_FORMAT = "dfbatch-checkpoint/1"
 MAX_LISTED = 40  # key mismatches named per category in an error message
@@ -80,6 +82,25 @@ def load_weights(model: Detector, state_dict: Mapping[str, Any], source: str = "
     return model
 
 
+def build_with_weights(spec: ModelSpec, state_dict: Mapping[str, Any], source: str = "state dict") -> Detector:
+    """`load_weights(build_model(spec), state_dict)` without the random initialisation the weights overwrite
+    (ResNeXt50-LSTM: ~0.5 CPU s per model actor): built on the meta device, given uninitialised CPU storage,
+    then loaded with the same key/shape checks. A model that keeps state outside its state dict (a
+    non-persistent buffer, say) is built the plain way."""
+    from dfbatch.models.detector import build_model
+
+    with torch.device("meta"):
+        model = build_model(spec)
+    kept = set(model.state_dict())
+    if any(name not in kept for name, _ in [*model.named_parameters(), *model.named_buffers()]):
+        return load_weights(build_model(spec), state_dict, source)
+    model.to_empty(device="cpu")
+    for name, buf in model.named_buffers():
+        if name.endswith("num_batches_tracked"):  # may be absent from old state dicts (load_weights keeps ours)
+            buf.zero_()
+    return load_weights(model, state_dict, source)
+
+
 def plain_state_dict(model_or_sd: nn.Module | Mapping[str, torch.Tensor]) -> OrderedDict:
     """Detached, contiguous CPU tensors (what is saved and registered)."""
     sd = model_or_sd.state_dict() if isinstance(model_or_sd, nn.Module) else model_or_sd
@@ -125,6 +146,8 @@ def checkpoint_parts(obj: Any, path: str | os.PathLike) -> tuple[ModelSpec, Orde
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[Detector, ModelSpec, dict]:
     spec, sd, meta = read_checkpoint(path)
+    from dfbatch.models.detector import build_model
+
     model = load_weights(build_model(spec), sd, source=str(path))
     return model.to(map_location).eval(), spec, meta
 
@@ -150,6 +173,8 @@ def import_seed_state_dict(sd: Mapping[str, Any], frames: int) -> tuple[Detector
     if int(frames) < 1:
         raise UserError("--frames must be >= 1")
     spec = ModelSpec.seed(frames)
+    from dfbatch.models.detector import build_model
+
     model = build_model(spec)
     load_weights(model, _strip_module_prefix(sd), source="seed checkpoint")
     return model.eval(), spec

@@ -26,8 +26,7 @@ class Scorer:
         CUDA: channels_last + autocast, pinned uint8 input copied non-blocking. `compile`: torch.compile."""
         import torch
 
-        from dfbatch.models.checkpoints import load_weights
-        from dfbatch.models.detector import build_model
+        from dfbatch.models.checkpoints import build_with_weights
         from dfbatch.models.inference import fold_batchnorm, prepare_for_inference, resolve_precision
 
         if threads:
@@ -36,7 +35,7 @@ class Scorer:
         self.batch_size = max(1, batch_size)
         self.device = torch.device(device)
         precision = resolve_precision(precision, self.device)
-        net = fold_batchnorm(load_weights(build_model(spec), state_dict).eval())
+        net = fold_batchnorm(build_with_weights(spec, state_dict).eval())
         self.net = prepare_for_inference(net, self.device, precision)
         self.precision = precision
         self.cast = None  # input dtype when the weights themselves are cast (CPU bf16)
