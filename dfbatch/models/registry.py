@@ -505,6 +505,21 @@ def _locate(model_uri: str, tracking_uri: str) -> _Logged:
     return _Logged(root, f"models:/{name}/{mv.version}", mv.run_id, mv)
 
 
+def _local_dir(artifact_root: str) -> Path | None:
+    """The folder of a local (file:// or plain path) artifact location, else None."""
+    from urllib.parse import urlsplit
+    from urllib.request import url2pathname
+
+    parts = urlsplit(artifact_root)
+    if parts.scheme == "file" and parts.netloc in ("", "localhost"):
+        path = Path(url2pathname(parts.path))
+    elif not parts.scheme or (len(parts.scheme) == 1 and os.name == "nt"):  # a plain path (C:\... on Windows)
+        path = Path(artifact_root)
+    else:
+        return None
+    return path if path.is_dir() else None
+
+
 def _read_logged_model(artifact_root: str, uri: str, tracking_uri: str, *,
                        weights: bool = True) -> tuple[dict, dict, OrderedDict | None]:
     """(spec dict as stored, MLmodel metadata, state dict if `weights`) of a logged model, downloaded from its
@@ -516,8 +531,13 @@ def _read_logged_model(artifact_root: str, uri: str, tracking_uri: str, *,
     import mlflow
     from mlflow.models import Model
 
-    with tempfile.TemporaryDirectory(prefix="dfbatch-fetch-") as tmp, _quiet_downloads():
+    local = _local_dir(artifact_root)
+    with (contextlib.nullcontext() if local else tempfile.TemporaryDirectory(prefix="dfbatch-fetch-")) as tmp, _quiet_downloads():
         def get(rel: str) -> Path:
+            if local:  # a local artifact store: read in place (a copy of the weights costs time and disk)
+                if not (local / rel).is_file():
+                    raise FileNotFoundError(f"no artifact {rel}")
+                return local / rel
             return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{artifact_root.rstrip('/')}/{rel}",
                                                             dst_path=tmp, tracking_uri=tracking_uri))
 
