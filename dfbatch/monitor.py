@@ -97,6 +97,7 @@ class StartupClock:
 
     def __init__(self, origin: float | None = None):
         self.origin = process_started_at() if origin is None else origin
+        self.created = time.time()
         self.steps: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 

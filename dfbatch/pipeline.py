@@ -84,11 +84,15 @@ class RayStart:
     """`init_ray` on a thread: Ray's processes (GCS, raylet, the first workers) come up while this one goes on
     reading the model and opening the MLflow run. ray.init mostly waits on those processes (~0.5 CPU s of this
     process against seconds of wall time), so the wait overlaps work instead of adding to it. `start()` begins
-    (idempotent), `wait()` joins it and raises what ray.init raised (starting it first if needed)."""
+    (idempotent), `wait()` waits for it and raises what ray.init raised (starting it first if needed).
+
+    The thread stays (asleep) once it started a local Ray: Linux kills the processes a thread spawned when that
+    thread ends (Ray starts GCS and raylet with PR_SET_PDEATHSIG), so it must live as long as the process."""
 
     def __init__(self, address: str | None = None, clock=None):
         self.address, self.clock = address, clock
         self._thread: threading.Thread | None = None
+        self._done = threading.Event()
         self._error: BaseException | None = None
 
     def start(self) -> None:
@@ -97,33 +101,42 @@ class RayStart:
         if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
             # what ray.init installs when called from the main thread: SIGTERM exits through atexit (Ray shut down)
             signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
-        self._thread = threading.Thread(target=self._run, name="dfbatch-ray-start")  # joined at exit, before Ray's atexit
+        import atexit
+
+        atexit.register(self.settle)  # runs before Ray's own atexit shutdown (registered earlier, when ray was imported)
+        self._thread = threading.Thread(target=self._run, name="dfbatch-ray-start", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        import ray
+
         started = time.time()
         notice = logging.getLogger("ray._private.worker")
         quiet = _NotMainThreadNotice()
         notice.addFilter(quiet)  # "SIGTERM handler is not set": start() set it
+        ours = not ray.is_initialized()
         try:
             init_ray(self.address)
         except BaseException as exc:  # re-raised by wait(), in the caller's thread
-            self._error = exc
+            self._error, ours = exc, False
         finally:
             notice.removeFilter(quiet)
             if self.clock is not None:
                 self.clock.record("ray_start", started)
+            self._done.set()
+        if ours:
+            threading.Event().wait()  # keep the processes this thread started alive (see the class doc)
 
     def wait(self) -> None:
         self.start()
-        self._thread.join()
+        self._done.wait()
         if self._error is not None:
             raise self._error
 
     def settle(self) -> None:
-        """Join a start in flight, raising nothing (a job with nothing to score needs no Ray)."""
+        """Wait for a start in flight, raising nothing (a job with nothing to score needs no Ray)."""
         if self._thread is not None:
-            self._thread.join()
+            self._done.wait()
 
 
 _RAY_INIT = threading.Lock()  # one ray.init at a time: a background start (RayStart) may be in flight
@@ -307,7 +320,7 @@ def run_score(cfg: ScoreConfig) -> Summary:
     from dfbatch.monitor import StartupClock
 
     clock = StartupClock()  # from the process start: interpreter, imports and config until here
-    clock.record("python_and_cli", clock.origin)
+    clock.record("python_and_cli", clock.origin, clock.created)
     ray_start = RayStart(cfg.ray_address, clock)  # starts once the model is found (a mistyped URI starts nothing)
     import mlflow
 
@@ -316,6 +329,7 @@ def run_score(cfg: ScoreConfig) -> Summary:
     from dfbatch.io.listing import Listing, iter_videos
 
     started = time.time()
+    clock.record("imports", clock.created, started)  # MLflow, the registry, the result store
     storage = Storage(cfg.endpoint_url)
     store = ResultStore(cfg.output, storage)
     try:
