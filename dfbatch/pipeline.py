@@ -75,9 +75,18 @@ QUIET_WORKER_ENV = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_DATA_LOG_LEVEL":
                     "PYTHONWARNINGS": "ignore::DeprecationWarning"}
 
 
-class _NotMainThreadNotice(logging.Filter):
+# what ray.init logs that a scoring job's user need not read: SIGTERM set by RayStart.start, token auth on by default
+_RAY_NOTICES = {"ray._private.worker": "not the main thread",
+                "ray._private.authentication.authentication_token_setup": "Token authentication is enabled"}
+
+
+class _DropNotice(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return "not the main thread" not in str(record.msg)
+        return self.text not in str(record.msg)
 
 
 class RayStart:
@@ -111,16 +120,17 @@ class RayStart:
         import ray
 
         started = time.time()
-        notice = logging.getLogger("ray._private.worker")
-        quiet = _NotMainThreadNotice()
-        notice.addFilter(quiet)  # "SIGTERM handler is not set": start() set it
+        quiet = [(logging.getLogger(name), _DropNotice(text)) for name, text in _RAY_NOTICES.items()]
+        for logger, drop in quiet:
+            logger.addFilter(drop)
         ours = not ray.is_initialized()
         try:
             init_ray(self.address)
         except BaseException as exc:  # re-raised by wait(), in the caller's thread
             self._error, ours = exc, False
         finally:
-            notice.removeFilter(quiet)
+            for logger, drop in quiet:
+                logger.removeFilter(drop)
             if self.clock is not None:
                 self.clock.record("ray_start", started)
             self._done.set()
