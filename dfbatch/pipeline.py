@@ -61,8 +61,10 @@ def model_identity(bundle) -> tuple[str, str]:
 
     if bundle.name and bundle.version:
         return bundle.name, str(bundle.version)
+    from dfbatch.models.registry import tensors_of
+
     digest = hashlib.sha256()
-    for key, tensor in bundle.state_dict.items():
+    for key, tensor in tensors_of(bundle.state_dict).items():
         digest.update(key.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     name = bundle.name or (f"run-{bundle.run_id}" if bundle.pinned_uri.startswith("runs:/") else os.path.basename(bundle.pinned_uri or bundle.uri))
@@ -350,7 +352,7 @@ def run_score(cfg: ScoreConfig) -> Summary:
         mlflow.set_tracking_uri(cfg.tracking_uri)
     try:
         with clock.step("model"):  # MLflow store, registry lookup, weights (Ray starts meanwhile)
-            bundle = registry.fetch(cfg.model_uri, cfg.tracking_uri, found=ray_start.start)
+            bundle = registry.fetch(cfg.model_uri, cfg.tracking_uri, found=ray_start.start, tensors=False)  # actors load them
     except UserError:
         raise
     except Exception as exc:  # MLflow unreachable or refusing: one line, credentials removed

@@ -12,7 +12,7 @@ import pickle
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import torch
 from torch import nn
@@ -28,23 +28,28 @@ MAX_LISTED = 40  # key mismatches named per category in an error message
 
 
 # --------------------------------------------------------------------------------------------- weights
-def load_state_dict_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    """`torch.load(path, weights_only=True)` with user-facing errors (never unpickles arbitrary objects)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelNotFound(f"no such checkpoint file: {path}")
+def load_state_dict_file(path: str | os.PathLike | BinaryIO, map_location: str | torch.device = "cpu", *,
+                         source: str | None = None) -> Any:
+    """`torch.load(path, weights_only=True)` with user-facing errors (never unpickles arbitrary objects). `path`
+    may be an open binary file (weights held in memory), named `source` in messages."""
+    if hasattr(path, "read"):
+        path, name = path, source or "weights"
+    else:
+        path = name = Path(path)
+        if not path.is_file():
+            raise ModelNotFound(f"no such checkpoint file: {path}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()
         detail = next((ln.strip() for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[0] if first else "")
         raise CheckpointError(
-            f"{path} is not a weights-only checkpoint ({detail}); dfbatch never unpickles arbitrary objects. "
+            f"{name} is not a weights-only checkpoint ({detail}); dfbatch never unpickles arbitrary objects. "
             f"Re-save it as plain tensors, e.g. torch.save(model.state_dict(), path)"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: {msg}") from None
+        raise CheckpointError(f"cannot read checkpoint {name}: {msg}") from None
 
 
 def compare_state_dict(expected: Mapping[str, torch.Tensor], got: Mapping[str, Any],

@@ -62,11 +62,37 @@ PROMOTION_TAG = TAG_PREFIX + "promotion"
 
 # --------------------------------------------------------------------------------------------- bundle
 @dataclass
+class StoredWeights:
+    """A registered version's weights file as stored (the bytes of a plain state dict saved by `torch.save`),
+    checked against its recorded sha256 but not loaded: `fetch(..., tensors=False)` hands these on, so the
+    scoring driver never imports torch; each model actor loads them (`load`, weights-only)."""
+
+    data: Any  # bytes, or a uint8 numpy array over them (mapped from Ray's object store without a copy)
+    sha256: str
+    source: str = ""
+
+    def load(self) -> "OrderedDict[str, torch.Tensor]":
+        import io
+
+        from dfbatch.models.checkpoints import load_state_dict_file
+
+        sd = load_state_dict_file(io.BytesIO(memoryview(self.data)), source=self.source)
+        if not isinstance(sd, Mapping):
+            raise CheckpointError(f"{self.source}: weights artifact is not a state dict")
+        return OrderedDict(sd)
+
+
+def tensors_of(state_dict: "Mapping[str, torch.Tensor] | StoredWeights") -> "Mapping[str, torch.Tensor]":
+    """A bundle's state dict as tensors (loading `StoredWeights`)."""
+    return state_dict.load() if isinstance(state_dict, StoredWeights) else state_dict
+
+
+@dataclass
 class ModelBundle:
     """Everything a scoring worker needs (picklable; no MLflow access needed where it is used)."""
 
     spec: ModelSpec
-    state_dict: "OrderedDict[str, torch.Tensor]"
+    state_dict: "OrderedDict[str, torch.Tensor] | StoredWeights"  # StoredWeights: fetch(..., tensors=False)
     name: str | None = None
     version: str | None = None
     uri: str = ""  # as requested (may be an alias)
@@ -83,7 +109,7 @@ class ModelBundle:
         from dfbatch.models.checkpoints import load_weights
         from dfbatch.models.detector import build_model
 
-        return load_weights(build_model(self.spec), self.state_dict, source=self.pinned_uri or self.uri).eval()
+        return load_weights(build_model(self.spec), tensors_of(self.state_dict), source=self.pinned_uri or self.uri).eval()
 
     def columns(self) -> dict[str, Any]:
         """Model columns for result rows."""
@@ -520,11 +546,12 @@ def _local_dir(artifact_root: str) -> Path | None:
     return path if path.is_dir() else None
 
 
-def _read_logged_model(artifact_root: str, uri: str, tracking_uri: str, *,
-                       weights: bool = True) -> tuple[dict, dict, OrderedDict | None]:
+def _read_logged_model(artifact_root: str, uri: str, tracking_uri: str, *, weights: bool = True,
+                       tensors: bool = True) -> tuple[dict, dict, OrderedDict | StoredWeights | None]:
     """(spec dict as stored, MLmodel metadata, state dict if `weights`) of a logged model, downloaded from its
     concrete artifact location (file://, s3://, mlflow-artifacts://, ...); never executes or unpickles.
-    Without `weights`, torch is not imported.
+    Without `weights`, torch is not imported; without `tensors`, weights whose sha256 was recorded come as
+    `StoredWeights` (checked, not loaded: no torch either).
 
     The location is resolved with our own client first: MLflow's models:/ and runs:/ artifact repositories
     look the model up through the *global* default client, ignoring the tracking/registry URI passed in."""
@@ -556,9 +583,14 @@ def _read_logged_model(artifact_root: str, uri: str, tracking_uri: str, *,
         spec = json.loads(get(rel_s).read_text(encoding="utf-8"))
         if not weights:
             return spec, meta, None
+        wpath = get(rel_w)
+        if not tensors and meta.get("weights_sha256"):
+            data = wpath.read_bytes()
+            if hashlib.sha256(data).hexdigest() != meta["weights_sha256"]:
+                raise CheckpointError(f"{uri}: weights file does not match its recorded sha256 (corrupted upload?)")
+            return spec, meta, StoredWeights(data, meta["weights_sha256"], source=uri)
         from dfbatch.models.checkpoints import load_state_dict_file
 
-        wpath = get(rel_w)
         if meta.get("weights_sha256") and _sha256(wpath) != meta["weights_sha256"]:
             raise CheckpointError(f"{uri}: weights file does not match its recorded sha256 (corrupted upload?)")
         sd = load_state_dict_file(wpath)
@@ -576,11 +608,13 @@ def _checked_spec(d: Mapping[str, Any], uri: str) -> ModelSpec:
         raise CheckpointError(f"{uri}: bad model spec: {exc}") from None
 
 
-def fetch(model_uri: str, tracking_uri: str | None = None, *, found: Callable[[], None] | None = None) -> ModelBundle:
+def fetch(model_uri: str, tracking_uri: str | None = None, *, found: Callable[[], None] | None = None,
+          tensors: bool = True) -> ModelBundle:
     """Resolve `models:/NAME@ALIAS`, `models:/NAME/VERSION`, `runs:/RUN/PATH` or a checkpoint file into a
     ModelBundle (spec + CPU state dict + registry metadata). Raises ModelNotFound / CheckpointError.
     `found` is called once the model is known to exist, before its weights are read (the scoring job starts
-    Ray then, so that a mistyped model URI never starts it)."""
+    Ray then, so that a mistyped model URI never starts it). `tensors=False`: a logged model's weights come as
+    `StoredWeights` (sha256-checked bytes; torch is not imported); a checkpoint file is read with torch as ever."""
     if not model_uri:
         raise ModelNotFound(f"no model given; {HOW_TO_GET_A_MODEL}")
     if not (model_uri.startswith(("models:/", "runs:/")) or "://" in model_uri):
@@ -600,7 +634,7 @@ def fetch(model_uri: str, tracking_uri: str | None = None, *, found: Callable[[]
     logged = _locate(model_uri, uri)
     if found is not None:
         found()
-    spec_dict, meta, sd = _read_logged_model(logged.root, model_uri, uri)
+    spec_dict, meta, sd = _read_logged_model(logged.root, model_uri, uri, tensors=tensors)
     bundle = ModelBundle(spec=_checked_spec(spec_dict, model_uri), state_dict=sd, uri=model_uri,
                          pinned_uri=logged.pinned_uri, threshold=float(meta.get("threshold", 0.5)),
                          run_id=logged.run_id, meta=meta)

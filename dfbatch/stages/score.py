@@ -149,20 +149,31 @@ def score_rows(rows: list[dict], scorer: Scorer, *, threshold: float, track_aggr
 
 def shareable_bundle(bundle):
     """The bundle with its tensors as numpy arrays: an actor then maps them from the object store instead of
-    unpickling a copy (ResNeXt50-LSTM, 235 MB: ~1.3 s -> a few ms per actor start). `ScoreStage` undoes it."""
+    unpickling a copy (ResNeXt50-LSTM, 235 MB: ~1.3 s -> a few ms per actor start). `ScoreStage` undoes it.
+    Weights still as stored (`registry.StoredWeights`: the driver never imported torch) travel as one uint8
+    array over the file's bytes, loaded by each actor."""
     import dataclasses
 
+    from dfbatch.models.registry import StoredWeights
+
+    if isinstance(bundle.state_dict, StoredWeights):
+        weights = dataclasses.replace(bundle.state_dict, data=np.frombuffer(bundle.state_dict.data, dtype=np.uint8))
+        return dataclasses.replace(bundle, state_dict=weights)
     import torch
 
     sd = {k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) and v.dtype != torch.bfloat16 else v for k, v in bundle.state_dict.items()}
     return dataclasses.replace(bundle, state_dict=sd)
 
 
-def _tensors(state_dict: dict) -> dict:
+def _tensors(state_dict) -> dict:
     import warnings
 
     import torch
 
+    from dfbatch.models.registry import StoredWeights
+
+    if isinstance(state_dict, StoredWeights):
+        return state_dict.load()
     with warnings.catch_warnings():  # read-only object-store buffers: load_state_dict copies them
         warnings.simplefilter("ignore", UserWarning)
         return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in state_dict.items()}
