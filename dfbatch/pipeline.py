@@ -34,6 +34,7 @@ class Summary:
     job_id: str
     listed: int = 0
     skipped: int = 0  # already had a row for this model version (resume)
+    replaced: int = 0  # older rows of re-scored videos removed (--rescore, --retry-failed, leftovers of a killed one)
     duplicates: int = 0
     scored: int = 0
     counts: dict = field(default_factory=dict)  # per status, plus "fake"
@@ -46,6 +47,7 @@ class Summary:
     calibration_notes: list = field(default_factory=list)  # how this job's settings differ from the calibration's
     model_input: str = ""  # how crops reach the model (its spec's crop path and sequence length)
     warnings: list = field(default_factory=list)  # settings that differ from the model's training
+    failed_rows: dict = field(default_factory=dict)  # OUT's failed rows for this version: {kind: {error class: n}}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -159,12 +161,17 @@ def plan_resources(cfg: ScoreConfig) -> dict:
 
 
 def build_dataset(cfg: ScoreConfig, listing, storage: Storage, bundle, plan: dict, run_id: str | None, frames: int, threshold: float,
-                  temperature: float | None = None):
-    """The Ray Data graph up to (not including) the write. Listing tables enter the object store one by one."""
+                  temperature: float | None = None, job_id: str | None = None):
+    """The Ray Data graph up to (not including) the write. Listing tables enter the object store one by one.
+    `job_id`: the stages keep their crash markers under OUT/_inflight/<job_id>/ (none without one)."""
     import ray
 
+    from dfbatch.stages.failures import InflightMarkers
     from dfbatch.stages.faces import FaceStage
     from dfbatch.stages.score import FaceScoreStage, ScoreStage, shareable_bundle
+
+    def markers(stage: str):
+        return InflightMarkers(cfg.output, storage, job_id, stage) if job_id else None
 
     ds = ray.data.from_arrow_refs([ray.put(table) for table in listing])
     face_kwargs = dict(
@@ -197,7 +204,7 @@ def build_dataset(cfg: ScoreConfig, listing, storage: Storage, bundle, plan: dic
         score_kwargs["threads"] = face_kwargs["threads"]
         return ds.map_batches(
             FaceScoreStage,
-            fn_constructor_kwargs=dict(face_kwargs=face_kwargs, score_kwargs=score_kwargs),
+            fn_constructor_kwargs=dict(face_kwargs=face_kwargs, score_kwargs=score_kwargs, markers=markers("fused")),
             # 2 videos per call: their sequences share one forward pass, which halves the LSTM's weight reads
             # (measured on CPU: 0.43 -> 0.35 s per video in bf16; 4 is slower again, activations leave the cache)
             batch_size=min(2, max(1, cfg.videos_per_score_batch)),
@@ -207,7 +214,7 @@ def build_dataset(cfg: ScoreConfig, listing, storage: Storage, bundle, plan: dic
         )
     ds = ds.map_batches(
         FaceStage,
-        fn_constructor_kwargs=face_kwargs,
+        fn_constructor_kwargs=face_kwargs | {"markers": markers("faces")},
         batch_size=1,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=plan["face_workers"]),
@@ -216,7 +223,7 @@ def build_dataset(cfg: ScoreConfig, listing, storage: Storage, bundle, plan: dic
     )
     ds = ds.map_batches(
         ScoreStage,
-        fn_constructor_kwargs=score_kwargs,
+        fn_constructor_kwargs=score_kwargs | {"markers": markers("score")},
         batch_size=cfg.videos_per_score_batch,
         batch_format="pyarrow",
         # a GPU actor keeps a few batches queued so it never waits for the next one to arrive
@@ -240,13 +247,16 @@ def decide_threshold(cfg: ScoreConfig, bundle, frames: int):
 
 
 def run_score(cfg: ScoreConfig) -> Summary:
-    """Score every listed video that has no row yet for the model version; returns the job summary."""
+    """Score every listed video that has no row yet for the model version (with `rescore`: every listed video;
+    with `retry_failed`: also those whose row failed with an error of `retry_errors`), then remove the rows the new
+    ones replace; returns the job summary."""
     import mlflow
 
     from dfbatch.models import registry
     from dfbatch.io.datasink import ResultsDatasink
     from dfbatch.io.results import ResultStore
     from dfbatch.io.listing import Listing, iter_videos
+    from dfbatch.stages.failures import clear_markers
 
     started = time.time()
     storage = Storage(cfg.endpoint_url)
@@ -272,8 +282,9 @@ def run_score(cfg: ScoreConfig) -> Summary:
     decision = decide_threshold(cfg, bundle, frames)
     threshold, temperature = decision.threshold, decision.temperature
     store.recover()
-    done = set() if cfg.rescore else store.scored_ids(name, version)
-    replaced = store.parts_for(name, version) if cfg.rescore else []
+    clear_markers(cfg.output, storage, older_than_s=86400)  # crash markers of jobs killed a day ago or more
+    replaced = store.drop_superseded(name, version)  # what a killed rescore or retry left: one row per video again
+    done = set() if cfg.rescore else store.scored_ids(name, version, cfg.resume_retry())
     job_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
     summary = Summary(cfg.output, name, version, bundle.pinned_uri or bundle.uri, None, job_id, threshold=threshold,
                       temperature=temperature, threshold_source=decision.source, calibration_notes=decision.notes,
@@ -298,6 +309,7 @@ def run_score(cfg: ScoreConfig) -> Summary:
                 "threshold": threshold,
                 "precision": cfg.precision,
                 "rescore": cfg.rescore,
+                "retry_failed": cfg.retry_errors if cfg.retry_failed else "no",
                 "decode_backend": cfg.sampling.backend,
                 "detect_max_side": cfg.faces.detect_max_side,
                 "detect_every": cfg.faces.detect_every,
@@ -318,13 +330,17 @@ def run_score(cfg: ScoreConfig) -> Summary:
             init_ray(cfg.ray_address)
             summary.resources = plan_resources(cfg)
             tables = itertools.chain([first], iter_first)
-            ds = build_dataset(cfg, tables, storage, bundle, summary.resources, run.info.run_id, frames, threshold, temperature)
+            ds = build_dataset(cfg, tables, storage, bundle, summary.resources, run.info.run_id, frames, threshold, temperature, job_id)
             sink = ResultsDatasink(cfg.output, storage, job_id=job_id)
-            ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
+            try:
+                ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
+            finally:
+                clear_markers(cfg.output, storage, job_id)
             totals = dict(sink.totals)
+            replaced += store.drop_superseded(name, version)  # the rows this job's rows replace
         summary.listed, summary.skipped, summary.duplicates = counts["listed"], counts["skipped"], counts["duplicates"]
-        if replaced:
-            store.remove(replaced)
+        summary.replaced = replaced
+        summary.failed_rows = store.failures(name, version)
         summary.counts = {k: int(totals.get(k, 0)) for k in ("ok", "no_face", "failed", "fake")}
         summary.scored = sum(summary.counts[k] for k in ("ok", "no_face", "failed"))
         summary.elapsed_s = time.time() - started
@@ -336,6 +352,8 @@ def run_score(cfg: ScoreConfig) -> Summary:
                 "videos_per_min": summary.videos_per_min,
                 "listed": summary.listed,
                 "skipped_already_scored": summary.skipped,
+                "replaced_rows": summary.replaced,
+                **{f"failed_rows_{kind}": sum(c.values()) for kind, c in summary.failed_rows.items()},
                 "elapsed_s": summary.elapsed_s,
             }
         )
