@@ -7,9 +7,9 @@ it fails the same way every time). `classify` maps an exception to its class; `f
 
 `InflightMarkers` keeps one small file per video in flight under the job's output (`OUT/_inflight/<job>/<stage>/`,
 removed when the job ends): a worker that dies while processing a video leaves its marker behind, Ray restarts
-the actor and retries the task, and `run_guarded` then sees how often that video was in flight when a worker died.
-After `limit` deaths the video gets a `worker_died` row; after any death the rest of the batch runs one video at a
-time, so one poison video cannot take its batch neighbours down with it.
+the actor and retries the task, and `run_guarded` then sees which videos were in flight at a death. Those run one
+at a time from then on, so the death is charged to the video that causes it, not to its batch neighbours; a video
+that killed the worker `limit` times on its own gets a `worker_died` row instead of another attempt.
 """
 
 from __future__ import annotations
@@ -125,22 +125,23 @@ class InflightMarkers:
         return f"{self._dir()}/{hashlib.sha1(str(video_id).encode()).hexdigest()[:24]}"
 
     def deaths(self, video_ids: Sequence[str]) -> dict[str, int]:
-        """How many earlier attempts at each video never finished (their worker died)."""
+        """Per video: None if no attempt at it was cut short, else the deaths charged to it (0 when it only shared a
+        batch with whatever killed the worker)."""
         fs = self.storage.fs(self.output)
         paths = {fs._strip_protocol(self._path(v)): v for v in video_ids}
         found = fs.cat(list(paths), on_error="omit") if paths else {}
-        out = {v: 0 for v in video_ids}
+        out: dict = {v: None for v in video_ids}
         for path, data in found.items():
             vid = paths.get(fs._strip_protocol(path))
             if vid is not None:
                 try:
-                    out[vid] = max(1, int(data.decode().strip()))
+                    out[vid] = max(0, int(data.decode().strip()))
                 except ValueError:
-                    out[vid] = 1  # a marker torn by the death itself
+                    out[vid] = 0  # a marker torn by the death itself
         return out
 
     def enter(self, counts: dict[str, int]) -> None:
-        """Write each video's marker: `counts[video_id]` attempts in flight (earlier deaths + this one)."""
+        """Write each video's marker: the deaths to charge it with if the worker dies now."""
         fs = self.storage.fs(self.output)
         if not is_s3(self.output):
             fs.makedirs(self._dir(), exist_ok=True)
@@ -192,22 +193,25 @@ def clear_markers(output: str, storage: Storage, job_id: str | None = None, *, o
 
 def run_guarded(markers: InflightMarkers | None, ids: Sequence[str], work: Callable[[list[int]], list[dict]],
                 dead: Callable[[int, int], dict]) -> list[dict]:
-    """`work(indices) -> rows` over items `ids` (video ids), under crash markers. Items that were in flight `limit`
-    times when a worker died get `dead(index, deaths)` instead of running again; if any other item was in flight
-    at a death, items run one at a time (the poison one is found, the others pass)."""
+    """`work(indices) -> rows` over items `ids` (video ids), under crash markers. If any item was in flight at a
+    worker death, the items run one at a time (the poison one is found, the others pass); a death while one item
+    runs alone is charged to it, a death while a batch runs to none; an item charged `limit` deaths gets
+    `dead(index, deaths)` instead of running again."""
     if markers is None or not ids:
         return work(list(range(len(ids))))
     prior = markers.deaths(ids)
     out: list[dict | None] = [None] * len(ids)
     todo = []
     for i, vid in enumerate(ids):
-        if prior.get(vid, 0) >= markers.limit:
+        if (prior.get(vid) or 0) >= markers.limit:
             out[i] = dead(i, prior[vid])
         else:
             todo.append(i)
-    groups = [[i] for i in todo] if any(prior.get(ids[i], 0) for i in todo) else ([todo] if todo else [])
+    suspects = any(prior.get(ids[i]) is not None for i in todo)
+    groups = [[i] for i in todo] if suspects or len(todo) == 1 else ([todo] if todo else [])
     for group in groups:
-        markers.enter({ids[i]: prior.get(ids[i], 0) + 1 for i in group})
+        alone = len(group) == 1
+        markers.enter({ids[i]: (prior.get(ids[i]) or 0) + alone for i in group})
         try:
             rows = work(group)
         finally:  # an exception is not a death: only a process that dies leaves its markers behind
