@@ -273,9 +273,10 @@ def test_videos_that_crash_or_hang_their_worker_every_time_get_failed_rows(mlflo
     assert proc.returncode == 0, proc.stderr[-3000:]
     first = json.loads(proc.stdout[proc.stdout.index("{"):])
     deaths = Counter(line.split(":")[0] for line in log.read_text().split())
-    # two worker processes died on each, then no more attempts
-    assert deaths == {"POISON.mp4": 2, "HANG.mp4": 2, "MODELCRASH.mp4": 2}, deaths
-    assert len(set(log.read_text().split())) == 6  # six distinct processes
+    # each killed two worker processes on its own (and maybe one more while sharing a batch, charged to no video),
+    # then no more attempts
+    assert set(deaths) == {"POISON.mp4", "HANG.mp4", "MODELCRASH.mp4"} and set(deaths.values()) <= {2, 3}, deaths
+    assert len(set(log.read_text().split())) == sum(deaths.values())  # a new process each time
     df = read_results(str(out)).set_index("video_uri")
     assert len(df) == 7 and df.video_id.is_unique
     for bad in (poison, hang, model):
