@@ -6,7 +6,6 @@ This is the only module that knows the whole flow; each stage's logic lives in i
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import logging
 import math
@@ -39,6 +38,8 @@ class Summary:
     scored: int = 0
     counts: dict = field(default_factory=dict)  # per status, plus "fake"
     elapsed_s: float = 0.0
+    first_result_s: float | None = None  # job start to the first part committed
+    listing_s: float | None = None  # job start to the last listing page
     videos_per_min: float = 0.0
     resources: dict = field(default_factory=dict)
     threshold: float | None = None
@@ -104,67 +105,203 @@ def init_ray(address: str | None = None, *, quiet: bool = False) -> None:
         root.handlers[:] = root_state[1]
 
 
-def plan_resources(cfg: ScoreConfig) -> dict:
-    """Actor counts and per-actor resources from the cluster: GPU actors when GPUs exist, else CPU."""
+# ------------------------------------------------------------------------------------------- the cluster
+BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # where `ray up` puts the autoscaling config on the head node
+
+
+def _node_types_from_yaml(path: str) -> list[dict] | None:
+    import yaml
+
+    with open(os.path.expanduser(path)) as f:
+        conf = yaml.safe_load(f) or {}
+    types = conf.get("available_node_types") or {}
+    head = conf.get("head_node_type")
+    return [{"name": name, "resources": {k: float(v) for k, v in (t.get("resources") or {}).items()},
+             "max": 1 if name == head else int(t.get("max_workers", conf.get("max_workers", 0)))}
+            for name, t in types.items()] or None
+
+
+def autoscaler_node_types() -> list[dict] | None:
+    """The node types the cluster can grow by ({name, resources, max}; max -1: unbounded), or None when unknown.
+
+    From DFBATCH_CLUSTER_CONFIG (a `ray up` YAML), else the autoscaling config `ray up` leaves on the head
+    (~/ray_bootstrap_config.yaml; the driver of `ray job submit` runs there), else the cluster config in the
+    GCS (autoscaler v2 / managed Ray)."""
+    path = os.environ.get("DFBATCH_CLUSTER_CONFIG") or (BOOTSTRAP_CONFIG if os.path.exists(os.path.expanduser(BOOTSTRAP_CONFIG)) else None)
+    if path:
+        try:
+            return _node_types_from_yaml(path)
+        except Exception as exc:
+            log.warning("cannot read the cluster config %s: %s", redact(path), one_line(exc))
+    try:
+        import ray._private.state
+
+        conf = ray._private.state.state.get_cluster_config()
+    except Exception:
+        return None
+    if conf is None or not conf.node_group_configs:
+        return None
+    return [{"name": g.name, "resources": {k: float(v) for k, v in g.resources.items()}, "max": int(g.max_count)} for g in conf.node_group_configs]
+
+
+def autoscaler_running() -> bool:
+    """Whether a Ray autoscaler serves this cluster: v1 publishes its report in the GCS, v2 its state version."""
+    try:
+        from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_initialized
+
+        status = _internal_kv_get("__autoscaling_status") if _internal_kv_initialized() else None
+        if status and "autoscaler_report" in json.loads(status):
+            return True
+    except Exception:
+        pass
+    try:
+        import ray
+        from ray._raylet import GcsClient
+        from ray.core.generated.autoscaler_pb2 import GetClusterStatusReply
+
+        reply = GetClusterStatusReply()
+        reply.ParseFromString(GcsClient(address=ray.get_runtime_context().gcs_address).get_cluster_status(timeout_s=5))
+        return reply.autoscaling_state.autoscaler_state_version > 0
+    except Exception:
+        return False
+
+
+def cluster_view() -> dict:
+    """What the cluster has now (`resources`) and can have (`node_types`, `autoscaler`)."""
     import ray
 
-    res = ray.cluster_resources()
-    n_cpu, n_gpu = int(res.get("CPU", 1)), int(res.get("GPU", 0))
-    use_gpu = cfg.device == "cuda" or (cfg.device == "auto" and n_gpu > 0)
-    if cfg.device == "cuda" and n_gpu == 0:
-        raise UserError("--device cuda: the Ray cluster has no GPUs")
+    return {"resources": dict(ray.cluster_resources()), "node_types": autoscaler_node_types(), "autoscaler": autoscaler_running()}
+
+
+def possible(view: dict, resource: str) -> float | None:
+    """How much of `resource` the cluster can have: its autoscaler's node types x their max counts (inf when
+    one is unbounded), never less than it has now; None when the node types are unknown."""
+    now = float(view["resources"].get(resource, 0))
+    if not view.get("node_types"):
+        return None
+    total = 0.0
+    for t in view["node_types"]:
+        amount = float(t["resources"].get(resource, 0))
+        if amount:
+            total += math.inf if t["max"] < 0 else amount * t["max"]
+    return max(now, total)
+
+
+# ------------------------------------------------------------------------------------------------- the plan
+def _pool_max(fixed: int | None, capacity: float | None, per_actor: float, initial: int) -> int | None:
+    """An actor pool's max size: a fixed count, else what the cluster can hold (None: grows with the nodes
+    that join, no autoscaler config to bound it)."""
+    if fixed:
+        return fixed
+    if capacity is None or math.isinf(capacity) or per_actor <= 0:
+        return None
+    return max(initial, int(capacity // per_actor))
+
+
+def plan_resources(cfg: ScoreConfig, view: dict | None = None) -> dict:
+    """Actor pools (initial, min, max) and per-actor resources from what the cluster has and can have.
+
+    GPU when the cluster has GPUs or its autoscaler has GPU node types (a pending model actor makes it add one);
+    the model actors take one GPU each (and `model_resource`, a custom resource naming the node type that holds
+    the model), the face actors and listing the CPUs. CPU only: one actor per core runs decode + faces + model.
+    Pools start at what fits now, leaving LISTING_CPUS per actor free for the listing read tasks, and grow
+    (Ray Data autoscaling) up to what the autoscaler's node types hold, or without bound when those are unknown."""
+    from dfbatch.io.datasource import LISTING_CPUS
+
+    view = view or cluster_view()
+    res = view["resources"]
+    n_cpu, n_gpu = float(res.get("CPU", 0)), float(res.get("GPU", 0))
+    gpu_cap = possible(view, "GPU")
+    gpu_possible = n_gpu > 0 or bool(gpu_cap)
+    use_gpu = cfg.device == "cuda" or (cfg.device == "auto" and gpu_possible)
+    if cfg.device == "cuda" and not gpu_possible and not view.get("autoscaler"):
+        raise UserError("--device cuda: the Ray cluster has no GPUs and no autoscaler that could add a GPU node")
     if cfg.precision == "fp16" and not use_gpu:
         raise UserError("--precision fp16 needs a GPU and the Ray cluster has none; use auto, bf16 or fp32")
-    face_threads = max(1, int(cfg.cpus_per_face_worker))
+    cpu_cap = possible(view, "CPU")
+    model_res = cfg.model_resource
+    free = max(0.0, n_cpu - LISTING_CPUS)  # logical CPUs the pools may take now (one listing task always fits)
+    face_share = max(LISTING_CPUS, cfg.cpus_per_face_worker - LISTING_CPUS)
+    face_threads = max(1, int(round(cfg.cpus_per_face_worker)))
     score_threads = cfg.torch_threads or max(1, int(cfg.cpus_per_score_worker))
-    face_device, face_gpus, fused = "cpu", 0.0, False
-    if use_gpu:
-        score_workers = cfg.score_workers or max(1, n_gpu)
-        score_cpus = cfg.cpus_per_score_worker
-        free = n_cpu - min(n_cpu / 2, score_workers * score_cpus)
-        face_workers = cfg.face_workers or max(1, int(free // cfg.cpus_per_face_worker))
-        face_cpus = cfg.cpus_per_face_worker
-        # MTCNN on the GPU too (DFBATCH_DETECT_DEVICE=cpu keeps it on the CPU): the face actors share half a GPU
-        if os.environ.get("DFBATCH_DETECT_DEVICE", "cuda") == "cuda":
-            face_device, face_gpus = "cuda", math.floor(0.5 * max(1, n_gpu) / face_workers * 1e4) / 1e4
-        score_gpus = 0.5 if face_device == "cuda" else 1
-    elif cfg.score_workers is None:
-        # CPU only: one actor per core runs the whole path for its video, model included (score.FaceScoreStage)
-        fused = True
-        face_workers = cfg.face_workers or n_cpu
-        face_cpus = min(cfg.cpus_per_face_worker, n_cpu / face_workers)
-        score_workers, score_cpus, score_gpus = 0, 0.0, 0
+    fused = not (use_gpu or model_res or cfg.score_workers)
+    score_resources = {model_res: 1.0} if model_res else {}
+    if fused:  # CPU only: one actor per core runs the whole path for its video, model included (score.FaceScoreStage)
+        face_init = cfg.face_workers or max(1, int(free // face_share))
+        if cfg.face_workers and n_cpu:
+            face_share = min(face_share, free / cfg.face_workers)
+        score_init, score_cpus, score_gpus, score_max = 0, 0.0, 0.0, 0
     else:
-        # CPU only with separate model actors (asked for): they share the cores with one face actor per core.
-        # Logical CPUs are scaled to sum to the cluster's: Ray Data's reservation would deadlock otherwise.
-        score_workers = cfg.score_workers
-        face_workers = cfg.face_workers or max(1, n_cpu - score_workers + 1)
-        score_cpus = min(cfg.cpus_per_score_worker, n_cpu / 2 / score_workers)
-        face_cpus = min(cfg.cpus_per_face_worker, (n_cpu - score_workers * score_cpus) / face_workers)
-        score_gpus = 0
+        score_gpus = 1.0 if use_gpu else 0.0
+        if use_gpu or model_res:
+            # placed by its GPU / the named resource, the model actor asks for no logical CPU: the CPU stages can
+            # never crowd it out of its node. A node type given `CPU: 0` runs the model alone.
+            score_cpus = 0.0
+            if use_gpu:
+                score_init = cfg.score_workers or max(1, int(n_gpu))
+                score_max = _pool_max(cfg.score_workers, gpu_cap, 1.0, score_init)
+            else:
+                score_init = cfg.score_workers or max(1, int(res.get(model_res, 0)))
+                score_max = _pool_max(cfg.score_workers, possible(view, model_res), 1.0, score_init)
+            # at start the face actors leave a core of each GPU node to its model actor
+            left = free - (min(free / 2, score_init * cfg.cpus_per_score_worker) if n_gpu else 0.0)
+            face_init = cfg.face_workers or max(1, int(left // face_share))
+            if cfg.face_workers and n_cpu:
+                face_share = min(face_share, max(LISTING_CPUS, left) / cfg.face_workers)
+        else:  # CPU only with model actors asked for: they share the cores with one face actor per core
+            score_init = score_max = cfg.score_workers
+            score_cpus = min(cfg.cpus_per_score_worker, max(LISTING_CPUS, n_cpu / 2 / score_init)) if n_cpu else cfg.cpus_per_score_worker
+            face_init = cfg.face_workers or max(1, int(n_cpu) - score_init + 1)
+            if n_cpu:
+                face_share = min(face_share, max(LISTING_CPUS, free - score_init * score_cpus) / face_init)
+    face_max = _pool_max(cfg.face_workers, cpu_cap, face_share, face_init)
     return {
         "cluster_cpus": n_cpu,
         "cluster_gpus": n_gpu,
+        "possible_cpus": cpu_cap,
+        "possible_gpus": gpu_cap,
+        "node_types": [t["name"] for t in view.get("node_types") or []],
         "device": "cuda" if use_gpu else "cpu",
-        "face_workers": face_workers,
-        "face_cpus": math.floor(face_cpus * 1e4) / 1e4,  # rounded down: the sum must not exceed the cluster's
+        "fused": fused,  # the model runs inside the face actors (CPU only, no --score-workers / --model-resource)
+        "face_workers": face_init,  # at start; the pool grows to face_pool[1] (None: with the nodes that join)
+        "face_pool": [cfg.face_workers or 1, face_max],
+        "face_cpus": math.floor(face_share * 1e4) / 1e4,  # rounded down: the sum must not exceed the cluster's
         "face_threads": face_threads,
-        "face_device": face_device,
-        "face_gpus": face_gpus,
-        "score_workers": score_workers,
+        "face_device": "cpu",  # MTCNN runs on the face actors' CPUs: the GPU is the model's
+        "face_gpus": 0.0,
+        "score_workers": score_init,
+        "score_pool": [cfg.score_workers or min(1, score_init), score_max],
         "score_cpus": math.floor(score_cpus * 1e4) / 1e4,
         "score_threads": score_threads,
         "score_gpus": score_gpus,
+        "score_resources": score_resources,
+        "listing_cpus": LISTING_CPUS,
+        "listing_tasks": 4,  # read tasks listing at once (each streams its shard; more buys nothing)
         "compile": os.environ.get("DFBATCH_TORCH_COMPILE", "") == "1",
-        "fused": fused,  # the model runs inside the face actors (CPU only, no --score-workers)
     }
 
 
-def build_dataset(cfg: ScoreConfig, listing, storage: Storage, bundle, plan: dict, run_id: str | None, frames: int, threshold: float,
-                  temperature: float | None = None, job_id: str | None = None):
-    """The Ray Data graph up to (not including) the write. Listing tables enter the object store one by one.
-    `job_id`: the stages keep their crash markers under OUT/_inflight/<job_id>/ (none without one)."""
+def _pool(plan: dict, stage: str, **kwargs):
+    """The Ray Data actor pool of a stage: fixed, or autoscaling from its initial size within (min, max)."""
     import ray
+
+    lo, hi = plan[f"{stage}_pool"]
+    init = plan[f"{stage}_workers"]
+    return ray.data.ActorPoolStrategy(min_size=lo, max_size=hi, initial_size=max(lo, init if hi is None else min(init, hi)), **kwargs)
+
+
+# listing blocks are shaped by bytes (Ray Data's target_max_block_size): about this many bytes a listing row,
+# so that a block holds about `rows_per_block` videos (the unit of work of one face actor call)
+LISTING_ROW_BYTES = 160
+
+
+def build_dataset(cfg: ScoreConfig, source, storage: Storage, bundle, plan: dict, run_id: str | None, frames: int, threshold: float,
+                  temperature: float | None = None, job_id: str | None = None):
+    """The Ray Data graph up to (not including) the write: listing read tasks -> face actors -> model actors
+    (or fused actors on a CPU-only cluster). `job_id`: the stages keep their crash markers under
+    OUT/_inflight/<job_id>/ (none without one)."""
+    import ray
+    from ray.data import DataContext
 
     from dfbatch.stages.failures import InflightMarkers
     from dfbatch.stages.faces import FaceStage
@@ -173,7 +310,14 @@ def build_dataset(cfg: ScoreConfig, listing, storage: Storage, bundle, plan: dic
     def markers(stage: str):
         return InflightMarkers(cfg.output, storage, job_id, stage) if job_id else None
 
-    ds = ray.data.from_arrow_refs([ray.put(table) for table in listing])
+    ctx = DataContext.get_current()
+    saved = ctx.target_max_block_size
+    ctx.target_max_block_size = max(1, cfg.rows_per_block) * LISTING_ROW_BYTES  # read_datasource seals a copy
+    try:
+        ds = ray.data.read_datasource(source, concurrency=max(1, min(plan["listing_tasks"], len(source.shards))),
+                                      override_num_blocks=len(source.shards), num_cpus=plan["listing_cpus"])
+    finally:
+        ctx.target_max_block_size = saved
     face_kwargs = dict(
         storage=storage,
         sampling=cfg.sampling,
@@ -209,7 +353,7 @@ def build_dataset(cfg: ScoreConfig, listing, storage: Storage, bundle, plan: dic
             # (measured on CPU: 0.43 -> 0.35 s per video in bf16; 4 is slower again, activations leave the cache)
             batch_size=min(2, max(1, cfg.videos_per_score_batch)),
             batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=plan["face_workers"]),
+            compute=_pool(plan, "face"),
             num_cpus=plan["face_cpus"],
         )
     ds = ds.map_batches(
@@ -217,9 +361,8 @@ def build_dataset(cfg: ScoreConfig, listing, storage: Storage, bundle, plan: dic
         fn_constructor_kwargs=face_kwargs | {"markers": markers("faces")},
         batch_size=1,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=plan["face_workers"]),
+        compute=_pool(plan, "face"),
         num_cpus=plan["face_cpus"],
-        num_gpus=plan["face_gpus"] or None,
     )
     ds = ds.map_batches(
         ScoreStage,
@@ -227,11 +370,27 @@ def build_dataset(cfg: ScoreConfig, listing, storage: Storage, bundle, plan: dic
         batch_size=cfg.videos_per_score_batch,
         batch_format="pyarrow",
         # a GPU actor keeps a few batches queued so it never waits for the next one to arrive
-        compute=ray.data.ActorPoolStrategy(size=plan["score_workers"], max_tasks_in_flight_per_actor=4 if plan["score_gpus"] else None),
+        compute=_pool(plan, "score", **({"max_tasks_in_flight_per_actor": 4} if plan["score_gpus"] else {})),
         num_cpus=plan["score_cpus"],
-        num_gpus=plan["score_gpus"],
+        num_gpus=plan["score_gpus"] or None,
+        resources=plan["score_resources"] or None,
     )
     return ds
+
+
+def _here():
+    """Scheduling on the driver's node (the job's bookkeeping actors live and die with the driver)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+
+
+def _resume_index(output: str, storage: Storage, name: str, version: str, retry: tuple[str, ...] | None = None):
+    from dfbatch.io.results import ResultStore
+    from dfbatch.io.resume import scored_index
+
+    return scored_index(ResultStore(output, storage), name, version, retry=retry)
 
 
 def decide_threshold(cfg: ScoreConfig, bundle, frames: int):
@@ -255,7 +414,7 @@ def run_score(cfg: ScoreConfig) -> Summary:
     from dfbatch.models import registry
     from dfbatch.io.datasink import ResultsDatasink
     from dfbatch.io.results import ResultStore
-    from dfbatch.io.listing import Listing, iter_videos
+    from dfbatch.io.listing import first_video, may_repeat, source_shards
     from dfbatch.stages.failures import clear_markers
 
     started = time.time()
@@ -284,14 +443,13 @@ def run_score(cfg: ScoreConfig) -> Summary:
     store.recover()
     clear_markers(cfg.output, storage, older_than_s=86400)  # crash markers of jobs killed a day ago or more
     replaced = store.drop_superseded(name, version)  # what a killed rescore or retry left: one row per video again
-    done = set() if cfg.rescore else store.scored_ids(name, version, cfg.resume_retry())
+    # every SOURCE is checked (its first video found) before anything runs: a bad SOURCE is a one-line error
+    any_video = [first_video(src, storage) is not None for src in cfg.sources]
+    shards = [sh for i, src in enumerate(cfg.sources) if any_video[i] for sh in source_shards(i, src, storage, cfg.listing_shards)]
     job_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
     summary = Summary(cfg.output, name, version, bundle.pinned_uri or bundle.uri, None, job_id, threshold=threshold,
                       temperature=temperature, threshold_source=decision.source, calibration_notes=decision.notes,
                       warnings=drift, model_input=f"crops {bundle.spec.crop_path()}; {frames} frames per video")
-    listing = Listing(iter_videos(cfg.sources, storage), skip_ids=done, rows_per_table=cfg.rows_per_block)
-    first = next(iter_first := iter(listing), None)  # lists up to the first block: a bad SOURCE fails before any run starts
-    counts = listing.counts
     client = mlflow.MlflowClient()  # no global set_experiment: the caller's MLflow state stays as it was
     experiment = client.get_experiment_by_name(cfg.experiment)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(cfg.experiment)
@@ -326,19 +484,35 @@ def run_score(cfg: ScoreConfig) -> Summary:
                         | ({"dfbatch.calibration_mismatch": "; ".join(decision.notes)[:5000]} if decision.notes else {})
                         | ({"dfbatch.warnings": " | ".join(drift)[:5000]} if drift else {}))
         totals: dict = {}
-        if first is not None:
+        if shards:
+            import ray
+
+            from dfbatch.io.datasource import N_CLAIMS, IdClaims, ListingLedger, VideoDatasource
+
             init_ray(cfg.ray_address)
             summary.resources = plan_resources(cfg)
-            tables = itertools.chain([first], iter_first)
-            ds = build_dataset(cfg, tables, storage, bundle, summary.resources, run.info.run_id, frames, threshold, temperature, job_id)
-            sink = ResultsDatasink(cfg.output, storage, job_id=job_id)
+            _log_plan(summary.resources)
+            here = dict(num_cpus=0, scheduling_strategy=_here())
+            ledger = ray.remote(ListingLedger).options(**here).remote()
+            claims = [ray.remote(IdClaims).options(**here).remote() for _ in range(N_CLAIMS)] if may_repeat(cfg.sources) else []
+            resume = None if cfg.rescore else ray.remote(_resume_index).options(**here).remote(cfg.output, storage, name, version,
+                                                                                               cfg.resume_retry())
+            source = VideoDatasource(shards, storage, ledger=ledger, resume=resume, claims=claims, lead=max(cfg.listing_lead, 4 * 128))
             try:
+                ds = build_dataset(cfg, source, storage, bundle, summary.resources, run.info.run_id, frames, threshold, temperature, job_id)
+                sink = ResultsDatasink(cfg.output, storage, job_id=job_id, ledger=ledger)
                 ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
+                totals = dict(sink.totals)
+                progress = ray.get(ledger.totals.remote())
             finally:
+                for actor in [ledger, *claims]:
+                    ray.kill(actor)
                 clear_markers(cfg.output, storage, job_id)
-            totals = dict(sink.totals)
             replaced += store.drop_superseded(name, version)  # the rows this job's rows replace
-        summary.listed, summary.skipped, summary.duplicates = counts["listed"], counts["skipped"], counts["duplicates"]
+            listed = progress["counts"]
+            summary.listed, summary.skipped, summary.duplicates = (int(listed.get(k, 0)) for k in ("listed", "skipped", "duplicates"))
+            summary.listing_s = progress["last_page"] - started if progress["last_page"] else None
+            summary.first_result_s = progress["first_commit"] - started if progress["first_commit"] else None
         summary.replaced = replaced
         summary.failed_rows = store.failures(name, version)
         summary.counts = {k: int(totals.get(k, 0)) for k in ("ok", "no_face", "failed", "fake")}
@@ -354,9 +528,24 @@ def run_score(cfg: ScoreConfig) -> Summary:
                 "skipped_already_scored": summary.skipped,
                 "replaced_rows": summary.replaced,
                 **{f"failed_rows_{kind}": sum(c.values()) for kind, c in summary.failed_rows.items()},
+                "duplicates": summary.duplicates,
                 "elapsed_s": summary.elapsed_s,
+                **({"first_result_s": summary.first_result_s} if summary.first_result_s is not None else {}),
+                **({"listing_s": summary.listing_s} if summary.listing_s is not None else {}),
             }
         )
         mlflow.log_dict(summary.to_dict(), "summary.json")
     log.info("job summary: %s", json.dumps(summary.to_dict()))
     return summary
+
+
+def _log_plan(plan: dict) -> None:
+    """One line on what the job asks of the cluster, and a note when nothing can run yet."""
+    pools = (f"{plan['face_workers']} fused actor(s) (pool {plan['face_pool']}) x {plan['face_cpus']} CPU" if plan["fused"] else
+             f"face actors {plan['face_workers']} (pool {plan['face_pool']}) x {plan['face_cpus']} CPU; model actors {plan['score_workers']} "
+             f"(pool {plan['score_pool']}) x {plan['score_cpus']} CPU, {plan['score_gpus']} GPU{', ' + str(plan['score_resources']) if plan['score_resources'] else ''} on {plan['device']}")
+    log.info("plan: %s; cluster now %s CPU / %s GPU, can grow to %s CPU / %s GPU", pools, plan["cluster_cpus"], plan["cluster_gpus"],
+             plan["possible_cpus"] if plan["possible_cpus"] is not None else "?", plan["possible_gpus"] if plan["possible_gpus"] is not None else "?")
+    if not plan["cluster_cpus"] or (plan["device"] == "cuda" and not plan["cluster_gpus"]):
+        log.warning("the cluster has %s CPU / %s GPU now: the job waits for the autoscaler (or for nodes to join)",
+                    plan["cluster_cpus"], plan["cluster_gpus"])

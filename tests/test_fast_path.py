@@ -204,12 +204,14 @@ def test_fast_path_end_to_end_probability(decoded, reference_faces, sharp_model)
         ({"CPU": 2.0}, {}, {"face_workers": 2, "score_workers": 0, "fused": True, "device": "cpu"}),
         ({"CPU": 16.0}, {}, {"face_workers": 16, "fused": True}),
         ({"CPU": 2.0}, {"score_workers": 1}, {"face_workers": 2, "score_workers": 1, "fused": False}),
-        ({"CPU": 2.0}, {"score_workers": 1, "face_workers": 1}, {"face_workers": 1, "score_workers": 1, "face_cpus": 1.0, "score_cpus": 1.0}),
-        ({"CPU": 16.0, "GPU": 1.0}, {}, {"face_workers": 15, "score_workers": 1, "device": "cuda", "face_device": "cuda", "fused": False}),
+        ({"CPU": 2.0}, {"score_workers": 1, "face_workers": 1}, {"face_workers": 1, "score_workers": 1, "face_cpus": 0.95, "score_cpus": 1.0}),
+        # the model actor takes a whole GPU; MTCNN runs on the face actors' CPUs
+        ({"CPU": 16.0, "GPU": 1.0}, {}, {"face_workers": 15, "score_workers": 1, "device": "cuda", "face_device": "cpu", "score_gpus": 1.0, "fused": False}),
     ],
 )
 def test_plan_fits_the_cluster(monkeypatch, cluster, workers, expect):
-    """Logical CPUs (and GPUs) asked for never exceed the cluster's (Ray Data would wait forever)."""
+    """Logical CPUs (and GPUs) the pools start with never exceed the cluster's, with room left for a listing
+    read task (Ray Data would wait forever)."""
     import ray
 
     from dfbatch.config import ScoreConfig
@@ -220,7 +222,7 @@ def test_plan_fits_the_cluster(monkeypatch, cluster, workers, expect):
     plan = plan_resources(ScoreConfig(sources=["x"], output="y", **workers))
     for k, v in expect.items():
         assert plan[k] == v, (k, plan)
-    assert plan["face_workers"] * plan["face_cpus"] + plan["score_workers"] * plan["score_cpus"] <= cluster["CPU"] + 1e-6
+    assert plan["face_workers"] * plan["face_cpus"] + plan["score_workers"] * plan["score_cpus"] + plan["listing_cpus"] <= cluster["CPU"] + 1e-6
     assert plan["face_workers"] * plan["face_gpus"] + plan["score_workers"] * plan["score_gpus"] <= cluster.get("GPU", 0) + 1e-6
 
 

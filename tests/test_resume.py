@@ -15,7 +15,7 @@ import pytest
 from dfbatch.config import SamplingConfig, ScoreConfig
 from dfbatch.io.results import ResultStore, read_results, to_tables
 from dfbatch.io.storage import Storage
-from test_sink import T0, _row
+from test_sink import T0, _ids, _row
 
 FRAMES = 4
 
@@ -79,11 +79,11 @@ def test_a_second_read_in_one_process_sees_parts_other_processes_wrote(s3_endpoi
     videos, faces = to_tables([_row(1)])
     s3.put_object(Bucket="cache", Key="out/videos/part-m-v1-0000000000000001.parquet", Body=_parquet(videos))
     assert list(read_results("s3://cache/out", storage=storage).video_id) == ["id1"]
-    assert ResultStore("s3://cache/out", storage).scored_ids("m", "1") == {"id1"}
+    assert _ids(ResultStore("s3://cache/out", storage), "m", "1") == {"id1"}
     # a worker (another process) commits a part meanwhile
     s3.put_object(Bucket="cache", Key="out/videos/part-m-v1-0000000000000002.parquet", Body=_parquet(to_tables([_row(2)])[0]))
     assert sorted(read_results("s3://cache/out", storage=storage).video_id) == ["id1", "id2"]
-    assert ResultStore("s3://cache/out", storage).scored_ids("m", "1") == {"id1", "id2"}
+    assert _ids(ResultStore("s3://cache/out", storage), "m", "1") == {"id1", "id2"}
 
 
 def test_drop_superseded_on_s3(s3_endpoint):

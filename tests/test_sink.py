@@ -23,6 +23,13 @@ REPO = Path(__file__).resolve().parents[1]
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
+def _ids(store: ResultStore, model_name: str, model_version: str, retry: tuple[str, ...] | None = None) -> set[str]:
+    """The resume set (`io.resume.scored_index`) as strings."""
+    from dfbatch.io.resume import scored_index
+
+    return {i.decode() for i in scored_index(store, model_name, model_version, retry=retry)}
+
+
 def _row(i: int, status: str = "ok", version: str = "1", *, model: str = "m", at: float | None = None, crops: bool = False,
          error_class: str | None = None) -> dict:
     tracks = [{"frame_indices": [0, 5], "boxes": [[1, 2, 30, 40], [2, 3, 31, 41]], "probs": [0.99, None], "frame_scores": [0.2, 0.4], "fake_probability": 0.3}]
@@ -59,7 +66,7 @@ def test_write_part_commits_both_tables_and_counts(tmp_path):
     # a retried write of the same block (same job) overwrites its part instead of duplicating it
     store.write_part([_row(3, "failed"), _row(1), _row(2, "no_face")], job_id="j1")
     assert len(store.read("videos")) == 3
-    assert store.scored_ids("m", "1") == {"id1", "id2", "id3"} and store.scored_ids("m", "2") == set()
+    assert _ids(store, "m", "1") == {"id1", "id2", "id3"} and _ids(store, "m", "2") == set()
 
 
 def test_recover_drops_uncommitted_faces_and_staging(tmp_path):
@@ -175,10 +182,10 @@ def test_resume_set_and_retry_filter(tmp_path):
     legacy = _row(4, "failed") | {"error_class": None, "error_kind": None}  # written before error kinds existed
     store.write_part([_row(1), _row(2, "failed", error_class="storage"), _row(3, "failed", error_class="corrupt"), legacy,
                       _row(5, "no_face")], job_id="j")
-    assert store.scored_ids("m", "1") == {"id1", "id2", "id3", "id4", "id5"}
-    assert store.scored_ids("m", "1", ("transient",)) == {"id1", "id3", "id5"}
-    assert store.scored_ids("m", "1", ("corrupt",)) == {"id1", "id2", "id4", "id5"}
-    assert store.scored_ids("m", "1", ("all",)) == {"id1", "id5"}
+    assert _ids(store, "m", "1") == {"id1", "id2", "id3", "id4", "id5"}
+    assert _ids(store, "m", "1", retry=("transient",)) == {"id1", "id3", "id5"}
+    assert _ids(store, "m", "1", retry=("corrupt",)) == {"id1", "id2", "id4", "id5"}
+    assert _ids(store, "m", "1", retry=("all",)) == {"id1", "id5"}
     assert store.failures("m", "1") == {"transient": {"storage": 1, "unclassified": 1}, "permanent": {"corrupt": 1}}
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from dfbatch.errors import UserError
-from dfbatch.io.listing import Listing, is_video_name, iter_videos, video_id
+from dfbatch.io.listing import is_video_name, iter_videos, video_id
 from dfbatch.io.storage import Storage
 
 
@@ -78,17 +78,6 @@ def test_manifests_txt_csv_parquet(tmp_path):
         list(iter_videos([str(root / "bad.csv")], Storage()))
 
 
-def test_listing_streams_small_tables_dedups_and_skips(tmp_path):
-    root = _tree(tmp_path / "src")
-    refs = list(iter_videos([str(root)], Storage()))
-    listing = Listing(iter_videos([str(root), str(root / "x.mp4")], Storage()), skip_ids={refs[0].video_id}, rows_per_table=3)
-    tables = list(listing)
-    assert listing.counts == {"listed": 6, "duplicates": 1, "skipped": 1, "to_score": 4}
-    assert [t.num_rows for t in tables] == [3, 1]
-    ids = [i for t in tables for i in t.column("video_id").to_pylist()]
-    assert refs[0].video_id not in ids and len(set(ids)) == 4
-
-
 def test_s3_prefix_listing_over_http(s3_endpoint):
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     s3.create_bucket(Bucket="archive")
@@ -106,3 +95,103 @@ def test_s3_prefix_listing_over_http(s3_endpoint):
         list(iter_videos(["s3://archive/nothing-here/"], storage))
     with pytest.raises(UserError, match="cannot list"):
         list(iter_videos(["s3://no-such-bucket/x/"], storage))
+
+
+# ------------------------------------------------------------------------------------------------ shards
+def test_s3_key_ranges_partition_the_prefix(s3_endpoint):
+    """Flat keys (first-character ranges) and folders (one range per group of folders): every key in exactly one
+    shard, the same refs as one sequential listing, and shards with nothing to list end at once."""
+    from dfbatch.io.listing import list_shard, source_shards
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.create_bucket(Bucket="ranges")
+    keys = [f"flat/{c}{i}.mp4" for c in "0a9zAZ_-" for i in range(3)] + ["flat/m", "flat/m.mp4"]
+    keys += [f"dated/2026-11-{d:02d}/{i}.mp4" for d in range(1, 8) for i in range(2)] + ["dated/top.mp4", "dated/2026-11-03/"]
+    for k in keys:
+        s3.put_object(Bucket="ranges", Key=k, Body=b"v")
+    storage = Storage(s3_endpoint)
+    for prefix, expect_shards in (("flat/", 4), ("dated/", 4)):
+        shards = source_shards(0, f"s3://ranges/{prefix}", storage, max_shards=4)
+        assert len(shards) == expect_shards and shards[0].start is None and shards[-1].stop is None
+        assert all(a.stop == b.start for a, b in zip(shards, shards[1:]))
+        per_shard = [[r.video_uri for page in list_shard(sh, storage) for r, _ in page] for sh in shards]
+        flat = [u for uris in per_shard for u in uris]
+        assert len(flat) == len(set(flat)) and sorted(flat) == sorted(r.video_uri for r in iter_videos([f"s3://ranges/{prefix}"], storage))
+        assert sum(1 for uris in per_shard if uris) >= 2, per_shard  # the listing is really split
+    glob_shards = source_shards(0, "s3://ranges/dated/2026-11-0*/*.mp4", storage, max_shards=3)
+    assert sorted(r.video_uri for sh in glob_shards for page in list_shard(sh, storage) for r, _ in page) == sorted(
+        f"s3://ranges/dated/2026-11-{d:02d}/{i}.mp4" for d in range(1, 8) for i in range(2))
+
+
+def test_directory_and_manifest_shards(tmp_path):
+    from dfbatch.io.listing import list_shard, may_repeat, source_shards
+
+    root = _tree(tmp_path / "src")
+    shards = source_shards(0, str(root), Storage(), max_shards=3)
+    # the root's own files, then its subdirectories in groups (the hidden .cache is not one; dir.mp4 is a directory)
+    assert [(s.kind, s.paths) for s in shards] == [("dirfiles", (str(root),)), ("tree", (str(root / "a"),)), ("tree", (str(root / "dir.mp4"),))]
+    listed = [r.video_uri for sh in shards for page in list_shard(sh, Storage()) for r, _ in page]
+    assert listed == [r.video_uri for r in iter_videos([str(root)], Storage())]
+    pd.DataFrame({"uri": [f"v{i}.mp4" for i in range(10)] + ["v0.mp4"]}).to_parquet(tmp_path / "m.parquet", row_group_size=3)
+    mshards = source_shards(0, str(tmp_path / "m.parquet"), Storage(), max_shards=2)
+    assert [s.row_groups for s in mshards] == [(0, 1), (2, 3)] and [s.first_row for s in mshards] == [0, 6]
+    rows = [(os.path.basename(r.video_uri), n) for sh in mshards for page in list_shard(sh, Storage()) for r, n in page]
+    assert rows == [(f"v{i}.mp4", i) for i in range(10)] + [("v0.mp4", 10)]  # a repeated URI keeps its own row number
+    assert may_repeat([str(tmp_path / "m.parquet")]) and may_repeat([str(root), str(root / "a")]) and may_repeat([str(root), str(root / "*.mp4")])
+    assert not may_repeat([str(root / "a"), str(root / "x.mp4")]) and not may_repeat(["s3://b/x/", "s3://b/y/", str(root)])
+
+
+def test_resume_anti_join(tmp_path):
+    import numpy as np
+
+    from dfbatch.io.listing import refs_table
+    from dfbatch.io.results import ResultStore
+    from dfbatch.io.resume import anti_join, scored_index
+
+    root = _tree(tmp_path / "src")
+    refs = list(iter_videos([str(root)], Storage()))
+    store = ResultStore(str(tmp_path / "out"), Storage())
+    store.check_writable()
+    assert len(scored_index(store, "m", "1")) == 0
+    store.write_part([{"video_id": refs[0].video_id, "video_uri": "a", "status": "ok", "model_name": "m", "model_version": "1"},
+                      {"video_id": refs[1].video_id, "video_uri": "b", "status": "failed", "model_name": "m", "model_version": "1"},
+                      {"video_id": refs[2].video_id, "video_uri": "c", "status": "ok", "model_name": "m", "model_version": "2"}], job_id="j")
+    index = scored_index(store, "m", "1")
+    assert index.dtype == np.dtype("S20") and list(index) == sorted(r.video_id.encode() for r in refs[:2])
+    kept, skipped = anti_join(refs_table(refs), index)
+    assert skipped == 2 and kept.column("video_id").to_pylist() == [r.video_id for r in refs[2:]]
+    retrying = scored_index(store, "m", "1", retry=("all",))  # --retry-failed --retry-errors all: failed rows are not done
+    assert anti_join(refs_table(refs), retrying)[1] == 1
+
+
+def test_datasource_dedups_resumes_and_counts_once_per_page(ray_local, tmp_path):
+    """Read tasks in Ray: overlapping SOURCEs and a manifest that repeats a URI give each video once; a shard read
+    again (a retried task) yields the same rows and changes no count; already-scored ids are dropped."""
+    import ray
+
+    from dfbatch.io.datasource import IdClaims, ListingLedger, VideoDatasource, read_shard
+    from dfbatch.io.listing import may_repeat, source_shards
+
+    root = _tree(tmp_path / "src")
+    (tmp_path / "m.txt").write_text(f"{root / 'x.mp4'}\n{root / 'x.mp4'}\n{root / 'a' / 'Y.MOV'}\n")
+    sources = [str(root), str(root / "a"), str(tmp_path / "m.txt")]
+    assert may_repeat(sources)
+    storage = Storage()
+    shards = [sh for i, s in enumerate(sources) for sh in source_shards(i, s, storage, max_shards=2)]
+    ledger = ray.remote(ListingLedger).options(num_cpus=0).remote()
+    claims = [ray.remote(IdClaims).options(num_cpus=0).remote() for _ in range(2)]
+    done = next(iter_videos([str(root / "x.mp4")], storage)).video_id
+    resume = ray.put(__import__("numpy").array([done], dtype="S20"))
+    assert shards[1].source == 0 and shards[1].paths == (str(root / "a"), str(root / "dir.mp4"))
+    # shard 1 listed before the others (which claim first is otherwise up to the scheduler): it claims root/a's videos
+    assert sum(t.num_rows for t in read_shard(1, shards[1], storage, ledger, [resume], claims, lead=10**6)) == 4
+    ds = ray.data.read_datasource(VideoDatasource(shards, storage, ledger=ledger, resume=resume, claims=claims), override_num_blocks=len(shards))
+    uris = sorted(r["video_uri"] for r in ds.take_all())
+    everything = sorted({r.video_uri for r in iter_videos([str(root)], storage)})
+    assert uris == [u for u in everything if not u.endswith("/x.mp4")]
+    first = ray.get(ledger.totals.remote())["counts"]
+    assert first["listed"] == 5 + 4 + 3 and first["skipped"] == 1 and first["duplicates"] == 4 + 3 and first["to_score"] == 4
+    again = list(read_shard(1, shards[1], storage, ledger, [resume], claims, lead=10**6))  # shard 1 (root/a, root/dir.mp4) again
+    assert sum(t.num_rows for t in again) == 4 and ray.get(ledger.totals.remote())["counts"] == first
+    for actor in [ledger, *claims]:
+        ray.kill(actor)

@@ -139,10 +139,15 @@ class ScoreConfig(UsesS3, JobConfig):
     precision: Annotated[Precision, opt("--precision", help="model precision (default auto: bf16 where the GPU/CPU has "
                                         "it natively, else fp32; fp16 needs a GPU)")] = "auto"
     score_batch_size: Annotated[int, opt("--batch-size", help="face sequences per forward pass", ge=1)] = 16
-    face_workers: Annotated[int | None, opt("--face-workers", help="CPU actors decoding + detecting (default: one per "
-                                            "free CPU)", ge=1)] = None
-    score_workers: Annotated[int | None, opt("--score-workers", help="model actors (default: one per GPU, else 1)",
+    face_workers: Annotated[int | None, opt("--face-workers", help="a fixed number of CPU actors decoding + detecting "
+                                            "(default: an autoscaling pool, one per free CPU at start, growing with "
+                                            "the cluster)", ge=1)] = None
+    score_workers: Annotated[int | None, opt("--score-workers", help="a fixed number of model actors (default: an "
+                                             "autoscaling pool, one per GPU, growing with the GPUs the cluster gets)",
                                              ge=1)] = None
+    model_resource: Annotated[str | None, opt("--model-resource", metavar="NAME", help="custom Ray resource each model "
+                                              "actor also asks 1 of: the node type that runs the model (e.g. one "
+                                              "started with --resources '{\"NAME\": 1}')", min_length=1)] = None
     sampling: Annotated[SamplingConfig, section("frames", "backend")] = field(default_factory=SamplingConfig)
     videos_per_score_batch: Annotated[int, opt(help="videos handed to one scoring call", ge=1)] = 8
     cpus_per_face_worker: Annotated[float, opt(gt=0)] = 1.0
@@ -150,6 +155,10 @@ class ScoreConfig(UsesS3, JobConfig):
     torch_threads: Annotated[int | None, opt(help="torch threads per model actor (default: its CPUs)", ge=1)] = None
     rows_per_block: Annotated[int, opt(help="listing rows per Ray Data block (the unit handed to one face actor)",
                                        ge=1)] = 8
+    listing_shards: Annotated[int, opt(help="at most this many listing read tasks per SOURCE (S3 key ranges, "
+                                       "subtrees, manifest row groups)", ge=1)] = 16
+    listing_lead: Annotated[int, opt(help="videos listed ahead of the committed results (bounds the listing's memory)",
+                                     ge=1)] = 4096
     faces: Annotated[FaceConfig, section("detect_max_side", "detect_every", "min_face_px")] = field(
         default_factory=lambda: FaceConfig(detect_max_side=None, detect_every=None))  # None: the model's
     limits: Annotated[LimitsConfig, section("max_duration_s", "time_budget_s")] = field(default_factory=LimitsConfig)

@@ -1,7 +1,9 @@
 """List the videos of an archive (local dir, glob, file, s3:// prefix, manifest) as a stream of VideoRefs.
 
-The listing never materialises on the driver: `Listing` streams it as small Arrow tables that the pipeline
-hands to the object store one by one as Ray Data blocks, skipping videos that already have a result (resume).
+A SOURCE is cut into shards (`source_shards`: S3 key ranges, a directory's subtrees, a Parquet manifest's row
+groups); `list_shard` lists one shard as pages of refs. The scoring job lists each shard in a Ray Data read
+task (`io/datasource.py`), so decoding starts while listing goes on and the driver never holds the listing.
+`iter_videos` lists SOURCEs sequentially (for tests, `prepare`, and the driver's check that each SOURCE exists).
 """
 
 from __future__ import annotations
@@ -90,60 +92,204 @@ def _s3_split(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def _s3_objects(storage: Storage, bucket: str, prefix: str) -> Iterator[dict]:
-    """Paginated listing (1000 keys a page): a million-object prefix streams."""
-    paginator = storage.boto3_client().get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-        yield from page.get("Contents", [])
-
-
 def _s3_ref(bucket: str, obj: dict) -> VideoRef:
     return VideoRef(f"s3://{bucket}/{obj['Key']}", int(obj["Size"]), str(obj.get("ETag", "")).strip('"'))
 
 
-def _iter_s3(uri: str, storage: Storage) -> Iterator[VideoRef]:
+def _s3_pages(storage: Storage, bucket: str, prefix: str, start: str | None = None, stop: str | None = None) -> Iterator[list[dict]]:
+    """Pages (1000 keys) of the objects under `prefix` with start < key <= stop (None: unbounded)."""
+    kwargs = {"Bucket": bucket, "Prefix": prefix} | ({"StartAfter": start} if start else {})
+    for page in storage.boto3_client().get_paginator("list_objects_v2").paginate(**kwargs):
+        objs = page.get("Contents", [])
+        if stop is not None and objs and objs[-1]["Key"] > stop:
+            yield [o for o in objs if o["Key"] <= stop]
+            return
+        yield objs
+
+
+# ------------------------------------------------------------------------------------------------- shards
+SHARD_PAGE = 1000  # refs per page a shard yields (an S3 LIST page)
+MAX_ROOT_ENTRIES = 1000  # a directory is split by its subdirectories only when its root has at most this many entries
+_RANGE_CHARS = "0123456789abcdefghijklmnopqrstuvwxyz"  # first key characters that split a flat S3 prefix
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One slice of one SOURCE, listed by one Ray Data read task as pages of refs (`list_shard`).
+
+    kind: "s3" (keys under `prefix` with start < key <= stop, fnmatch `pattern` if a glob), "s3obj" (one
+    object), "tree" (directories in `paths`, recursively), "dirfiles" (the files directly in `paths[0]`),
+    "glob" (a local glob), "file" (an explicitly named file), "manifest" (`row_groups` of a Parquet manifest,
+    or the whole .txt/.csv manifest when empty)."""
+
+    source: int  # index of the SOURCE (dedup owners and per-source counts)
+    kind: str
+    uri: str  # the SOURCE itself
+    prefix: str = ""
+    pattern: str | None = None
+    start: str | None = None
+    stop: str | None = None
+    paths: tuple[str, ...] = ()
+    row_groups: tuple[int, ...] = ()
+    first_row: int = 0  # manifest: row number of the shard's first row (dedup owner of each row)
+
+
+def _groups(items: list, n: int) -> list[list]:
+    """`items` in at most n contiguous groups of near-equal size."""
+    n = max(1, min(n, len(items)))
+    return [items[len(items) * i // n : len(items) * (i + 1) // n] for i in range(n)]
+
+
+def _s3_shards(i: int, uri: str, storage: Storage, max_shards: int) -> list[Shard]:
+    """Key ranges of one S3 SOURCE: its first-level "folders" when one LIST page shows them all, else ranges
+    by the first character after the prefix. Ranges (start, stop] partition the key space: each key is in one."""
     bucket, key = _s3_split(uri)
     if not bucket:
         raise UserError(f"bad S3 URI {uri!r} (expected s3://bucket/prefix)")
+    pattern = None
+    client = storage.boto3_client()
     try:
         if _has_magic(key):
-            prefix = key[: min(key.index(c) for c in "*?[" if c in key)]
-            pattern = key
-            found = False
-            for obj in _s3_objects(storage, bucket, prefix):
-                if fnmatch.fnmatchcase(obj["Key"], pattern) and is_video_name(obj["Key"]) and not _hidden(obj["Key"]):
-                    found = True
-                    yield _s3_ref(bucket, obj)
-            if not found:
-                raise UserError(f"{redact(uri)} matched no videos")
-            return
-        if key and not key.endswith("/") and is_video_name(key):
-            client = storage.boto3_client()
+            pattern, prefix = key, key[: min(key.index(c) for c in "*?[" if c in key)]
+        elif key and not key.endswith("/") and is_video_name(key):
             try:
-                head = client.head_object(Bucket=bucket, Key=key)
-                yield VideoRef(uri, int(head["ContentLength"]), str(head.get("ETag", "")).strip('"'))
-                return
+                client.head_object(Bucket=bucket, Key=key)
+                return [Shard(i, "s3obj", uri)]
             except client.exceptions.ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
                     raise
-        prefix = key if (not key or key.endswith("/")) else key + "/"
-        found = False
-        for obj in _s3_objects(storage, bucket, prefix):
-            rel = obj["Key"][len(prefix):]
-            if obj["Key"].endswith("/") or _hidden(rel) or not is_video_name(rel):
-                continue
-            found = True
-            yield _s3_ref(bucket, obj)
-        if not found and not any(True for _ in _s3_objects(storage, bucket, prefix)):
-            raise UserError(f"{redact(uri)}: no such S3 prefix or object (or it is empty)")
-    except UserError:
-        raise
+            prefix = key + "/"
+        else:
+            prefix = key if (not key or key.endswith("/")) else key + "/"
+        probe = client.list_objects_v2(Bucket=bucket, Prefix=prefix, Delimiter="/", MaxKeys=1000)
     except Exception as exc:  # botocore errors: access denied, no such bucket, no endpoint
         raise UserError(f"cannot list {redact(uri)}: {one_line(exc)}") from None
+    folders = sorted(p["Prefix"] for p in probe.get("CommonPrefixes", []))
+    if not folders and not probe.get("Contents"):
+        raise UserError(f"{redact(uri)} matched no videos" if pattern else f"{redact(uri)}: no such S3 prefix or object (or it is empty)")
+    if len(folders) > 1 and not probe.get("IsTruncated"):
+        bounds = [g[0] for g in _groups(folders, max_shards)[1:]]
+    else:
+        bounds = [prefix + c for c in sorted({_RANGE_CHARS[len(_RANGE_CHARS) * j // max_shards] for j in range(1, max_shards)})]
+    edges = [None, *bounds, None]
+    return [Shard(i, "s3", uri, prefix=prefix, pattern=pattern, start=a, stop=b, paths=(bucket,)) for a, b in zip(edges, edges[1:])]
 
 
-def _manifest_entries(uri: str, storage: Storage) -> Iterator[dict]:
-    """Rows of a manifest: .txt (one URI per line, # comments), .csv or .parquet with a `uri` column."""
+def _dir_shards(i: int, root: str, max_shards: int) -> list[Shard]:
+    """A directory: its own files, then its subdirectories in groups (one walk each); a root with more than
+    MAX_ROOT_ENTRIES entries is one shard (the driver never reads a huge directory)."""
+    names = []
+    with os.scandir(root) as it:
+        for entry in it:
+            if len(names) >= MAX_ROOT_ENTRIES:
+                return [Shard(i, "tree", root, paths=(root,))]
+            names.append((entry.name, entry.is_dir() and not entry.is_symlink()))
+    subdirs = sorted(os.path.join(root, n) for n, is_dir in names if is_dir and not n.startswith("."))
+    return [Shard(i, "dirfiles", root, paths=(root,))] + [Shard(i, "tree", root, paths=tuple(g)) for g in _groups(subdirs, max_shards - 1) if g]
+
+
+def _manifest_shards(i: int, uri: str, storage: Storage, max_shards: int) -> list[Shard]:
+    if not uri.lower().endswith(".parquet"):
+        return [Shard(i, "manifest", uri)]
+    try:
+        meta = pq.ParquetFile(storage.fs(uri).open(storage.path(uri), "rb")).metadata  # the footer only
+    except Exception as exc:
+        raise UserError(f"cannot read manifest {redact(uri)}: {one_line(exc)}") from None
+    rows = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+    shards, first = [], 0
+    for group in _groups(list(range(len(rows))), max_shards):
+        shards.append(Shard(i, "manifest", uri, row_groups=tuple(group), first_row=first))
+        first += sum(rows[g] for g in group)
+    return shards or [Shard(i, "manifest", uri)]
+
+
+def source_shards(i: int, src: str, storage: Storage, max_shards: int = 16) -> list[Shard]:
+    """The shards of SOURCE number i. Raises UserError for a SOURCE that does not exist or cannot be listed."""
+    src = strip_userinfo(str(src))  # credentials come from the environment, never from a URI
+    if is_s3(src):
+        if src.lower().endswith(MANIFEST_EXTENSIONS) and not _has_magic(src):
+            return _manifest_shards(i, src, storage, max_shards)
+        return _s3_shards(i, src, storage, max_shards)
+    path = os.path.expanduser(src)
+    if _has_magic(path) and not os.path.exists(path):
+        return [Shard(i, "glob", src, pattern=path)]
+    if os.path.isdir(path):
+        return _dir_shards(i, os.path.abspath(path), max_shards)
+    if os.path.isfile(path):
+        if path.lower().endswith(MANIFEST_EXTENSIONS):
+            return _manifest_shards(i, os.path.abspath(path), storage, max_shards)
+        return [Shard(i, "file", src, paths=(os.path.abspath(path),))]  # scored whatever its extension
+    if os.path.lexists(path):
+        raise UserError(f"{src}: broken symbolic link")
+    raise UserError(f"{src}: no such file or directory")
+
+
+def _pages(refs: Iterable[tuple[VideoRef, int]]) -> Iterator[list[tuple[VideoRef, int]]]:
+    page: list = []
+    for item in refs:
+        page.append(item)
+        if len(page) >= SHARD_PAGE:
+            yield page
+            page = []
+    if page:
+        yield page
+
+
+def _shard_refs(shard: Shard, storage: Storage) -> Iterator[tuple[VideoRef, int]]:
+    """(ref, ordinal) for every video of a shard; ordinal: the manifest row (0 elsewhere: a URI is unique)."""
+    if shard.kind == "s3obj":
+        bucket, key = _s3_split(shard.uri)
+        head = storage.boto3_client().head_object(Bucket=bucket, Key=key)
+        yield VideoRef(shard.uri, int(head["ContentLength"]), str(head.get("ETag", "")).strip('"')), 0
+    elif shard.kind == "s3":
+        bucket = shard.paths[0]
+        for page in _s3_pages(storage, bucket, shard.prefix, shard.start, shard.stop):
+            for obj in page:
+                k = obj["Key"]
+                if shard.pattern is not None:
+                    keep = fnmatch.fnmatchcase(k, shard.pattern) and is_video_name(k) and not _hidden(k)
+                else:
+                    rel = k[len(shard.prefix):]
+                    keep = not k.endswith("/") and not _hidden(rel) and is_video_name(rel)
+                if keep:
+                    yield _s3_ref(bucket, obj), 0
+    elif shard.kind == "tree":
+        for root in shard.paths:
+            for ref in _walk_local(root):
+                yield ref, 0
+    elif shard.kind == "dirfiles":
+        root = shard.paths[0]
+        with os.scandir(root) as it:
+            names = sorted(e.name for e in it if not e.is_dir())
+        for name in names:
+            if is_video_name(name):
+                yield _local_ref(os.path.join(root, name)), 0
+    elif shard.kind == "glob":
+        for hit in globlib.iglob(shard.pattern, recursive=True):
+            if os.path.isfile(hit) and is_video_name(hit):
+                yield _local_ref(os.path.abspath(hit)), 0
+    elif shard.kind == "file":
+        yield _local_ref(shard.paths[0]), 0
+    elif shard.kind == "manifest":
+        yield from _iter_manifest(shard.uri, storage, shard.row_groups, shard.first_row)
+    else:
+        raise ValueError(f"unknown shard kind {shard.kind!r}")
+
+
+def list_shard(shard: Shard, storage: Storage) -> Iterator[list[tuple[VideoRef, int]]]:
+    """Pages of (ref, ordinal) of one shard, in a fixed order (a retried read task lists the same pages).
+    Listing errors (S3 access denied mid-listing, ...) become UserError."""
+    try:
+        yield from _pages(_shard_refs(shard, storage))
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"cannot list {redact(shard.uri)}: {one_line(exc)}") from None
+
+
+def _manifest_entries(uri: str, storage: Storage, row_groups: tuple[int, ...] = ()) -> Iterator[dict]:
+    """Rows of a manifest: .txt (one URI per line, # comments), .csv or .parquet with a `uri` column
+    (`row_groups`: only those row groups of a Parquet manifest)."""
     ext = os.path.splitext(uri.lower())[1]
     fs = storage.fs(uri)
     path = storage.path(uri)
@@ -152,7 +298,7 @@ def _manifest_entries(uri: str, storage: Storage) -> Iterator[dict]:
         if "uri" not in pf.schema_arrow.names:
             raise UserError(f"manifest {redact(uri)} has no 'uri' column (columns: {', '.join(pf.schema_arrow.names)})")
         cols = [c for c in ("uri", "size_bytes", "etag", "mtime") if c in pf.schema_arrow.names]
-        for batch in pf.iter_batches(batch_size=10_000, columns=cols):
+        for batch in pf.iter_batches(batch_size=10_000, columns=cols, row_groups=list(row_groups) or None):
             yield from batch.to_pylist()
     elif ext == ".csv":
         import csv
@@ -170,9 +316,9 @@ def _manifest_entries(uri: str, storage: Storage) -> Iterator[dict]:
                     yield {"uri": line}
 
 
-def _iter_manifest(uri: str, storage: Storage) -> Iterator[VideoRef]:
+def _iter_manifest(uri: str, storage: Storage, row_groups: tuple[int, ...] = (), first_row: int = 0) -> Iterator[tuple[VideoRef, int]]:
     base = uri.rsplit("/", 1)[0] if is_s3(uri) else os.path.dirname(os.path.abspath(uri))
-    for row in _manifest_entries(uri, storage):
+    for n, row in enumerate(_manifest_entries(uri, storage, row_groups), start=first_row):
         entry = strip_userinfo(str(row.get("uri") or "").strip())
         if not entry:
             continue
@@ -180,11 +326,11 @@ def _iter_manifest(uri: str, storage: Storage) -> Iterator[VideoRef]:
             entry = f"{base}/{entry}" if is_s3(base) else os.path.normpath(os.path.join(base, entry))
         size, version = row.get("size_bytes"), row.get("etag") or row.get("mtime")
         if size not in (None, "") and version not in (None, ""):
-            yield VideoRef(entry, int(size), str(version))
+            yield VideoRef(entry, int(size), str(version)), n
         elif is_s3(entry):
-            yield _stat_s3(entry, storage)
+            yield _stat_s3(entry, storage), n
         else:
-            yield _local_ref(os.path.expanduser(entry))
+            yield _local_ref(os.path.expanduser(entry)), n
 
 
 def _stat_s3(uri: str, storage: Storage) -> VideoRef:
@@ -196,64 +342,60 @@ def _stat_s3(uri: str, storage: Storage) -> VideoRef:
         return VideoRef(uri, None, None, f"cannot stat: {one_line(exc)}")
 
 
+def _is_glob(src: str) -> bool:
+    return _has_magic(src) and (is_s3(src) or not os.path.exists(os.path.expanduser(src)))
+
+
 def iter_videos(sources: Iterable[str], storage: Storage) -> Iterator[VideoRef]:
-    """Stream VideoRefs for every SOURCE. Raises UserError for a SOURCE that does not exist."""
-    for src in sources:
-        src = strip_userinfo(str(src))  # credentials come from the environment, never from a URI
-        if is_s3(src):
-            lower = src.lower()
-            if lower.endswith(MANIFEST_EXTENSIONS) and not _has_magic(src):
-                yield from _iter_manifest(src, storage)
-            else:
-                yield from _iter_s3(src, storage)
-            continue
-        path = os.path.expanduser(src)
-        if _has_magic(path) and not os.path.exists(path):
-            matched = False
-            for hit in globlib.iglob(path, recursive=True):
-                if os.path.isfile(hit) and is_video_name(hit):
-                    matched = True
-                    yield _local_ref(os.path.abspath(hit))
-            if not matched:
-                raise UserError(f"{src!r} matched no videos")
-        elif os.path.isdir(path):
-            yield from _walk_local(os.path.abspath(path))
-        elif os.path.isfile(path):
-            if path.lower().endswith(MANIFEST_EXTENSIONS):
-                yield from _iter_manifest(os.path.abspath(path), storage)
-            else:  # an explicitly named file is scored whatever its extension
-                yield _local_ref(os.path.abspath(path))
-        elif os.path.lexists(path):
-            raise UserError(f"{src}: broken symbolic link")
-        else:
-            raise UserError(f"{src}: no such file or directory")
+    """Stream VideoRefs for every SOURCE (its shards one after another). Raises UserError for a SOURCE that
+    does not exist or cannot be listed, and for a glob that matched no videos."""
+    for i, src in enumerate(sources):
+        src = strip_userinfo(str(src))
+        found = False
+        for shard in source_shards(i, src, storage):
+            for page in list_shard(shard, storage):
+                found = found or bool(page)
+                yield from (ref for ref, _ in page)
+        if not found and _is_glob(src):
+            raise UserError(f"{redact(src)} matched no videos" if is_s3(src) else f"{src!r} matched no videos")
 
 
-class Listing:
-    """Streams refs as small Arrow tables (the Ray Data blocks of the job), dropping duplicates and ids in
-    skip_ids (already scored). Counts fill in while it is consumed: listed, skipped, duplicates, to_score."""
+def first_video(src: str, storage: Storage) -> VideoRef | None:
+    """The first video of one SOURCE (None: it has none); raises UserError like `iter_videos`. The driver
+    calls it for every SOURCE before a job starts, so a bad SOURCE fails before anything runs."""
+    return next(iter(iter_videos([src], storage)), None)
 
-    def __init__(self, refs: Iterable[VideoRef], *, skip_ids: set[str] | frozenset = frozenset(), rows_per_table: int = 8):
-        self.refs, self.skip_ids, self.rows = refs, skip_ids, max(1, rows_per_table)
-        self.counts = {"listed": 0, "skipped": 0, "duplicates": 0, "to_score": 0}
 
-    def __iter__(self) -> Iterator[pa.Table]:
-        seen: set[str] = set()
-        buf: list[dict] = []
-        for ref in self.refs:
-            self.counts["listed"] += 1
-            vid = ref.video_id
-            if vid in seen:
-                self.counts["duplicates"] += 1
-                continue
-            seen.add(vid)
-            if vid in self.skip_ids:
-                self.counts["skipped"] += 1
-                continue
-            buf.append(asdict(ref) | {"video_id": vid})
-            self.counts["to_score"] += 1
-            if len(buf) >= self.rows:
-                yield pa.Table.from_pylist(buf, schema=LISTING_SCHEMA)
-                buf = []
-        if buf:
-            yield pa.Table.from_pylist(buf, schema=LISTING_SCHEMA)
+def scope(src: str) -> str:
+    """What a SOURCE can list, as a path or URI prefix (the part before any glob character)."""
+    src = strip_userinfo(str(src))
+    if is_s3(src):
+        key = src.split("://", 1)[1]
+        return "s3://" + (key[: min(key.index(c) for c in "*?[" if c in key)] if _has_magic(key) else key)
+    path = os.path.expanduser(src)
+    if _has_magic(path) and not os.path.exists(path):
+        path = path[: min(path.index(c) for c in "*?[" if c in path)]
+        return os.path.dirname(os.path.abspath(path + "x"))
+    return os.path.abspath(path)
+
+
+def may_repeat(sources: list[str]) -> bool:
+    """Whether one video can be listed twice: a manifest (a URI may repeat) or two SOURCEs whose scopes overlap.
+    Otherwise every listed URI is unique and de-duplication needs no state at all."""
+    if any(strip_userinfo(str(s)).lower().endswith(MANIFEST_EXTENSIONS) and not _has_magic(str(s)) and (is_s3(str(s)) or os.path.isfile(os.path.expanduser(str(s))))
+           for s in sources):
+        return True
+    scopes = [scope(s) for s in sources]
+    for a_i, a in enumerate(scopes):
+        for b in scopes[a_i + 1 :]:
+            if a.startswith("s3://") or b.startswith("s3://"):
+                if a.startswith(b) or b.startswith(a):
+                    return True
+            elif a == b or a.startswith(b.rstrip(os.sep) + os.sep) or b.startswith(a.rstrip(os.sep) + os.sep):
+                return True
+    return False
+
+
+def refs_table(refs: Iterable[VideoRef]) -> pa.Table:
+    """A listing block: one row per ref with its video_id (the face stage's input)."""
+    return pa.Table.from_pylist([asdict(r) | {"video_id": r.video_id} for r in refs], schema=LISTING_SCHEMA)

@@ -275,14 +275,6 @@ class ResultStore:
         schema = VIDEOS_SCHEMA if sub == "videos" else FACES_SCHEMA
         return pads.dataset(parts, schema=schema, format="parquet", filesystem=self.fs)
 
-    def scored_ids(self, model_name: str, model_version: str, retry: tuple[str, ...] | None = None) -> set[str]:
-        """video_ids that already have a row for this model version (the resume set); with `retry`, minus those
-        whose row failed with an error kind or class in it (`retry_filter`)."""
-        ds = self.dataset("videos")
-        if ds is None:
-            return set()
-        return set(ds.to_table(columns=["video_id"], filter=resume_filter(model_name, model_version, retry)).column("video_id").to_pylist())
-
     def superseded(self, model_name: str, model_version: str) -> dict[str, dict[str, object]]:
         """Rows of this model version that a newer row of the same video replaces: {videos part path: {video_id:
         the newest row's scored_at}}.
