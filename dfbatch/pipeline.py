@@ -36,6 +36,7 @@ class Summary:
     job_id: str
     listed: int = 0
     skipped: int = 0  # already had a row for this model version (resume)
+    replaced: int = 0  # older rows of re-scored videos removed (--rescore, --retry-failed, leftovers of a killed one)
     duplicates: int = 0
     scored: int = 0
     counts: dict = field(default_factory=dict)  # per status, plus "fake"
@@ -51,6 +52,7 @@ class Summary:
     model_input: str = ""  # how crops reach the model (its spec's crop path and sequence length)
     warnings: list = field(default_factory=list)  # settings that differ from the model's training
     startup: dict = field(default_factory=dict)  # where the fixed cost went: steps from the process start (monitor.StartupClock)
+    failed_rows: dict = field(default_factory=dict)  # OUT's failed rows for this version: {kind: {error class: n}}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -382,14 +384,19 @@ LISTING_ROW_BYTES = 160
 
 
 def build_dataset(cfg: ScoreConfig, source, storage: Storage, bundle, plan: dict, run_id: str | None, frames: int, threshold: float,
-                  temperature: float | None = None):
+                  temperature: float | None = None, job_id: str | None = None):
     """The Ray Data graph up to (not including) the write: listing read tasks -> face actors -> model actors
-    (or fused actors on a CPU-only cluster)."""
+    (or fused actors on a CPU-only cluster). `job_id`: the stages keep their crash markers under
+    OUT/_inflight/<job_id>/ (none without one)."""
     import ray
     from ray.data import DataContext
 
+    from dfbatch.stages.failures import InflightMarkers
     from dfbatch.stages.faces import FaceStage
     from dfbatch.stages.score import FaceScoreStage, ScoreStage, shareable_bundle
+
+    def markers(stage: str):
+        return InflightMarkers(cfg.output, storage, job_id, stage) if job_id else None
 
     ctx = DataContext.get_current()
     saved = ctx.target_max_block_size
@@ -429,7 +436,7 @@ def build_dataset(cfg: ScoreConfig, source, storage: Storage, bundle, plan: dict
         score_kwargs["threads"] = face_kwargs["threads"]
         return ds.map_batches(
             FaceScoreStage,
-            fn_constructor_kwargs=dict(face_kwargs=face_kwargs, score_kwargs=score_kwargs),
+            fn_constructor_kwargs=dict(face_kwargs=face_kwargs, score_kwargs=score_kwargs, markers=markers("fused")),
             # 2 videos per call: their sequences share one forward pass, which halves the LSTM's weight reads
             # (measured on CPU: 0.43 -> 0.35 s per video in bf16; 4 is slower again, activations leave the cache)
             batch_size=min(2, max(1, cfg.videos_per_score_batch)),
@@ -439,7 +446,7 @@ def build_dataset(cfg: ScoreConfig, source, storage: Storage, bundle, plan: dict
         )
     ds = ds.map_batches(
         FaceStage,
-        fn_constructor_kwargs=face_kwargs,
+        fn_constructor_kwargs=face_kwargs | {"markers": markers("faces")},
         batch_size=1,
         batch_format="pyarrow",
         compute=_pool(plan, "face"),
@@ -447,7 +454,7 @@ def build_dataset(cfg: ScoreConfig, source, storage: Storage, bundle, plan: dict
     )
     ds = ds.map_batches(
         ScoreStage,
-        fn_constructor_kwargs=score_kwargs,
+        fn_constructor_kwargs=score_kwargs | {"markers": markers("score")},
         batch_size=cfg.videos_per_score_batch,
         batch_format="pyarrow",
         # a GPU actor keeps a few batches queued so it never waits for the next one to arrive
@@ -467,11 +474,11 @@ def _here():
     return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
 
 
-def _resume_index(output: str, storage: Storage, name: str, version: str):
+def _resume_index(output: str, storage: Storage, name: str, version: str, retry: tuple[str, ...] | None = None):
     from dfbatch.io.results import ResultStore
     from dfbatch.io.resume import scored_index
 
-    return scored_index(ResultStore(output, storage), name, version)
+    return scored_index(ResultStore(output, storage), name, version, retry=retry)
 
 
 def decide_threshold(cfg: ScoreConfig, bundle, frames: int):
@@ -487,7 +494,9 @@ def decide_threshold(cfg: ScoreConfig, bundle, frames: int):
 
 
 def run_score(cfg: ScoreConfig) -> Summary:
-    """Score every listed video that has no row yet for the model version; returns the job summary."""
+    """Score every listed video that has no row yet for the model version (with `rescore`: every listed video;
+    with `retry_failed`: also those whose row failed with an error of `retry_errors`), then remove the rows the new
+    ones replace; returns the job summary."""
     from dfbatch.monitor import StartupClock
 
     clock = StartupClock()  # from the process start: interpreter, imports and config until here
@@ -498,6 +507,7 @@ def run_score(cfg: ScoreConfig) -> Summary:
     from dfbatch.models import registry
     from dfbatch.io.results import ResultStore
     from dfbatch.io.listing import first_video, may_repeat, source_shards
+    from dfbatch.stages.failures import clear_markers
 
     started = time.time()
     clock.record("imports", clock.created, started)  # MLflow, the registry, the result store
@@ -525,7 +535,8 @@ def run_score(cfg: ScoreConfig) -> Summary:
     decision = decide_threshold(cfg, bundle, frames)
     threshold, temperature = decision.threshold, decision.temperature
     store.recover()
-    replaced = store.parts_for(name, version) if cfg.rescore else []
+    clear_markers(cfg.output, storage, older_than_s=86400)  # crash markers of jobs killed a day ago or more
+    replaced = store.drop_superseded(name, version)  # what a killed rescore or retry left: one row per video again
     # every SOURCE is checked (its first video found) before anything runs: a bad SOURCE is a one-line error
     any_video = [first_video(src, storage) is not None for src in cfg.sources]
     shards = [sh for i, src in enumerate(cfg.sources) if any_video[i] for sh in source_shards(i, src, storage, cfg.listing_shards)]
@@ -551,6 +562,7 @@ def run_score(cfg: ScoreConfig) -> Summary:
                 "threshold": threshold,
                 "precision": cfg.precision,
                 "rescore": cfg.rescore,
+                "retry_failed": cfg.retry_errors if cfg.retry_failed else "no",
                 "decode_backend": cfg.sampling.backend,
                 "detect_max_side": cfg.faces.detect_max_side,
                 "detect_every": cfg.faces.detect_every,
@@ -580,11 +592,12 @@ def run_score(cfg: ScoreConfig) -> Summary:
             here = dict(num_cpus=0, scheduling_strategy=_here())
             ledger = ray.remote(ListingLedger).options(**here).remote()
             claims = [ray.remote(IdClaims).options(**here).remote() for _ in range(N_CLAIMS)] if may_repeat(cfg.sources) else []
-            resume = None if cfg.rescore else ray.remote(_resume_index).options(**here).remote(cfg.output, storage, name, version)
+            resume = None if cfg.rescore else ray.remote(_resume_index).options(**here).remote(cfg.output, storage, name, version,
+                                                                                               cfg.resume_retry())
             source = VideoDatasource(shards, storage, ledger=ledger, resume=resume, claims=claims, lead=max(cfg.listing_lead, 4 * 128))
             try:
                 with clock.step("graph"):
-                    ds = build_dataset(cfg, source, storage, bundle, summary.resources, run.info.run_id, frames, threshold, temperature)
+                    ds = build_dataset(cfg, source, storage, bundle, summary.resources, run.info.run_id, frames, threshold, temperature, job_id)
                 sink = ResultsDatasink(cfg.output, storage, job_id=job_id, ledger=ledger)
                 with clock.step("run"):  # actors start, videos are listed, scored and written
                     ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
@@ -593,12 +606,14 @@ def run_score(cfg: ScoreConfig) -> Summary:
             finally:
                 for actor in [ledger, *claims]:
                     ray.kill(actor)
+                clear_markers(cfg.output, storage, job_id)
+            replaced += store.drop_superseded(name, version)  # the rows this job's rows replace
             listed = progress["counts"]
             summary.listed, summary.skipped, summary.duplicates = (int(listed.get(k, 0)) for k in ("listed", "skipped", "duplicates"))
             summary.listing_s = progress["last_page"] - started if progress["last_page"] else None
             summary.first_result_s = progress["first_commit"] - started if progress["first_commit"] else None
-        if replaced:
-            store.remove(replaced)
+        summary.replaced = replaced
+        summary.failed_rows = store.failures(name, version)
         summary.counts = {k: int(totals.get(k, 0)) for k in ("ok", "no_face", "failed", "fake")}
         summary.scored = sum(summary.counts[k] for k in ("ok", "no_face", "failed"))
         summary.elapsed_s = time.time() - started
@@ -611,6 +626,8 @@ def run_score(cfg: ScoreConfig) -> Summary:
                 "videos_per_min": summary.videos_per_min,
                 "listed": summary.listed,
                 "skipped_already_scored": summary.skipped,
+                "replaced_rows": summary.replaced,
+                **{f"failed_rows_{kind}": sum(c.values()) for kind, c in summary.failed_rows.items()},
                 "duplicates": summary.duplicates,
                 "elapsed_s": summary.elapsed_s,
                 **({"first_result_s": summary.first_result_s} if summary.first_result_s is not None else {}),

@@ -193,34 +193,57 @@ def _session_pids(sid: int) -> list[int]:
 _CRASH_HOOK = textwrap.dedent(
     """
     # test-only: a decoder that segfaults on every file named *POISON*, never returns on *HANG* and takes
-    # DFBATCH_TEST_SLOW_S seconds on *SLOW* (sitecustomize: loaded by the driver and every Ray worker)
+    # DFBATCH_TEST_SLOW_S seconds on *SLOW*; a model that segfaults on a batch holding *MODELCRASH*; all off with
+    # DFBATCH_TEST_CRASH_OFF=1 (sitecustomize: loaded by the driver and every Ray worker)
     import importlib.abc, importlib.util, os, signal, sys, time
 
+    def _crash(name):
+        with open(os.environ["DFBATCH_TEST_CRASH_LOG"], "a") as f:
+            f.write(f"{name}:{os.getpid()}\\n")
+        if "HANG" not in name:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        time.sleep(3600)
+
+    def _patch_decode(module):
+        probe = module.probe
+
+        def crashing_probe(p):
+            name = os.path.basename(p)
+            if os.environ.get("DFBATCH_TEST_CRASH_OFF") != "1":
+                if "SLOW" in name:
+                    time.sleep(float(os.environ["DFBATCH_TEST_SLOW_S"]))
+                if "POISON" in name or "HANG" in name:
+                    _crash(name)
+            return probe(p)
+
+        module.probe = crashing_probe
+
+    def _patch_score(module):
+        score_rows = module.score_rows
+
+        def crashing_score_rows(rows, *args, **kwargs):
+            crash = [os.path.basename(r["video_uri"]) for r in rows if "MODELCRASH" in r["video_uri"] and r["status"] == "ok"]
+            if crash and os.environ.get("DFBATCH_TEST_CRASH_OFF") != "1":
+                _crash(crash[0])
+            return score_rows(rows, *args, **kwargs)
+
+        module.score_rows = crashing_score_rows
+
     class _Poison(importlib.abc.MetaPathFinder):
+        patches = {"dfbatch.stages.decode": _patch_decode, "dfbatch.stages.score": _patch_score}
+
         def find_spec(self, name, path, target=None):
-            if name != "dfbatch.stages.decode":
+            patch = self.patches.pop(name, None)
+            if patch is None:
                 return None
-            sys.meta_path.remove(self)
+            if not self.patches:
+                sys.meta_path.remove(self)
             spec = importlib.util.find_spec(name)
             run = spec.loader.exec_module
 
             def exec_module(module):
                 run(module)
-                probe = module.probe
-
-                def crashing_probe(p):
-                    name = os.path.basename(p)
-                    if "SLOW" in name:
-                        time.sleep(float(os.environ["DFBATCH_TEST_SLOW_S"]))
-                    if "POISON" in name or "HANG" in name:
-                        with open(os.environ["DFBATCH_TEST_CRASH_LOG"], "a") as f:
-                            f.write(f"{name}:{os.getpid()}\\n")
-                        if "POISON" in name:
-                            os.kill(os.getpid(), signal.SIGSEGV)
-                        time.sleep(3600)
-                    return probe(p)
-
-                module.probe = crashing_probe
+                patch(module)
 
             spec.loader.exec_module = exec_module
             return spec
@@ -231,26 +254,49 @@ _CRASH_HOOK = textwrap.dedent(
 
 
 def test_videos_that_crash_or_hang_their_worker_every_time_get_failed_rows(mlflow_uri, tiny_model, tmp_path):
-    """Ray restarts a dead actor and retries its task forever. A segfault on every attempt, or a native call that
-    never returns (the watchdog exits the actor after 2 x time_budget_s): the in-flight marker turns the second
-    death on the same video into a `failed` row instead of a stalled job."""
+    """Ray restarts a dead actor and retries its task forever. A segfault on every attempt, in the decoder or in the
+    model of the fused CPU actor, or a native call that never returns (the watchdog exits the actor after 2 x
+    time_budget_s): the job's crash markers turn the second death on the same video into a `failed` row
+    (`worker_died`, transient) instead of a stalled job. A later job on the same OUT starts with no markers:
+    `--retry-failed` scores those videos again (here the crashes are gone) and leaves the corrupt file's row alone."""
     videos = _clips(tmp_path / "src", 3)
-    poison, hang = tmp_path / "src" / "POISON.mp4", tmp_path / "src" / "HANG.mp4"
-    poison.write_bytes(videos[0].read_bytes())
-    hang.write_bytes(videos[0].read_bytes())
+    poison, hang, model = (tmp_path / "src" / n for n in ("POISON.mp4", "HANG.mp4", "MODELCRASH.mp4"))
+    for p in (poison, hang, model):
+        p.write_bytes(videos[0].read_bytes())
+    corrupt = tmp_path / "src" / "corrupt.mp4"
+    corrupt.write_text("not a video")
     log = tmp_path / "crashes.log"
     env = _hook_env(tmp_path, DFBATCH_TEST_CRASH_LOG=str(log))
-    cmd = _score_cli(tmp_path / "src", tmp_path / "out", extra=["--face-workers", "1", "--time-budget", "4", "--json"])
+    out = tmp_path / "out"
+    cmd = _score_cli(tmp_path / "src", out, extra=["--face-workers", "1", "--time-budget", "4", "--json"])
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=500)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    first = json.loads(proc.stdout[proc.stdout.index("{"):])
     deaths = Counter(line.split(":")[0] for line in log.read_text().split())
-    assert deaths == {"POISON.mp4": 2, "HANG.mp4": 2}, deaths  # two worker processes died on each, then no more attempts
-    assert len(set(log.read_text().split())) == 4  # four distinct processes
-    df = read_results(str(tmp_path / "out")).set_index("video_uri")
-    assert len(df) == 5 and df.video_id.is_unique
-    for bad in (poison, hang):
-        assert df.status[str(bad)] == "failed" and "worker process died 2 times" in df.error[str(bad)]
-    assert (df.drop([str(poison), str(hang)]).status == "ok").all()
+    # each killed two worker processes on its own (and maybe one more while sharing a batch, charged to no video),
+    # then no more attempts
+    assert set(deaths) == {"POISON.mp4", "HANG.mp4", "MODELCRASH.mp4"} and set(deaths.values()) <= {2, 3}, deaths
+    assert len(set(log.read_text().split())) == sum(deaths.values())  # a new process each time
+    df = read_results(str(out)).set_index("video_uri")
+    assert len(df) == 7 and df.video_id.is_unique
+    for bad in (poison, hang, model):
+        row = df.loc[str(bad)]
+        assert (row.status, row.error_class, row.error_kind) == ("failed", "worker_died", "transient")
+        assert "worker process died 2 times" in row.error
+    assert (df.loc[str(corrupt), ["status", "error_class", "error_kind"]] == ["failed", "corrupt", "permanent"]).all()
+    assert (df.loc[list(map(str, videos))].status == "ok").all()
+    assert first["failed_rows"] == {"transient": {"worker_died": 3}, "permanent": {"corrupt": 1}}
+    assert not (out / "_inflight" / first["job_id"]).exists()  # the job's markers went with it
+
+    proc = subprocess.run([*cmd, "--retry-failed"], env=env | {"DFBATCH_TEST_CRASH_OFF": "1"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    second = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert (second["listed"], second["skipped"], second["scored"], second["replaced"]) == (7, 4, 3, 3)
+    after = read_results(str(out)).set_index("video_uri")
+    assert len(after) == 7 and after.video_id.is_unique
+    assert (after.loc[[str(p) for p in (poison, hang, model)]].status == "ok").all()
+    assert after.scored_at[str(corrupt)] == df.scored_at[str(corrupt)]  # permanent: not retried by default
+    assert second["failed_rows"] == {"permanent": {"corrupt": 1}}
 
 
 # ------------------------------------------------------------------------------------------ S3 faults
@@ -381,4 +427,7 @@ def test_s3_object_faults_in_a_job(s3_faults, ray_local, mlflow_uri, tiny_model,
     assert s3_faults.hits[("faults", "in/flaky.mp4", 503)] == 3  # retried with backoff, then read
     assert "object not found" in df.error["s3://faults/in/vanished.mp4"]
     assert "access denied" in df.error["s3://faults/in/denied.mp4"]
+    # neither can pass on a rerun as it stands: permanent (--retry-failed leaves them; --retry-errors names them)
+    assert df.loc["s3://faults/in/vanished.mp4", ["error_class", "error_kind"]].tolist() == ["not_found", "permanent"]
+    assert df.loc["s3://faults/in/denied.mp4", ["error_class", "error_kind"]].tolist() == ["access_denied", "permanent"]
     assert not df.error.dropna().str.contains("\n").any()

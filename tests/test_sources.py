@@ -160,8 +160,8 @@ def test_resume_anti_join(tmp_path):
     assert index.dtype == np.dtype("S20") and list(index) == sorted(r.video_id.encode() for r in refs[:2])
     kept, skipped = anti_join(refs_table(refs), index)
     assert skipped == 2 and kept.column("video_id").to_pylist() == [r.video_id for r in refs[2:]]
-    ok_only = scored_index(store, "m", "1", statuses=("ok",))  # e.g. retrying failures: only ok rows count as done
-    assert anti_join(refs_table(refs), ok_only)[1] == 1
+    retrying = scored_index(store, "m", "1", retry=("all",))  # --retry-failed --retry-errors all: failed rows are not done
+    assert anti_join(refs_table(refs), retrying)[1] == 1
 
 
 def test_datasource_dedups_resumes_and_counts_once_per_page(ray_local, tmp_path):

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -56,16 +57,16 @@ def test_saved_crops_are_committed_with_their_part(tmp_path):
     with pytest.raises(ValueError, match="not a crops file"):
         store.read_crops("crops/part-x/../../../../etc/passwd.jpg")  # a crafted row cannot read outside OUT
     part_dir = rel.rsplit("/", 1)[0]
-    assert str(tmp_path / "out" / part_dir) in store.parts_for("m", "1")
 
     # crops of a part whose videos file never committed (a crash) are removed by the next run's recover()
     orphan = tmp_path / "out" / "crops" / "part-m-v1-00000000deadbeef"
     orphan.mkdir()
     (orphan / "x-0.jpg").write_bytes(encode_strip(crops))
     assert store.recover() == 1 and not orphan.exists() and (tmp_path / "out" / rel).exists()
-    # --rescore removes a version's crops with its parts
-    store.remove(store.parts_for("m", "1"))
-    assert not (tmp_path / "out" / part_dir).exists() and store.read("videos").empty
+    # a rescore's newer rows replace the part's: its crops go with it
+    store.write_part([_row(1) | {"scored_at": datetime.now(timezone.utc)}, _row(2, "failed") | {"scored_at": datetime.now(timezone.utc)}], job_id="j2")
+    assert store.drop_superseded("m", "1") == 2
+    assert not (tmp_path / "out" / part_dir).exists() and len(store.read("videos")) == 2
 
 
 def test_faces_parts_from_before_crops_file_read_as_null(tmp_path):

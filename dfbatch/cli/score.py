@@ -33,6 +33,8 @@ def format_summary(s) -> str:
         f"dfbatch score — model {s.model_name} version {s.model_version} — MLflow run {s.mlflow_run_id}",
         f"  listed {s.listed:>8}   already scored (skipped) {s.skipped}   duplicates {s.duplicates}",
         f"  scored {s.scored:>8}   ok {c.get('ok', 0)}   no_face {c.get('no_face', 0)}   failed {c.get('failed', 0)}   FAKE {c.get('fake', 0)}",
+        *([f"  replaced {s.replaced:>6}   older rows of re-scored videos removed"] if s.replaced else []),
+        *failed_lines(s.failed_rows),
         f"  time   {s.elapsed_s:>8.1f} s   {s.videos_per_min:.1f} videos/min",
         f"  threshold {s.threshold:g}" + (f" (temperature {s.temperature:g})" if s.temperature else "") + f": {s.threshold_source}",
         *(f"  note: {n}" for n in s.calibration_notes),
@@ -45,6 +47,20 @@ def format_summary(s) -> str:
         f"  pandas:  dfbatch.read_results({s.output!r})",
     ]
     return "\n".join(lines)
+
+
+def failed_lines(failed: dict) -> list[str]:
+    """The summary's lines on OUT's failed rows for the version: counts by kind and error class, how to retry."""
+    if not failed:
+        return []
+    total = sum(n for classes in failed.values() for n in classes.values())
+    parts = [f"{kind} {sum(c.values())} (" + ", ".join(f"{k} {n}" for k, n in sorted(c.items(), key=lambda kv: -kv[1])) + ")"
+             for kind, c in sorted(failed.items())]
+    lines = [f"  failed rows of this version in OUT: {total} — {'; '.join(parts)}"]
+    if failed.get("transient"):
+        lines.append("  retry:   rerun the same command with --retry-failed (the transient ones; --retry-errors all: every "
+                     "failed row)")
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,11 +16,13 @@ from dfbatch.config.base import (EndpointUrl, FieldError, JobConfig, PathStr, Pa
                                  opt, section)
 from dfbatch.models.spec import DEFAULT_CROP_MARGIN, DETECTION_KEYS
 from dfbatch.stages.aggregate import FRAME_STRATEGIES, TRACK_STRATEGIES
+from dfbatch.stages.failures import ERROR_CLASSES, ERROR_KINDS
 
 DEFAULT_MODEL_URI = "models:/dfbatch-detector@champion"
 VIDEO_EXTENSIONS = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .mts .m2ts .wmv .flv .3gp .ogv".split()
 )
+RETRY_CHOICES = ("all", *ERROR_KINDS, *ERROR_CLASSES)  # --retry-errors: kinds, classes (stages/failures.py)
 TRACK_AGGREGATIONS = tuple(TRACK_STRATEGIES)  # the strategies live in dfbatch/stages/aggregate.py
 FRAME_AGGREGATIONS = tuple(FRAME_STRATEGIES)
 TrackAggregation = Literal[TRACK_AGGREGATIONS]
@@ -120,6 +122,12 @@ class ScoreConfig(UsesS3, JobConfig):
         "--frame-aggregation", help="track score from frame scores ('model': the model's own temporal head)")] = "mean"
     rescore: Annotated[bool, opt("--rescore", help="score again videos that already have a row for this model version "
                                  "(the old rows are replaced)")] = False
+    retry_failed: Annotated[bool, opt("--retry-failed", help="score again the videos whose row for this model version "
+                                      "failed with an error of --retry-errors (the old row is replaced)")] = False
+    retry_errors: Annotated[str, opt("--retry-errors", metavar="KINDS", help="with --retry-failed: which failed rows, "
+                                     "comma-separated: error kinds (transient, permanent), error classes (storage, "
+                                     "time_budget, worker_died, model, over_limit, access_denied, ...) or all "
+                                     "(default {default})")] = "transient"
     tracking_uri: TrackingUri = None
     experiment: Annotated[str, opt("--experiment", help="MLflow experiment name")] = "dfbatch-score"
     s3_endpoint_url: EndpointUrl = None
@@ -154,6 +162,22 @@ class ScoreConfig(UsesS3, JobConfig):
     faces: Annotated[FaceConfig, section("detect_max_side", "detect_every", "min_face_px")] = field(
         default_factory=lambda: FaceConfig(detect_max_side=None, detect_every=None))  # None: the model's
     limits: Annotated[LimitsConfig, section("max_duration_s", "time_budget_s")] = field(default_factory=LimitsConfig)
+
+    @model_validator(mode="after")
+    def _known_retry_errors(self) -> ScoreConfig:
+        unknown = [e for e in self.retry_targets() if e not in RETRY_CHOICES]
+        if unknown or not self.retry_targets():
+            raise FieldError("retry_errors", f"--retry-errors: unknown {', '.join(unknown) or 'empty value'} (choose "
+                             f"from {', '.join(RETRY_CHOICES)})")
+        return self
+
+    def retry_targets(self) -> tuple[str, ...]:
+        """The failed rows --retry-failed scores again: error kinds, classes or `all` (`io.results.retry_filter`)."""
+        return tuple(e.strip() for e in self.retry_errors.split(",") if e.strip())
+
+    def resume_retry(self) -> tuple[str, ...] | None:
+        """What resume leaves to score again among the version's rows: None, or `retry_targets()` with --retry-failed."""
+        return self.retry_targets() if self.retry_failed else None
 
     @model_validator(mode="after")
     def _fp16_needs_a_gpu(self) -> ScoreConfig:

@@ -12,6 +12,13 @@ videos last; the videos part is the commit point. A part's name is a hash of (jo
 retried write task overwrites rather than duplicates, and a rerun skips every video with a committed row.
 Readers see only complete files (local rename is atomic; an S3 PUT is atomic). `recover()` removes staging
 leftovers, and faces parts and crops folders whose videos part never committed.
+
+Replacing rows (`--rescore`, `--retry-failed`): the new rows are committed like any others, then
+`drop_superseded()` removes every row that a newer row (`scored_at`) of the same video and model version replaces,
+by rewriting the parts that hold one (faces first, then those rows' crops, then videos: each file swapped whole).
+A row is only ever removed after its replacement committed, so a kill at any point loses none; the next job's
+`drop_superseded()` finishes what a killed one left. Model versions are told apart by the model_name and
+model_version columns, never by file names.
 """
 
 from __future__ import annotations
@@ -22,7 +29,6 @@ import os
 import re
 import uuid
 from collections import Counter
-from collections.abc import Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -37,6 +43,8 @@ VIDEOS_SCHEMA = pa.schema(
         ("video_id", pa.string()),
         ("status", pa.string()),  # ok | no_face | failed
         ("error", pa.string()),  # null unless failed: a one-line reason
+        ("error_class", pa.string()),  # null unless failed: storage, time_budget, corrupt, ... (stages/failures.py)
+        ("error_kind", pa.string()),  # null unless failed: transient (a rerun may pass) | permanent
         ("fake_probability", pa.float64()),  # null unless ok
         ("label", pa.string()),  # FAKE | REAL, null unless ok
         ("threshold", pa.float64()),
@@ -83,9 +91,39 @@ FACES_SCHEMA = pa.schema(
 )
 
 
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text))
+
+
+def model_filter(model_name: str, model_version: str) -> pc.Expression:
+    """Rows of exactly this model version (model `det` version 1 is not model `det-v1`)."""
+    return (pc.field("model_name") == model_name) & (pc.field("model_version") == str(model_version))
+
+
+def retry_filter(retry: tuple[str, ...]) -> pc.Expression:
+    """Failed rows to score again: `retry` holds error kinds (transient, permanent), classes (storage, over_limit,
+    ... : `stages.failures.ERROR_CLASSES`) or `all`. Rows written before error kinds were recorded count as
+    transient."""
+    failed = pc.field("status") == "failed"
+    if "all" in retry:
+        return failed
+    kinds = [r for r in retry if r in ("transient", "permanent")]
+    classes = [r for r in retry if r not in kinds]
+    match = pc.field("error_kind").isin(pa.array(kinds, pa.string())) | pc.field("error_class").isin(pa.array(classes, pa.string()))
+    if "transient" in kinds:
+        match = match | pc.field("error_kind").is_null()
+    return failed & match
+
+
+def resume_filter(model_name: str, model_version: str, retry: tuple[str, ...] | None = None) -> pc.Expression:
+    """Rows that make a video done for this model version: all of them, minus those `retry_filter(retry)` picks."""
+    flt = model_filter(model_name, model_version)
+    return flt & ~retry_filter(retry) if retry else flt
+
+
 def model_key(name: str, version: str) -> str:
-    """A file-name-safe key for one model version (also used to find its parts)."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{name}-v{version}")
+    """A file-name-safe key for one model version in part names (for people: the columns say whose rows they are)."""
+    return _safe(f"{name}-v{version}")
 
 
 def crop_files(rows: list[dict], part: str) -> dict[tuple[str, int], tuple[str, bytes]]:
@@ -93,8 +131,7 @@ def crop_files(rows: list[dict], part: str) -> dict[tuple[str, int], tuple[str, 
     out = {}
     for r in rows:
         for i, jpeg in enumerate(r.get("crop_jpegs") or []):
-            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(r["video_id"]))
-            out[(r["video_id"], i)] = (f"crops/{part}/{name}-{i}.jpg", jpeg)
+            out[(r["video_id"], i)] = (f"crops/{part}/{_safe(r['video_id'])}-{i}.jpg", jpeg)
     return out
 
 
@@ -169,15 +206,19 @@ class ResultStore:
         if crops:  # before the tables: a committed row never names a missing file
             self._write_files({f"{self.root}/{rel}": data for rel, data in crops.values()}, local)
         for table, sub in ((faces, "faces"), (videos, "videos")):  # videos last: the commit point
-            final = f"{self._dir(sub)}/{name}"
-            if local:
-                staging = f"{self._dir('_staging')}/{sub}-{uuid.uuid4().hex}-{name}"
-                pq.write_table(table, staging)
-                os.replace(staging, final)
-            else:
-                with self.fs.open(final, "wb") as f:
-                    pq.write_table(table, f)
+            self._put_table(table, f"{self._dir(sub)}/{name}", local)
         return dict(Counter(r["status"] for r in rows)) | {"fake": sum(1 for r in rows if r.get("label") == "FAKE")}
+
+    def _put_table(self, table: pa.Table, final: str, local: bool) -> None:
+        """The file appears (or is replaced) whole: locally staged + renamed, on S3 one PUT."""
+        if local:
+            os.makedirs(self._dir("_staging"), exist_ok=True)
+            staging = f"{self._dir('_staging')}/{uuid.uuid4().hex}-{final.rsplit('/', 1)[-1]}"
+            pq.write_table(table, staging)
+            os.replace(staging, final)
+        else:
+            with self.fs.open(final, "wb") as f:
+                pq.write_table(table, f)
 
     def _write_files(self, files: dict[str, bytes], local: bool) -> None:
         """Each file appears whole or not at all: locally staged + renamed, on S3 one PUT each (concurrent)."""
@@ -234,33 +275,105 @@ class ResultStore:
         schema = VIDEOS_SCHEMA if sub == "videos" else FACES_SCHEMA
         return pads.dataset(parts, schema=schema, format="parquet", filesystem=self.fs)
 
-    def scored_ids(self, model_name: str, model_version: str) -> set[str]:
-        """video_ids that already have a row for this model version (the resume set)."""
+    def superseded(self, model_name: str, model_version: str) -> dict[str, dict[str, object]]:
+        """Rows of this model version that a newer row of the same video replaces: {videos part path: {video_id:
+        the newest row's scored_at}}.
+        Reads two columns of the version's rows; the part names only for videos that have more than one row."""
         ds = self.dataset("videos")
         if ds is None:
-            return set()
-        flt = (pc.field("model_name") == model_name) & (pc.field("model_version") == str(model_version))
-        return set(ds.to_table(columns=["video_id"], filter=flt).column("video_id").to_pylist())
+            return {}
+        flt = model_filter(model_name, model_version)
+        ids = ds.to_table(columns=["video_id"], filter=flt).column("video_id")
+        counts = pc.value_counts(ids)
+        repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+        if not len(repeated):
+            return {}
+        rows = ds.to_table(columns=["video_id", "scored_at", "__filename"], filter=flt & pc.field("video_id").isin(repeated))
+        rows = rows.set_column(1, "scored_at", pc.fill_null(rows.column("scored_at"), pa.scalar(0, rows.schema.field("scored_at").type)))
+        latest = rows.group_by("video_id").aggregate([("scored_at", "max")])
+        rows = rows.join(latest, "video_id")
+        stale = rows.filter(pc.less(rows.column("scored_at"), rows.column("scored_at_max")))
+        out: dict[str, dict[str, object]] = {}
+        for vid, path, newest in zip(*(stale.column(c).to_pylist() for c in ("video_id", "__filename", "scored_at_max"))):
+            out.setdefault(path, {})[vid] = newest
+        return out
 
-    def parts_for(self, model_name: str, model_version: str) -> list[str]:
-        """The model version's videos and faces parts and crops folders."""
-        prefix = f"part-{model_key(model_name, model_version)}-"
-        paths = [p for sub in ("videos", "faces") for p in self._parts(sub)] + self._crops_dirs()
-        return [p for p in paths if p.rsplit("/", 1)[-1].startswith(prefix)]
+    def drop_superseded(self, model_name: str, model_version: str) -> int:
+        """Remove every row of this model version that a newer row of the same video replaces (what a rescore or a
+        retry leaves behind); returns the video rows removed. Idempotent: a killed run is finished by the next."""
+        removed = 0
+        for path, newest in sorted(self.superseded(model_name, model_version).items()):
+            removed += self._drop_rows(path, newest, model_name, model_version)
+        return removed
 
-    def remove(self, paths: Iterable[str]) -> None:
-        """Delete parts, videos first (an interrupted removal leaves only orphan faces and crops, which
-        recover() drops)."""
-        for p in sorted(paths, key=lambda p: (f"{self.root}/videos/" not in p, f"{self.root}/faces/" not in p)):
-            self.fs.rm(p, recursive=not p.endswith(".parquet"))
+    def _drop_rows(self, videos_path: str, newest: dict, model_name: str, model_version: str) -> int:
+        """Rewrite one part without its rows of this model version that are older than their video's newest row
+        (`newest`: video_id -> scored_at). Faces first, then those videos' crops, then videos (the commit point)."""
+        name = videos_path.rsplit("/", 1)[-1]
+        stem = name[: -len(".parquet")]
+        local = not is_s3(self.output)
+
+        def older(table: pa.Table) -> pa.Array:
+            cols = [table.column(c).to_pylist() for c in ("model_name", "model_version", "video_id", "scored_at")]
+            return pa.array([m == model_name and v == str(model_version) and vid in newest and (at is None or at < newest[vid])
+                             for m, v, vid, at in zip(*cols)], pa.bool_())
+
+        videos = pads.dataset([videos_path], schema=VIDEOS_SCHEMA, format="parquet", filesystem=self.fs).to_table()
+        drop = older(videos)
+        keep = videos.filter(pc.invert(drop))
+        gone = set(videos.filter(drop).column("video_id").to_pylist()) - set(keep.column("video_id").to_pylist())
+        faces_path = f"{self._dir('faces')}/{name}"
+        crops_dir = f"{self._dir('crops')}/{stem}"
+        if not keep.num_rows:  # nothing left: faces, crops, then videos (no faces row ever outlives its video row)
+            for p in (faces_path, crops_dir, videos_path):
+                try:
+                    self.fs.rm(p, recursive=p == crops_dir)
+                except FileNotFoundError:
+                    pass
+            return videos.num_rows
+        if self.fs.exists(faces_path):
+            faces = pads.dataset([faces_path], schema=FACES_SCHEMA, format="parquet", filesystem=self.fs).to_table()
+            kept_faces = faces.filter(pc.invert(older(faces)))
+            if kept_faces.num_rows < faces.num_rows:
+                self._put_table(kept_faces, faces_path, local)
+        prefixes = tuple(f"{_safe(v)}-" for v in gone)
+        try:
+            doomed = [p for p in self.fs.ls(crops_dir, detail=False) if prefixes and p.rsplit("/", 1)[-1].startswith(prefixes)]
+        except (FileNotFoundError, NotADirectoryError):
+            doomed = []
+        if doomed:
+            self.fs.rm(doomed)
+        self._put_table(keep, videos_path, local)
+        return videos.num_rows - keep.num_rows
+
+    def failures(self, model_name: str, model_version: str) -> dict[str, dict[str, int]]:
+        """The version's failed rows counted by kind, then class: {"transient": {"storage": 3}, "permanent": {...}}.
+        Rows written before dfbatch recorded error classes count as transient class "unclassified"."""
+        ds = self.dataset("videos")
+        if ds is None:
+            return {}
+        flt = model_filter(model_name, model_version) & (pc.field("status") == "failed")
+        t = ds.to_table(columns=["error_class", "error_kind"], filter=flt)
+        out: dict[str, dict[str, int]] = {}
+        for cls, kind in zip(t.column("error_class").to_pylist(), t.column("error_kind").to_pylist()):
+            bucket = out.setdefault(kind or "transient", {})
+            bucket[cls or "unclassified"] = bucket.get(cls or "unclassified", 0) + 1
+        return out
 
     def read(self, sub: str = "videos", columns: list[str] | None = None):
-        """The table as pandas (empty with the schema's columns when nothing was written yet)."""
-        ds = self.dataset(sub)
-        if ds is None:
-            schema = VIDEOS_SCHEMA if sub == "videos" else FACES_SCHEMA
-            return schema.empty_table().to_pandas()
-        return ds.to_table(columns=columns).to_pandas()
+        """The table as pandas (empty with the schema's columns when nothing was written yet). A part replaced or
+        removed while it is read (a job's `drop_superseded` running meanwhile) makes it list the parts again."""
+        for attempt in range(3):
+            ds = self.dataset(sub)
+            if ds is None:
+                schema = VIDEOS_SCHEMA if sub == "videos" else FACES_SCHEMA
+                return schema.empty_table().to_pandas()
+            try:
+                return ds.to_table(columns=columns).to_pandas()
+            except OSError:  # FileNotFoundError, or s3fs's FileExpired (the object changed under the reader)
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
 
 def read_results(output: str, sub: str = "videos", storage: Storage | None = None):

@@ -44,7 +44,9 @@ class Storage:
 
     def fs(self, uri: str) -> fsspec.AbstractFileSystem:
         if is_s3(uri):
-            kwargs: dict = {"config_kwargs": {"retries": {"max_attempts": 8, "mode": "adaptive"}}}
+            # no listings cache: s3fs would otherwise answer a second listing (and the sizes of objects it saw
+            # listed) from the first one for the life of the process, missing what other processes wrote since
+            kwargs: dict = {"config_kwargs": {"retries": {"max_attempts": 8, "mode": "adaptive"}}, "use_listings_cache": False}
             if self.endpoint_url:
                 kwargs["client_kwargs"] = {"endpoint_url": self.endpoint_url}
             return fsspec.filesystem("s3", **kwargs)

@@ -19,10 +19,25 @@ import numpy as np
 from dfbatch.config import LimitsConfig, SamplingConfig
 from dfbatch.errors import one_line
 from dfbatch.io.storage import Storage, is_s3
+from dfbatch.stages.failures import classify
 
 
 class DecodeError(Exception):
-    """The video cannot be decoded or is over a limit; str(exc) is the row's one-line error."""
+    """The video cannot be decoded or is over a limit; str(exc) is the row's one-line error, `error_class` its
+    class (`stages.failures.ERROR_CLASSES`: says whether a retry can help)."""
+
+    def __init__(self, message: str, error_class: str = "corrupt"):
+        super().__init__(message)
+        self.error_class = error_class
+
+    def __reduce__(self):
+        return type(self), (str(self), self.error_class)
+
+
+def _class_of(exc: BaseException, default: str) -> str:
+    """The failure class of an unexpected exception (an I/O error says storage, not found, access denied)."""
+    found = classify(exc)
+    return default if found == "other" else found
 
 
 @dataclass
@@ -61,10 +76,10 @@ def probe(path: str) -> VideoInfo:
         with av.open(path, metadata_errors="ignore") as container:
             if not container.streams.video:
                 kinds = sorted({s.type for s in container.streams}) or ["no streams"]
-                raise DecodeError(f"no video stream (found: {', '.join(kinds)})")
+                raise DecodeError(f"no video stream (found: {', '.join(kinds)})", "unsupported")
             stream = container.streams.video[0]
             if container.format.name.endswith("_pipe") or container.format.name.startswith("image2"):
-                raise DecodeError(f"not a video: a still image ({stream.codec_context.name})")
+                raise DecodeError(f"not a video: a still image ({stream.codec_context.name})", "unsupported")
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
             fps = float(rate) if rate else 0.0
             duration = 0.0
@@ -84,7 +99,7 @@ def probe(path: str) -> VideoInfo:
     except DecodeError:
         raise
     except Exception as exc:
-        raise DecodeError(f"cannot open video: {one_line(exc)}") from None
+        raise DecodeError(f"cannot open video: {one_line(exc)}", _class_of(exc, "corrupt")) from None
     if rotation in (90, 270):
         width, height = height, width
     return VideoInfo(n_frames, fps, duration, width, height, rotation, stream.codec_context.name)
@@ -92,11 +107,11 @@ def probe(path: str) -> VideoInfo:
 
 def _check_limits(info: VideoInfo, limits: LimitsConfig) -> None:
     if info.duration_s > limits.max_duration_s:
-        raise DecodeError(f"over limit max_duration_s: video is {info.duration_s:.1f} s long (limit {limits.max_duration_s:g} s)")
+        raise DecodeError(f"over limit max_duration_s: video is {info.duration_s:.1f} s long (limit {limits.max_duration_s:g} s)", "over_limit")
     if info.width * info.height > limits.max_pixels:
-        raise DecodeError(f"over limit max_pixels: {info.width}x{info.height} (limit {limits.max_pixels} pixels)")
+        raise DecodeError(f"over limit max_pixels: {info.width}x{info.height} (limit {limits.max_pixels} pixels)", "over_limit")
     if info.width < 8 or info.height < 8:
-        raise DecodeError(f"frame size {info.width}x{info.height} is too small to hold a face")
+        raise DecodeError(f"frame size {info.width}x{info.height} is too small to hold a face", "unsupported")
 
 
 def _fit(frame: np.ndarray, rotation: int, max_side: int) -> tuple[np.ndarray, float]:
@@ -139,7 +154,7 @@ def _decode_decord(path: str, want: int, threads: int, rotation: int, max_side: 
                 frames.append(small)
                 kept.append(idx)
             if time.monotonic() > deadline:
-                raise DecodeError("over limit time_budget_s while decoding")
+                raise DecodeError("over limit time_budget_s while decoding", "time_budget")
         return np.asarray(kept, dtype=np.int64), frames, scale
     finally:
         del vr  # decord keeps native buffers until the reader is released (dmlc/decord#157)
@@ -161,7 +176,7 @@ def _packet_index(path: str, deadline: float) -> tuple[list[int], list[bool]] | 
             pts.append(int(packet.pts))
             keys.append(bool(packet.is_keyframe))
             if n % 4096 == 0 and time.monotonic() > deadline:
-                raise DecodeError("over limit time_budget_s while decoding")
+                raise DecodeError("over limit time_budget_s while decoding", "time_budget")
     return (pts, keys) if pts and len(set(pts)) == len(pts) else None
 
 
@@ -233,7 +248,7 @@ def _decode_pyav_sparse(path: str, want: int, threads: int, rotation: int, max_s
             if seek_to is None:
                 break
         if time.monotonic() > deadline:
-            raise DecodeError("over limit time_budget_s while decoding")
+            raise DecodeError("over limit time_budget_s while decoding", "time_budget")
     if len(got) < len(wanted):
         return None
     kept = sorted(got)
@@ -264,7 +279,7 @@ def _decode_pyav(path: str, want: int, n_frames: int, rotation: int, max_side: i
                 if targets is None and len(frames) >= want:
                     break
             if time.monotonic() > deadline:
-                raise DecodeError("over limit time_budget_s while decoding")
+                raise DecodeError("over limit time_budget_s while decoding", "time_budget")
     return np.asarray(kept, dtype=np.int64), frames, scale
 
 
@@ -274,14 +289,14 @@ def read_frames(path: str, sampling: SamplingConfig, limits: LimitsConfig, *, fr
     try:
         st = os.stat(path)
     except OSError as exc:
-        raise DecodeError(f"cannot read file: {exc.strerror or exc}") from None
+        raise DecodeError(f"cannot read file: {exc.strerror or exc}", _class_of(exc, "other")) from None
     if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
-        raise DecodeError("not a regular file")
+        raise DecodeError("not a regular file", "unsupported")
     size = st.st_size
     if size == 0:
         raise DecodeError("empty file (0 bytes)")
     if size > limits.max_bytes:
-        raise DecodeError(f"over limit max_bytes: {size} bytes (limit {limits.max_bytes})")
+        raise DecodeError(f"over limit max_bytes: {size} bytes (limit {limits.max_bytes})", "over_limit")
     info = probe(path)
     _check_limits(info, limits)
     errors = []
@@ -322,16 +337,16 @@ def local_copy(uri: str, storage: Storage, max_bytes: int) -> Iterator[str]:
                 while chunk := src.read(8 * 1024 * 1024):
                     copied += len(chunk)
                     if copied > max_bytes:
-                        raise DecodeError(f"over limit max_bytes: more than {max_bytes} bytes")
+                        raise DecodeError(f"over limit max_bytes: more than {max_bytes} bytes", "over_limit")
                     out.write(chunk)
         except DecodeError:
             raise
         except FileNotFoundError:
-            raise DecodeError("object not found (deleted after listing?)") from None
+            raise DecodeError("object not found (deleted after listing?)", "not_found") from None
         except PermissionError:
-            raise DecodeError("access denied reading object") from None
+            raise DecodeError("access denied reading object", "access_denied") from None
         except Exception as exc:
-            raise DecodeError(f"cannot read object: {one_line(exc)}") from None
+            raise DecodeError(f"cannot read object: {one_line(exc)}", _class_of(exc, "storage")) from None
         yield tmp
     finally:
         with contextlib.suppress(OSError):

@@ -7,12 +7,9 @@ stage, never full frames.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,15 +22,17 @@ from dfbatch.stages.crops import jpeg_round_trip
 from dfbatch.stages.decode import DecodeError, local_copy, read_frames
 from dfbatch.errors import one_line, redact
 from dfbatch.io.results import VIDEOS_SCHEMA  # the columns the results share
-from dfbatch.io.storage import Storage
+from dfbatch.io.storage import Storage, is_s3
+from dfbatch.stages.failures import InflightMarkers, classify, fail, run_guarded, worker_died_message
 
 
 MTCNN_MIN_PX = 12  # facenet's P-Net window: smaller faces are never found (and min_face_size < 12 raises)
 
 # one row per video between the face stage and the score stage (crops: uint8 (sum of track lengths, S, S, 3))
 FACE_ROWS_SCHEMA = pa.schema(
-    [VIDEOS_SCHEMA.field(n) for n in ("video_uri", "video_id", "size_bytes", "status", "error", "duration_s", "fps", "width",
-                                      "height", "n_frames", "frame_indices", "n_faces", "n_tracks")]
+    [VIDEOS_SCHEMA.field(n) for n in ("video_uri", "video_id", "size_bytes", "status", "error", "error_class", "error_kind",
+                                      "duration_s", "fps", "width", "height", "n_frames", "frame_indices", "n_faces",
+                                      "n_tracks")]
     + [pa.field("tracks", pa.string()), pa.field("crops", pa.binary()), pa.field("crop_size", pa.int32()),
        pa.field("crop_jpegs", pa.list_(pa.binary()))]  # --save-crops: one JPEG strip per track (else null)
 )
@@ -227,6 +226,8 @@ def empty_result(ref: dict) -> dict:
         "size_bytes": ref.get("size_bytes"),
         "status": "failed",
         "error": None,
+        "error_class": None,
+        "error_kind": None,
         "duration_s": None,
         "fps": None,
         "width": None,
@@ -242,42 +243,14 @@ def empty_result(ref: dict) -> dict:
     }
 
 
-MAX_WORKER_DEATHS = 2  # a video whose processing killed the worker this often gets a failed row instead
-_INFLIGHT_DIR = os.path.join(tempfile.gettempdir(), f"dfbatch-inflight-{os.getuid()}")
-
-
-def _mark_inflight(video_id: str) -> tuple[str, int]:
-    """Note on local disk that `video_id` is being processed; returns (marker, earlier attempts that never
-    finished). A marker outlives its process: Ray restarts a dead actor and retries the task, which then sees it."""
-    marker = os.path.join(_INFLIGHT_DIR, hashlib.sha1(video_id.encode()).hexdigest()[:24])
-    try:
-        with open(marker) as f:
-            deaths = int(f.read().strip() or 0) if time.time() - os.fstat(f.fileno()).st_mtime < 86400 else 0
-    except (OSError, ValueError):
-        deaths = 0
-    try:
-        os.makedirs(_INFLIGHT_DIR, exist_ok=True)
-        with open(marker, "w") as f:
-            f.write(str(deaths + 1))
-    except OSError:
-        pass
-    return marker, deaths
-
-
 def process_video(ref: dict, detector: FaceDetector, storage: Storage, sampling: SamplingConfig, limits: LimitsConfig, *, frames: int, crop_size: int, crop_jpeg_quality: int | None = None, keep: dict | None = None) -> dict:
     """Decode, detect, track and crop one video; every failure becomes status `failed` + a one-line error.
     Crops are cut at `crop_size` and, with `crop_jpeg_quality`, go through the training shards' JPEG round trip
     (the model's spec says both: `ModelSpec.crop_side`, `crop_jpeg_quality`). `keep` (optional) receives the
     decoded video as `keep["video"]` (the single-video page shows its frames).
 
-    A video that killed the worker process MAX_WORKER_DEATHS times (native decoder crash, OOM kill, or the
-    watchdog: a Ray actor exits when one video takes 2 x time_budget_s, e.g. a native call that never returns)
-    gets a `failed` row on the next retry instead: Ray retries forever, so it would stall the job."""
-    marker, deaths = _mark_inflight(str(ref["video_id"]))
-    if deaths >= MAX_WORKER_DEATHS:  # the marker stays (a day): a retry of the block for another video skips it too
-        row = empty_result(ref)
-        row["error"] = f"worker process died {MAX_WORKER_DEATHS} times while processing this video (decoder crash, hang or out of memory)"
-        return row
+    In a Ray actor a watchdog exits the process when one video takes 2 x time_budget_s (a native call that never
+    returns); `FaceStage`'s crash markers (stages/failures.py) then give the video a `failed` row on a retry."""
     timer = None
     try:
         timer = _watchdog(2 * limits.time_budget_s, ref["video_uri"])
@@ -286,8 +259,6 @@ def process_video(ref: dict, detector: FaceDetector, storage: Storage, sampling:
     finally:
         if timer is not None:
             timer.cancel()
-        with contextlib.suppress(OSError):
-            os.unlink(marker)
 
 
 def _watchdog(seconds: float, uri: str) -> threading.Timer | None:
@@ -313,8 +284,7 @@ def _watchdog(seconds: float, uri: str) -> threading.Timer | None:
 def _process_video(ref: dict, detector: FaceDetector, storage: Storage, sampling: SamplingConfig, limits: LimitsConfig, *, frames: int, crop_size: int, crop_jpeg_quality: int | None, keep: dict | None = None) -> dict:
     row = empty_result(ref)
     if ref.get("list_error"):
-        row["error"] = ref["list_error"]
-        return row
+        return fail(row, ref["list_error"], _list_error_class(ref["video_uri"], storage))
     deadline = time.monotonic() + limits.time_budget_s
     try:
         with local_copy(ref["video_uri"], storage, limits.max_bytes) as path:
@@ -329,16 +299,13 @@ def _process_video(ref: dict, detector: FaceDetector, storage: Storage, sampling
             tracks, crops, n_faces = faces_in_frames(video.frames, video.scale, detector, detector.cfg, crop_size)
             crops = jpeg_round_trip(crops, crop_jpeg_quality)
         if time.monotonic() > deadline:
-            raise DecodeError(f"over limit time_budget_s ({limits.time_budget_s:.0f} s)")
+            raise DecodeError(f"over limit time_budget_s ({limits.time_budget_s:.0f} s)", "time_budget")
     except DecodeError as exc:
-        row["error"] = str(exc)
-        return row
+        return fail(row, str(exc), exc.error_class)
     except MemoryError:
-        row["error"] = "out of memory while decoding"
-        return row
+        return fail(row, "out of memory while decoding", "out_of_memory")
     except Exception as exc:  # never let one video take the job down
-        row["error"] = one_line(exc)
-        return row
+        return fail(row, one_line(exc), classify(exc))
     row["n_faces"] = n_faces
     row["n_tracks"] = len(tracks)
     row["tracks"] = json.dumps(
@@ -359,6 +326,19 @@ def _process_video(ref: dict, detector: FaceDetector, storage: Storage, sampling
         row["status"] = "no_face"
         row["error"] = None
     return row
+
+
+def _list_error_class(uri: str, storage: Storage) -> str:
+    """The class of a listing error (`cannot stat: ...`): the stat is tried again here to see what it was (a
+    missing file or a denied one stays so; a storage error may be gone by a retry)."""
+    try:
+        if is_s3(uri):
+            storage.fs(uri).info(storage.path(uri))
+        else:
+            os.stat(uri)
+    except Exception as exc:
+        return classify(exc)
+    return "storage"  # it can be read now: what failed at listing time was passing
 
 
 def track_crops(row: dict) -> list[np.ndarray]:
@@ -382,11 +362,18 @@ def crop_strips(row: dict, quality: int = 90) -> list[bytes] | None:
     return [encode_strip(c, quality) for c in track_crops(row)]
 
 
+def dead_row(ref: dict, deaths: int) -> dict:
+    """The face-stage row of a video during which the worker died `deaths` times (crash markers)."""
+    return fail(empty_result(ref), worker_died_message(deaths), "worker_died")
+
+
 class FaceStage:
     """Ray Data adapter: `ds.map_batches(FaceStage, fn_constructor_kwargs=..., batch_size=1)` on CPU actors.
-    `save_crops`: each row also carries its tracks' JPEG strips (`crop_jpegs`), encoded here on the CPU actors."""
+    `save_crops`: each row also carries its tracks' JPEG strips (`crop_jpegs`), encoded here on the CPU actors.
+    `markers` (`failures.InflightMarkers`, the job's): a video that killed the worker `markers.limit` times gets
+    a `worker_died` row on the next retry (Ray restarts a dead actor and retries its task without limit)."""
 
-    def __init__(self, *, storage: Storage, sampling: SamplingConfig, faces: FaceConfig, limits: LimitsConfig, frames: int, crop_size: int, crop_jpeg_quality: int | None = None, threads: int = 1, device: str = "cpu", save_crops: bool = False):
+    def __init__(self, *, storage: Storage, sampling: SamplingConfig, faces: FaceConfig, limits: LimitsConfig, frames: int, crop_size: int, crop_jpeg_quality: int | None = None, threads: int = 1, device: str = "cpu", save_crops: bool = False, markers: InflightMarkers | None = None):
         import cv2
         import torch
 
@@ -396,10 +383,18 @@ class FaceStage:
         self.kw = dict(storage=storage, sampling=sampling, limits=limits, frames=frames, crop_size=crop_size,
                        crop_jpeg_quality=crop_jpeg_quality)
         self.save_crops = save_crops
+        self.markers = markers
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = [process_video(ref, self.detector, **self.kw) for ref in batch.to_pylist()]
+    def rows(self, refs: list[dict]) -> list[dict]:
+        """Face rows for listing rows, without crash markers (`FaceScoreStage` guards faces and model together)."""
+        rows = [process_video(ref, self.detector, **self.kw) for ref in refs]
         if self.save_crops:
             for row in rows:
                 row["crop_jpegs"] = crop_strips(row)
+        return rows
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        refs = batch.to_pylist()
+        rows = run_guarded(self.markers, [str(r["video_id"]) for r in refs], lambda idx: self.rows([refs[i] for i in idx]),
+                           lambda i, deaths: dead_row(refs[i], deaths))
         return pa.Table.from_pylist(rows, schema=FACE_ROWS_SCHEMA)

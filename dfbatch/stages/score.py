@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from dfbatch.io.results import SCORED_SCHEMA
 from dfbatch.stages.aggregate import FRAME_AGGREGATION, TRACK_AGGREGATION, aggregate, describe, with_temperature
+from dfbatch.stages.failures import InflightMarkers, fail, run_guarded, worker_died_message
 
 
 class Scorer:
@@ -102,7 +103,7 @@ def score_rows(rows: list[dict], scorer: Scorer, *, threshold: float, track_aggr
                     jobs.append((i, j))
                     seqs.append(seq)
             except Exception as exc:
-                row.update(status="failed", error=f"bad face crops: {exc}"[:300])
+                fail(row, f"bad face crops: {exc}"[:300], "other")
     try:
         results = scorer.score(seqs) if seqs else []
     except Exception:  # isolate the bad video: score one row at a time
@@ -111,7 +112,7 @@ def score_rows(rows: list[dict], scorer: Scorer, *, threshold: float, track_aggr
             try:
                 results.append(scorer.score([seqs[k]])[0])
             except Exception as exc:
-                rows[i].update(status="failed", error=f"model failed: {type(exc).__name__}: {str(exc)[:200]}")
+                fail(rows[i], f"model failed: {type(exc).__name__}: {str(exc)[:200]}", "model")
                 results.append(None)
     per_row: dict[int, list] = defaultdict(list)
     for (i, j), res in zip(jobs, results):
@@ -180,18 +181,31 @@ def _tensors(state_dict) -> dict:
 
 
 class ScoreStage:
-    """Ray Data adapter: `ds.map_batches(ScoreStage, batch_size=videos, concurrency=n, num_gpus=...)`."""
+    """Ray Data adapter: `ds.map_batches(ScoreStage, batch_size=videos, concurrency=n, num_gpus=...)`. `markers`
+    (the job's `failures.InflightMarkers`): a video in flight when the model's worker died `markers.limit` times
+    gets a `worker_died` row; after one death its batch is scored one video at a time."""
 
-    def __init__(self, *, bundle_ref: list, device: str, precision: str, batch_size: int, threads: int | None, threshold: float, track_aggregation: str, frame_aggregation: str, run_id: str | None, compile: bool = False, temperature: float | None = None):
+    def __init__(self, *, bundle_ref: list, device: str, precision: str, batch_size: int, threads: int | None, threshold: float, track_aggregation: str, frame_aggregation: str, run_id: str | None, compile: bool = False, temperature: float | None = None, markers: InflightMarkers | None = None):
         import ray
 
         bundle = ray.get(bundle_ref[0])  # model weights travel through the object store, fetched once per actor
         self.scorer = Scorer(bundle.spec, _tensors(bundle.state_dict), device=device, precision=precision, batch_size=batch_size, threads=threads, compile=compile)
         self.model_info = {"model_name": bundle.name, "model_version": str(bundle.version), "model_uri": bundle.pinned_uri or bundle.uri}
         self.kw = dict(threshold=threshold, track_aggregation=track_aggregation, frame_aggregation=frame_aggregation, model_info=self.model_info, run_id=run_id, temperature=temperature)
+        self.markers = markers
+
+    def rows(self, face_rows: list[dict]) -> list[dict]:
+        """Result rows for face rows, without crash markers."""
+        return score_rows(face_rows, self.scorer, **self.kw)
+
+    def dead(self, face_row: dict, deaths: int) -> dict:
+        """The result row of a video during which the worker died `deaths` times (its model is not run again)."""
+        return self.rows([fail(face_row, worker_died_message(deaths), "worker_died")])[0]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = score_rows(batch.to_pylist(), self.scorer, **self.kw)
+        face_rows = batch.to_pylist()
+        rows = run_guarded(self.markers, [str(r["video_id"]) for r in face_rows], lambda idx: self.rows([face_rows[i] for i in idx]),
+                           lambda i, deaths: self.dead(face_rows[i], deaths))
         return pa.Table.from_pylist(rows, schema=SCORED_SCHEMA)
 
 
@@ -199,13 +213,21 @@ class FaceScoreStage:
     """CPU-only clusters: one actor per core does decode + faces + model for its video (`FaceStage` then
     `ScoreStage` in one process; 2 videos per call share a forward pass, more buys nothing on CPU). The layout
     balances itself on any core count (no ratio of model to face actors to tune) and crops never pass
-    through the object store."""
+    through the object store. `markers` guard decode, faces and model together: a video that kills the actor
+    `markers.limit` times, in its decoder or in the model, gets a `worker_died` row."""
 
-    def __init__(self, *, face_kwargs: dict, score_kwargs: dict):
+    def __init__(self, *, face_kwargs: dict, score_kwargs: dict, markers: InflightMarkers | None = None):
         from dfbatch.stages.faces import FaceStage
 
         self.faces = FaceStage(**face_kwargs)
         self.score = ScoreStage(**score_kwargs)
+        self.markers = markers
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return self.score(self.faces(batch))
+        from dfbatch.stages.faces import dead_row
+
+        refs = batch.to_pylist()
+        rows = run_guarded(self.markers, [str(r["video_id"]) for r in refs],
+                           lambda idx: self.score.rows(self.faces.rows([refs[i] for i in idx])),
+                           lambda i, deaths: self.score.rows([dead_row(refs[i], deaths)])[0])
+        return pa.Table.from_pylist(rows, schema=SCORED_SCHEMA)

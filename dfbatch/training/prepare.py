@@ -46,6 +46,7 @@ from dfbatch.io.listing import LISTING_SCHEMA
 from dfbatch.io.results import VIDEOS_SCHEMA
 from dfbatch.io.storage import Storage, is_s3
 from dfbatch.models.spec import DEFAULT_CROP_MARGIN, DETECTION_KEYS
+from dfbatch.stages.failures import InflightMarkers, clear_markers
 
 log = logging.getLogger(__name__)
 
@@ -427,7 +428,8 @@ def run_prepare(cfg: PrepareConfig) -> PrepareSummary:
                 PrepareStage,
                 fn_constructor_kwargs=dict(jpeg_quality=cfg.jpeg_quality, storage=storage, sampling=cfg.sampling,
                                            faces=cfg.faces, limits=cfg.limits, frames=cfg.frames,
-                                           crop_size=cfg.crop_size, threads=max(1, int(cfg.cpus_per_face_worker))),
+                                           crop_size=cfg.crop_size, threads=max(1, int(cfg.cpus_per_face_worker)),
+                                           markers=InflightMarkers(cfg.output, storage, job_id, "prepare")),
                 batch_size=1, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=workers),
                 num_cpus=cfg.cpus_per_face_worker)
             sink = ShardDatasink(cfg.output, storage, job_id)
@@ -438,6 +440,7 @@ def run_prepare(cfg: PrepareConfig) -> PrepareSummary:
         summary.tracks = {s: int(totals.get(f"tracks_{s}", 0)) for s in SPLIT_DIRS}
         summary.split_counts = {s: {k: int(v) for k, v in row.items()} for s, row in split_summary(labels).iterrows()}
     finally:
+        clear_markers(cfg.output, storage, job_id)
         try:
             store.fs.rm(work, recursive=True)
         except (FileNotFoundError, OSError):
