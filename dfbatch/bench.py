@@ -461,6 +461,112 @@ def run_pipeline(videos_dir: Path, n_videos: int, model_uri: str, s: BenchSettin
     }
 
 
+# --------------------------------------------------------------------------------------------- start-up
+STARTUP_MODEL = "dfbatch-bench"  # the bench model registered in OUT/mlflow.db for the start-up runs
+
+
+def _registered_model(model_uri: str, tracking: str) -> str:
+    """A models:/ URI for the start-up runs: `model_uri` itself, or the checkpoint registered once in `tracking`
+    (a job's usual path: MLflow registry lookup, artifact read, sha256 check)."""
+    if model_uri.startswith(("models:/", "runs:/")):
+        return model_uri
+    from dfbatch.models import registry
+
+    note = f"bench model {Path(model_uri).name}"
+    for row in registry.list_models(tracking, STARTUP_MODEL):
+        if row["description"] == note:
+            return f"models:/{STARTUP_MODEL}/{row['version']}"
+    return f"models:/{STARTUP_MODEL}/{registry.register_uri(model_uri, STARTUP_MODEL, description=note, tracking_uri=tracking)}"
+
+
+def _startup_run(video: Path, out: Path, model_uri: str, tracking: str, s: BenchSettings, profile: Profile) -> dict:
+    """One `dfbatch score VIDEO` in a fresh process (its own local Ray unless RAY_ADDRESS names a cluster): the
+    job's start-up steps (its summary) and its first result (the row's `scored_at`), from the process start."""
+    import subprocess
+    import sys
+
+    from dfbatch.io.results import read_results
+
+    cmd = [sys.executable, "-m", "dfbatch", "score", str(video), "-o", str(out), "--model", model_uri, "--tracking-uri", tracking,
+           "--experiment", "dfbatch-bench-startup", "--frames", str(s.frames), "--device", s.device, "--precision", profile.precision,
+           "--decode-backend", profile.backend, "--detect-max-side", str(profile.detect_max_side), "--detect-every", str(profile.detect_every),
+           "--json", *(["--ray-address", s.ray_address] if s.ray_address else [])]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(f"start-up run failed: {done.stderr.strip()[-2000:]}")
+    summary = json.loads(done.stdout[done.stdout.index("{"):])
+    origin, steps = summary["startup"]["process_started_at"], summary["startup"]["steps"]
+    first = read_results(str(out))["scored_at"].min().timestamp() - origin
+    run = steps.get("run", {"at_s": first, "s": 0.0})
+    return {"first_result_s": first, "written_s": run["at_s"] + run["s"], "steps": steps,
+            "actors_and_first_video_s": first - run["at_s"], "write_s": run["at_s"] + run["s"] - first}
+
+
+def actor_construction(model_uri: str, profile: Profile, threads: int = 1) -> dict:
+    """What a fresh face + model actor spends before its first video: the process start and imports (Python,
+    torch, torchvision, MTCNN, OpenCV, PyAV, the stages), MTCNN (built, one blank frame), the model (built and
+    prepared from its weights).
+    Times this process: run it in a fresh one (`python -m dfbatch.bench actor MODEL_URI PROFILE_JSON`)."""
+    from dfbatch.monitor import process_started_at
+
+    import av  # noqa: F401
+    import cv2  # noqa: F401
+    import facenet_pytorch  # noqa: F401  (imports torchvision)
+    import torch  # noqa: F401
+
+    import dfbatch.models.detector  # noqa: F401
+    import dfbatch.models.inference  # noqa: F401
+    from dfbatch.stages.faces import FaceDetector
+    from dfbatch.stages.score import Scorer
+
+    imports = (time.time() - process_started_at(), time.process_time())
+    clock = _Clock()
+    from dfbatch.models import registry
+
+    bundle = registry.fetch(model_uri)  # the actor gets this through the object store: not timed
+    _set_threads(threads)
+    clock.lap()
+    FaceDetector(profile.faces()).detect(np.zeros((1, 180, 320, 3), np.uint8), 1.0)  # MTCNN is built on the first frames
+    detector = clock.lap()
+    Scorer(bundle.spec, bundle.state_dict, precision=profile.precision, threads=threads)
+    model = clock.lap()
+    return {name: {"wall_s": w, "cpu_s": c} for name, (w, c) in (("imports", imports), ("mtcnn", detector), ("model", model))}
+
+
+def run_startup(video: Path, model_uri: str, s: BenchSettings, profile: Profile) -> dict:
+    """The fixed cost of a job: `s.startup_runs` fresh `dfbatch score` processes on one video (median of each
+    step), and a face + model actor's construction timed alone in a fresh process."""
+    import subprocess
+    import sys
+
+    out = Path(s.output).resolve()
+    tracking = f"sqlite:///{out / 'mlflow.db'}"
+    uri = _registered_model(model_uri, tracking)
+    load_before = load()
+    runs = [_startup_run(video, out / "startup" / f"{time.strftime('%Y%m%dT%H%M%S')}-{i}", uri, tracking, s, profile)
+            for i in range(s.startup_runs)]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking}
+    child = subprocess.run([sys.executable, "-m", "dfbatch.bench", "actor", uri, json.dumps(dataclasses.asdict(profile))],
+                           capture_output=True, text=True, timeout=600, env=env)
+    actor = json.loads(child.stdout.strip().splitlines()[-1]) if child.returncode == 0 else {"error": child.stderr.strip()[-500:]}
+    med = lambda xs: float(np.median(xs))  # noqa: E731
+    names = sorted({k for r in runs for k in r["steps"]}, key=lambda k: med([r["steps"][k]["at_s"] for r in runs if k in r["steps"]]))
+    return {
+        "video": str(video),
+        "model_uri": uri,
+        "runs": runs,
+        "first_result_s": med([r["first_result_s"] for r in runs]),
+        "written_s": med([r["written_s"] for r in runs]),
+        "actors_and_first_video_s": med([r["actors_and_first_video_s"] for r in runs]),
+        "write_s": med([r["write_s"] for r in runs]),
+        "steps": {k: {"at_s": med([r["steps"][k]["at_s"] for r in runs if k in r["steps"]]),
+                      "s": med([r["steps"][k]["s"] for r in runs if k in r["steps"]])} for k in names},
+        "actor_construction": actor,
+        "load_before": load_before,
+        "load_after": load(),
+    }
+
+
 # --------------------------------------------------------------------------------------------- report
 def _ratio(a, b):
     return a / b if a and b else None
@@ -526,6 +632,9 @@ def run_bench(s: BenchSettings) -> dict:
     if s.run_pipeline:  # first: the driver's memory is then the job's own, and Ray is gone for the timings below
         log.warning("bench: pipeline (%d videos)", len(videos))
         report["pipeline"] = run_pipeline(videos_dir, len(videos), model_uri, s, fast)
+    if s.startup_runs:  # after the pipeline: its Ray is gone, each run starts its own
+        log.warning("bench: start-up (%d fresh processes, 1 video)", s.startup_runs)
+        report["startup"] = run_startup(distinct[0], model_uri, s, fast)
     bundle = registry.fetch(model_uri)
     report["model"] = {"uri": model_uri, "spec": bundle.spec.to_dict(), "describe": bundle.spec.describe()}
     _run_stages(report, distinct[: max(1, s.stage_videos)], fast, bundle, s, device)
@@ -568,6 +677,7 @@ def summarize(r: dict) -> dict:
         # what an otherwise idle machine would give in steady state: all cores / CPU seconds per video in the run
         "pipeline_steady_videos_per_min_idle_estimate": 60.0 * cpus / window["ours_cpu_s_per_video"] if window else None,
         "reference_stage_sum_cpu_s_per_video": (stages.get("reference") or {}).get("sum_cpu_s_per_video"),
+        "startup_first_result_s": (r.get("startup") or {}).get("first_result_s"),  # fresh process to first video scored
     }
     s["targets"] = {
         "pipeline_videos_per_min >= 60": None if wall_rate is None else wall_rate >= TARGETS["pipeline_videos_per_min"],
@@ -623,6 +733,8 @@ def format_report(r: dict) -> str:
         mem = p["resources"]
         roles = ", ".join(f"{k} {v['peak_rss_mb']:.0f} MB ({v['peak_private_mb']:.0f} private)" for k, v in sorted(mem["per_role"].items()) if k in ("face_score_worker", "face_worker", "score_worker", "driver", "raylet"))
         lines.append(f"  peak RSS: {roles}; object store peak {_f(mem['object_store_peak_mb'], '{:.1f}')} MB")
+    if su := r.get("startup"):
+        lines += _startup_lines(su)
     lines.append("")
     lines.append(f"ideal (stage sum on {sm['cpus']} CPUs): {_f(sm['ideal_videos_per_min'], '{:.1f}')} videos/min; "
                  f"pipeline overhead {_f(sm['pipeline_overhead'], '{:.0%}')} (CPU s/video, steady; from throughput "
@@ -635,6 +747,31 @@ def format_report(r: dict) -> str:
     if r.get("quick"):
         lines.append("(--quick: tiny model and clips; the numbers prove the bench runs, they measure nothing)")
     return "\n".join(lines)
+
+
+STEP_NAMES = {"python_and_cli": "python + CLI", "imports": "imports", "model": "model (MLflow store, lookup, weights)",
+              "ray_start": "Ray start (on a thread, meanwhile)", "job_setup": "job set-up (model included)",
+              "ray_wait": "wait for Ray", "graph": "graph"}
+
+
+def _startup_parts(st: dict) -> str:
+    steps = st["steps"]
+    parts = [f"{STEP_NAMES.get(k, k)} {v['s']:.1f}" for k, v in steps.items() if k not in ("run", "model")]
+    if "model" in steps:
+        parts.insert(min(2, len(parts)), f"{STEP_NAMES['model']} {steps['model']['s']:.1f} (within job set-up)")
+    return "; ".join(parts + [f"actors + first video {st['actors_and_first_video_s']:.1f}", f"write {st['write_s']:.1f}"])
+
+
+def _startup_lines(st: dict) -> list[str]:
+    lines = [f"start-up (fresh `dfbatch score` process, 1 video, registered model, median of {len(st['runs'])}): first result "
+             f"{st['first_result_s']:.1f} s after the process started, results written at {st['written_s']:.1f} s "
+             f"(load {st['load_before']} -> {st['load_after']})",
+             f"  steps (s): {_startup_parts(st)}"]
+    actor = st.get("actor_construction") or {}
+    if "imports" in actor:
+        lines.append("  a face + model actor alone in a fresh process (wall / CPU s): " + ", ".join(
+            f"{k} {v['wall_s']:.2f} / {v['cpu_s']:.2f}" for k, v in actor.items()))
+    return lines
 
 
 def format_markdown(r: dict) -> str:
@@ -664,6 +801,9 @@ def format_markdown(r: dict) -> str:
             f"| pipeline CPU s per video (all our processes, steady) | {_f(w.get('ours_cpu_s_per_video'), '{:.3f}')} |",
             f"| idle-machine estimate (cores / CPU s per video) | {_f(sm.get('pipeline_steady_videos_per_min_idle_estimate'), '{:.1f}')} videos/min |",
         ]
+    if su := r.get("startup"):
+        rows.append(f"| job start-up: process start to first result, 1 video (median of {len(su['runs'])} fresh processes) | "
+                     f"**{su['first_result_s']:.1f} s** ({_startup_parts(su)}) |")
     if b:
         rows.append(f"| baseline (sequential, {b['threads']} thread(s)) | {b['videos_per_min']:.1f} videos/min ({b['wall_s_per_video']:.2f} s/video) |")
     rows += [
@@ -684,5 +824,12 @@ def format_markdown(r: dict) -> str:
     return "\n".join(rows)
 
 
-__all__ = ["BenchSettings", "FAST", "REFERENCE", "Profile", "agreement", "format_report", "machine_info", "measure_stages",
-           "run_baseline", "run_bench", "run_pipeline", "summarize", "format_markdown"]
+__all__ = ["BenchSettings", "FAST", "REFERENCE", "Profile", "actor_construction", "agreement", "format_report", "machine_info",
+           "measure_stages", "run_baseline", "run_bench", "run_pipeline", "run_startup", "summarize", "format_markdown"]
+
+
+if __name__ == "__main__":  # `python -m dfbatch.bench actor MODEL_URI PROFILE_JSON`: run_startup's fresh process
+    import sys
+
+    if sys.argv[1:2] == ["actor"]:
+        print(json.dumps(actor_construction(sys.argv[2], Profile(**json.loads(sys.argv[3])))))

@@ -1,9 +1,11 @@
 """What the machine is and what our processes use on it (Linux /proc), for benchmark reports: `machine_info`,
 `versions`, `load`, and `ResourceMonitor` (peak memory by process role, CPU of the driver's process tree vs the
-whole machine, the object store's high-water mark) sampled on a thread while a job runs."""
+whole machine, the object store's high-water mark) sampled on a thread while a job runs; `StartupClock`: a job's
+start-up as steps on one time line from the process start (recorded in each scoring job's summary)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -67,6 +69,55 @@ def load() -> list[float]:
         return [round(v, 2) for v in os.getloadavg()]
     except OSError:
         return []
+
+
+# ------------------------------------------------------------------------------------------- start-up
+def process_started_at() -> float:
+    """When this process started, in `time.time()` seconds (Linux: /proc, 10 ms resolution; else psutil; else now)."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: start time in clock ticks since boot
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, IndexError, ValueError):
+        pass
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except Exception:
+        return time.time()
+
+
+class StartupClock:
+    """A job's start-up as named steps on one time line that starts when the process started: where the fixed
+    cost of a job goes (interpreter and imports, model, Ray, actors, first result). Steps may overlap (one runs
+    on a thread); `report()` gives each as {"at_s": start, "s": duration} in seconds from the process start."""
+
+    def __init__(self, origin: float | None = None):
+        self.origin = process_started_at() if origin is None else origin
+        self.created = time.time()
+        self.steps: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def record(self, name: str, start: float, end: float | None = None) -> None:
+        with self._lock:
+            self.steps[name] = (start, time.time() if end is None else end)
+
+    @contextlib.contextmanager
+    def step(self, name: str):
+        start = time.time()
+        try:
+            yield
+        finally:
+            self.record(name, start)
+
+    def report(self) -> dict:
+        with self._lock:
+            steps = sorted(self.steps.items(), key=lambda kv: kv[1])
+        return {"process_started_at": self.origin,
+                "steps": {name: {"at_s": round(a - self.origin, 3), "s": round(b - a, 3)} for name, (a, b) in steps}}
 
 
 # ------------------------------------------------------------------------------------------ our processes
@@ -226,4 +277,4 @@ class ResourceMonitor:
         }
 
 
-__all__ = ["ResourceMonitor", "load", "machine_info", "versions"]
+__all__ = ["ResourceMonitor", "StartupClock", "load", "machine_info", "process_started_at", "versions"]

@@ -10,6 +10,9 @@ import json
 import logging
 import math
 import os
+import signal
+import sys
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -48,6 +51,7 @@ class Summary:
     calibration_notes: list = field(default_factory=list)  # how this job's settings differ from the calibration's
     model_input: str = ""  # how crops reach the model (its spec's crop path and sequence length)
     warnings: list = field(default_factory=list)  # settings that differ from the model's training
+    startup: dict = field(default_factory=dict)  # where the fixed cost went: steps from the process start (monitor.StartupClock)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,8 +63,10 @@ def model_identity(bundle) -> tuple[str, str]:
 
     if bundle.name and bundle.version:
         return bundle.name, str(bundle.version)
+    from dfbatch.models.registry import tensors_of
+
     digest = hashlib.sha256()
-    for key, tensor in bundle.state_dict.items():
+    for key, tensor in tensors_of(bundle.state_dict).items():
         digest.update(key.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     name = bundle.name or (f"run-{bundle.run_id}" if bundle.pinned_uri.startswith("runs:/") else os.path.basename(bundle.pinned_uri or bundle.uri))
@@ -73,12 +79,94 @@ QUIET_WORKER_ENV = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_DATA_LOG_LEVEL":
                     "PYTHONWARNINGS": "ignore::DeprecationWarning"}
 
 
+# what ray.init logs that a scoring job's user need not read: SIGTERM set by RayStart.start, token auth on by default
+_RAY_NOTICES = {"ray._private.worker": "not the main thread",
+                "ray._private.authentication.authentication_token_setup": "Token authentication is enabled"}
+
+
+class _DropNotice(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in str(record.msg)
+
+
+class RayStart:
+    """`init_ray` on a thread: Ray's processes (GCS, raylet, the first workers) come up while this one goes on
+    reading the model and opening the MLflow run. ray.init mostly waits on those processes (~0.5 CPU s of this
+    process against seconds of wall time), so the wait overlaps work instead of adding to it. `start()` begins
+    (idempotent), `wait()` waits for it and raises what ray.init raised (starting it first if needed).
+
+    The thread stays (asleep) once it started a local Ray: Linux kills the processes a thread spawned when that
+    thread ends (Ray starts GCS and raylet with PR_SET_PDEATHSIG), so it must live as long as the process."""
+
+    def __init__(self, address: str | None = None, clock=None):
+        self.address, self.clock = address, clock
+        self._thread: threading.Thread | None = None
+        self._done = threading.Event()
+        self._error: BaseException | None = None
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            # what ray.init installs when called from the main thread: SIGTERM exits through atexit (Ray shut down)
+            signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+        import atexit
+
+        atexit.register(self.settle)  # runs before Ray's own atexit shutdown (registered earlier, when ray was imported)
+        self._thread = threading.Thread(target=self._run, name="dfbatch-ray-start", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import ray
+
+        started = time.time()
+        quiet = [(logging.getLogger(name), _DropNotice(text)) for name, text in _RAY_NOTICES.items()]
+        for logger, drop in quiet:
+            logger.addFilter(drop)
+        ours = not ray.is_initialized()
+        try:
+            init_ray(self.address)
+        except BaseException as exc:  # re-raised by wait(), in the caller's thread
+            self._error, ours = exc, False
+        finally:
+            for logger, drop in quiet:
+                logger.removeFilter(drop)
+            if self.clock is not None:
+                self.clock.record("ray_start", started)
+            self._done.set()
+        if ours:
+            threading.Event().wait()  # keep the processes this thread started alive (see the class doc)
+
+    def wait(self) -> None:
+        self.start()
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+
+    def settle(self) -> None:
+        """Wait for a start in flight, raising nothing (a job with nothing to score needs no Ray)."""
+        if self._thread is not None:
+            self._done.wait()
+
+
+_RAY_INIT = threading.Lock()  # one ray.init at a time: a background start (RayStart) may be in flight
+
+
 def init_ray(address: str | None = None, *, quiet: bool = False) -> None:
     """Join the cluster at `address` / RAY_ADDRESS (set under `ray job submit`), else start a local Ray.
 
     quiet: the job's Ray processes log errors only and get `QUIET_WORKER_ENV` (Ray Train's controller, for one,
     warns every second that it cannot ask the dashboard for placement group state); this process's own logging
     and Ray Data defaults stay as they were."""
+    with _RAY_INIT:
+        _init_ray(address, quiet=quiet)
+
+
+def _init_ray(address: str | None, *, quiet: bool) -> None:
     import ray
 
     if ray.is_initialized():
@@ -409,14 +497,19 @@ def decide_threshold(cfg: ScoreConfig, bundle, frames: int):
 
 def run_score(cfg: ScoreConfig) -> Summary:
     """Score every listed video that has no row yet for the model version; returns the job summary."""
+    from dfbatch.monitor import StartupClock
+
+    clock = StartupClock()  # from the process start: interpreter, imports and config until here
+    clock.record("python_and_cli", clock.origin, clock.created)
+    ray_start = RayStart(cfg.ray_address, clock)  # starts once the model is found (a mistyped URI starts nothing)
     import mlflow
 
     from dfbatch.models import registry
-    from dfbatch.io.datasink import ResultsDatasink
     from dfbatch.io.results import ResultStore
     from dfbatch.io.listing import first_video, may_repeat, source_shards
 
     started = time.time()
+    clock.record("imports", clock.created, started)  # MLflow, the registry, the result store
     storage = Storage(cfg.endpoint_url)
     store = ResultStore(cfg.output, storage)
     try:
@@ -426,7 +519,8 @@ def run_score(cfg: ScoreConfig) -> Summary:
     if cfg.tracking_uri:
         mlflow.set_tracking_uri(cfg.tracking_uri)
     try:
-        bundle = registry.fetch(cfg.model_uri, cfg.tracking_uri)
+        with clock.step("model"):  # MLflow store, registry lookup, weights (Ray starts meanwhile)
+            bundle = registry.fetch(cfg.model_uri, cfg.tracking_uri, found=ray_start.start, tensors=False)  # actors load them
     except UserError:
         raise
     except Exception as exc:  # MLflow unreachable or refusing: one line, credentials removed
@@ -452,6 +546,7 @@ def run_score(cfg: ScoreConfig) -> Summary:
     experiment = client.get_experiment_by_name(cfg.experiment)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(cfg.experiment)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"score-{job_id}") as run:
+        clock.record("job_setup", started)  # output checks, model, threshold, resume set, first listing block, MLflow run
         summary.mlflow_run_id = run.info.run_id
         mlflow.log_params(
             {
@@ -484,9 +579,11 @@ def run_score(cfg: ScoreConfig) -> Summary:
         if shards:
             import ray
 
+            from dfbatch.io.datasink import ResultsDatasink
             from dfbatch.io.datasource import N_CLAIMS, IdClaims, ListingLedger, VideoDatasource
 
-            init_ray(cfg.ray_address)
+            with clock.step("ray_wait"):
+                ray_start.wait()
             summary.resources = plan_resources(cfg)
             _log_plan(summary.resources)
             here = dict(num_cpus=0, scheduling_strategy=_here())
@@ -495,9 +592,11 @@ def run_score(cfg: ScoreConfig) -> Summary:
             resume = None if cfg.rescore else ray.remote(_resume_index).options(**here).remote(cfg.output, storage, name, version)
             source = VideoDatasource(shards, storage, ledger=ledger, resume=resume, claims=claims, lead=max(cfg.listing_lead, 4 * 128))
             try:
-                ds = build_dataset(cfg, source, storage, bundle, summary.resources, run.info.run_id, frames, threshold, temperature)
+                with clock.step("graph"):
+                    ds = build_dataset(cfg, source, storage, bundle, summary.resources, run.info.run_id, frames, threshold, temperature)
                 sink = ResultsDatasink(cfg.output, storage, job_id=job_id, ledger=ledger)
-                ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
+                with clock.step("run"):  # actors start, videos are listed, scored and written
+                    ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
                 totals = dict(sink.totals)
                 progress = ray.get(ledger.totals.remote())
             finally:
@@ -513,6 +612,7 @@ def run_score(cfg: ScoreConfig) -> Summary:
         summary.counts = {k: int(totals.get(k, 0)) for k in ("ok", "no_face", "failed", "fake")}
         summary.scored = sum(summary.counts[k] for k in ("ok", "no_face", "failed"))
         summary.elapsed_s = time.time() - started
+        summary.startup = clock.report()
         summary.videos_per_min = 60.0 * summary.scored / summary.elapsed_s if summary.elapsed_s else 0.0
         mlflow.log_metrics(
             {
@@ -529,6 +629,7 @@ def run_score(cfg: ScoreConfig) -> Summary:
             }
         )
         mlflow.log_dict(summary.to_dict(), "summary.json")
+    ray_start.settle()  # when run_score returns, Ray is up or was never started
     log.info("job summary: %s", json.dumps(summary.to_dict()))
     return summary
 

@@ -240,6 +240,30 @@ def test_readme_score_flags_and_defaults_are_the_commands():
     assert not wrong, "\n".join(wrong)
 
 
+def _modules_named(text: str) -> set[Path]:
+    """The dfbatch modules a document's tables name by path (`stages/decode.py`, or a file name unique in the package)."""
+    named = set()
+    for line in _prose(text).splitlines():
+        if line.startswith("|"):
+            for token in TICKS.findall(line):
+                for t in re.split(r"[\s,()]+", token):
+                    if t.endswith(".py") and (f := _file_of(t)) is not None:
+                        named.add(f.resolve())
+    return named
+
+
+def _undocumented(text: str) -> list[str]:
+    package = REPO / "dfbatch"
+    return sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
+                  if p.name not in ("__init__.py", "__main__.py") and p.resolve() not in _modules_named(text))
+
+
+def test_architecture_names_every_module():
+    """docs/ARCHITECTURE.md's tables name every module of the package: a new module cannot go undocumented."""
+    missing = _undocumented((REPO / "docs" / "ARCHITECTURE.md").read_text())
+    assert not missing, "modules missing from docs/ARCHITECTURE.md's tables: " + ", ".join(missing)
+
+
 def test_the_checks_catch_stale_docs():
     """The checkers above flag what they must (so a passing run means something)."""
     assert _anywhere("stages.score.Scorer") and _anywhere("registry.fetch") and _anywhere("read_frames")
@@ -249,6 +273,9 @@ def test_the_checks_catch_stale_docs():
     mods = [m for m, line in _units("| `stages/decode.py` | `sample_indices(n, k)` |\n")][0]
     assert [m.__name__ for m in mods] == ["dfbatch.stages.decode"]
     assert inspect.ismodule(modules()["dfbatch.models.spec"])
+    architecture = (REPO / "docs" / "ARCHITECTURE.md").read_text()
+    assert _undocumented(architecture.replace("`stages/crops.py`", "`stages/crops`")) == ["stages/crops.py"]
+    assert "monitor.py" in _undocumented(architecture.replace("| `monitor.py` |", "| monitor |"))
     section = _readme_score_section()
     stale = (section.replace("| `--batch-size N` | `16` |", "| `--batch-size N` | `8` |")
              .replace("| `--json` | – | print the summary as JSON |\n", "| `--gpus N` | `1` | |\n")

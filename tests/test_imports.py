@@ -1,5 +1,5 @@
-"""Light imports: reading results, the model registry and the CLI's --help load neither Ray nor torch (each
-checked in a fresh interpreter, from `sys.modules`)."""
+"""Light imports: reading results, the model registry and the CLI's --help load neither Ray nor torch, and a
+scoring job's driver never loads torch (each checked in a fresh interpreter, from `sys.modules`)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def cli(*argv: str) -> str:
 @pytest.mark.parametrize("code", [
     "import dfbatch\ndfbatch.read_results\nimport dfbatch.io.results",
     "import dfbatch.models.registry",
-    "import dfbatch.models.spec",
+    "from dfbatch.models.spec import ModelSpec\nModelSpec(seq_len=8, temporal='transformer')",
     cli("--help"),
 ], ids=["read_results", "registry", "spec", "cli-help"])
 def test_light_imports(code):
@@ -55,3 +55,17 @@ def test_models_list_and_show_without_torch(tiny_model):
     spec = tiny_model["spec"]
     assert info["spec"] == spec.to_dict() and info["summary"] == spec.describe()
     assert info["parameters"] == sum(int(v.numel()) for v in build_model(spec).state_dict().values())
+
+
+@pytest.mark.slow
+def test_scoring_driver_never_imports_torch(tiny_model, clip_dir, tmp_path):
+    """The driver of `dfbatch score` with a registered model hands the weights to the actors as stored (checked
+    against their sha256): only the actors import torch, so the driver's start-up is not spent on it."""
+    out = tmp_path / "out"
+    heavy, printed = heavy_modules_after(cli("score", str(clip_dir / "carphone.mp4"), "-o", str(out), "--model", tiny_model["uri"], "--json"))
+    assert heavy == ["ray"], heavy
+    summary = json.loads(printed[printed.index("{"):])
+    assert summary["counts"]["ok"] == 1
+    steps = summary["startup"]["steps"]
+    assert {"python_and_cli", "model", "ray_start", "run"} <= set(steps) and steps["model"]["s"] > 0
+    assert steps["ray_start"]["at_s"] >= steps["model"]["at_s"]  # Ray starts once the model is found, not before

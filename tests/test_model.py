@@ -14,6 +14,7 @@ from torch import nn
 from dfbatch.errors import CheckpointError, ModelNotFound, UserError
 from dfbatch.models.backbones import BACKBONE_FEATURES
 from dfbatch.models.checkpoints import (
+    build_with_weights,
     import_seed_file,
     import_seed_state_dict,
     load_checkpoint,
@@ -195,6 +196,31 @@ def test_checkpoint_roundtrip(tmp_path):
     assert spec == TINY and meta == {"threshold": 0.3}
     crops = _crops(2, 4, 32)
     np.testing.assert_array_equal(predict_crops(model, crops)[1], predict_crops(loaded, crops)[1])
+
+
+@pytest.mark.parametrize("spec", [TINY, ModelSpec(backbone="tiny", temporal="transformer", hidden_dim=16, input_size=32, seq_len=4),
+                                  ModelSpec(backbone="mobilenet_v2", temporal="gru", hidden_dim=8, input_size=32, seq_len=2)],
+                         ids=["lstm", "transformer", "mobilenet-gru"])
+def test_build_with_weights_skips_random_init_only(spec):
+    """Built on the meta device then loaded: every parameter and buffer equals the plain build + load (BatchNorm
+    counters missing from an old state dict are zero), and the same checks refuse a wrong state dict."""
+    torch.manual_seed(0)
+    sd = build_model(spec).state_dict()
+    plain = build_model(spec)
+    plain.load_state_dict(sd)
+    old = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+    fast = build_with_weights(spec, old)
+    want, got = plain.state_dict(), fast.state_dict()
+    assert list(got) == list(want)
+    for k, v in want.items():
+        expected = torch.zeros_like(v) if k.endswith("num_batches_tracked") else v
+        assert got[k].device.type == "cpu" and torch.equal(got[k], expected), k
+    crops = _crops(2, spec.seq_len, spec.input_size)
+    np.testing.assert_array_equal(predict_crops(plain.eval(), crops)[1], predict_crops(fast.eval(), crops)[1])
+    bad = dict(old)
+    bad.pop(next(iter(bad)))
+    with pytest.raises(CheckpointError, match="missing"):
+        build_with_weights(spec, bad)
 
 
 class NotWeights:  # pickled as a GLOBAL: weights_only loading must refuse it

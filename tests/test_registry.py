@@ -111,6 +111,41 @@ def test_register_refuses_mismatched_weights(store):
         registry.register(sd, SPEC, NAME, tracking_uri=store["uri"])
 
 
+def test_fetch_reads_a_local_store_in_place_and_downloads_a_remote_one(tmp_path, s3_endpoint, monkeypatch):
+    """Local artifacts are read where they are (no copy; the recorded sha256 still guards the weights); an S3
+    artifact store (moto over HTTP) is downloaded, to a temporary folder that is gone afterwards."""
+    import tempfile
+
+    import boto3
+    import mlflow
+
+    local_uri = f"sqlite:///{tmp_path}/local.db"
+    torch.manual_seed(1)
+    model = build_model(SPEC).eval()
+    version = registry.register(model, SPEC, "in-place", tracking_uri=local_uri)
+    root = registry._local_dir(mlflow.MlflowClient(local_uri, local_uri).get_model_version_download_uri("in-place", version))
+    assert root is not None and (root / "artifacts" / "weights.pt").is_file()
+    np.testing.assert_array_equal(_probs(registry.fetch(f"models:/in-place/{version}", tracking_uri=local_uri).build()), _probs(model))
+    weights = root / "artifacts" / "weights.pt"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one byte changed in place
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256"):
+        registry.fetch(f"models:/in-place/{version}", tracking_uri=local_uri)
+
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3_endpoint)
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="mlflow-artifacts")
+    remote_uri = f"sqlite:///{tmp_path}/remote.db"
+    mlflow.MlflowClient(remote_uri, remote_uri).create_experiment("remote", artifact_location="s3://mlflow-artifacts/remote")
+    version = registry.register(model, SPEC, "remote", experiment="remote", tracking_uri=remote_uri)
+    location = mlflow.MlflowClient(remote_uri, remote_uri).get_model_version_download_uri("remote", version)
+    assert location.startswith("s3://") and registry._local_dir(location) is None
+    before = set(os.listdir(tempfile.gettempdir()))
+    bundle = registry.fetch(f"models:/remote/{version}", tracking_uri=remote_uri)
+    np.testing.assert_array_equal(_probs(bundle.build()), _probs(model))
+    assert not [d for d in set(os.listdir(tempfile.gettempdir())) - before if d.startswith("dfbatch-fetch-")]
+
+
 def test_redact():
     assert redact("https://user:s3cret@mlflow.example/x?token=abc&a=1") == "https://***@mlflow.example/x?token=***&a=1"
     assert redact("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"

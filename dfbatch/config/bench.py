@@ -33,7 +33,7 @@ class Profile(JobConfig):
 REFERENCE = Profile("reference", "decord", REFERENCE_FACES["detect_max_side"], REFERENCE_FACES["detect_every"], "fp32", REFERENCE_FACES["min_face_px"])
 FAST = Profile("fast", SamplingConfig.backend, FaceConfig.detect_max_side, FaceConfig.detect_every, "auto")  # the job's defaults
 # `quick: true`: a few short small clips and a tiny model (values given explicitly still win)
-QUICK = dict(videos=4, unique=2, size=(480, 270), seconds=2.0, fps=15.0, frames=8, stage_videos=1, baseline_videos=1)
+QUICK = dict(videos=4, unique=2, size=(480, 270), seconds=2.0, fps=15.0, frames=8, stage_videos=1, baseline_videos=1, startup_runs=1)
 
 
 @job_config
@@ -58,6 +58,9 @@ class BenchSettings(JobConfig):
     stage_videos: Annotated[int, opt("--stage-videos", help="videos timed stage by stage (default {default})", ge=1)] = 4
     baseline_videos: Annotated[int, opt("--baseline-videos", help="videos through the sequential baseline (default "
                                         "{default})", ge=1)] = 6
+    startup_runs: Annotated[int, opt("--startup-runs", help="fresh `dfbatch score` processes on one video timed for "
+                                     "the job's start-up, process start to first result (default {default}; 0: skip)",
+                                     ge=0)] = 3
     device: Annotated[Device, opt("--device")] = "auto"
     cpus: Annotated[int | None, opt("--cpus", help="CPUs of the local Ray (default: all)", ge=1)] = None
     score_workers: Annotated[int | None, opt("--score-workers", help="separate model actors (default on CPU: the model "

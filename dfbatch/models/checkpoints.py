@@ -12,37 +12,44 @@ import pickle
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import torch
 from torch import nn
 
 from dfbatch.errors import CheckpointError, ModelNotFound, UserError
-from dfbatch.models.detector import Detector, build_model
 from dfbatch.models.spec import ModelSpec
+
+if TYPE_CHECKING:  # reading weights needs torch only: the model code (torchvision, ~1.5 CPU s to import) loads when built
+    from dfbatch.models.detector import Detector
 
 CHECKPOINT_FORMAT = "dfbatch-checkpoint/1"
 MAX_LISTED = 40  # key mismatches named per category in an error message
 
 
 # --------------------------------------------------------------------------------------------- weights
-def load_state_dict_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    """`torch.load(path, weights_only=True)` with user-facing errors (never unpickles arbitrary objects)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelNotFound(f"no such checkpoint file: {path}")
+def load_state_dict_file(path: str | os.PathLike | BinaryIO, map_location: str | torch.device = "cpu", *,
+                         source: str | None = None) -> Any:
+    """`torch.load(path, weights_only=True)` with user-facing errors (never unpickles arbitrary objects). `path`
+    may be an open binary file (weights held in memory), named `source` in messages."""
+    if hasattr(path, "read"):
+        path, name = path, source or "weights"
+    else:
+        path = name = Path(path)
+        if not path.is_file():
+            raise ModelNotFound(f"no such checkpoint file: {path}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()
         detail = next((ln.strip() for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[0] if first else "")
         raise CheckpointError(
-            f"{path} is not a weights-only checkpoint ({detail}); dfbatch never unpickles arbitrary objects. "
+            f"{name} is not a weights-only checkpoint ({detail}); dfbatch never unpickles arbitrary objects. "
             f"Re-save it as plain tensors, e.g. torch.save(model.state_dict(), path)"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: {msg}") from None
+        raise CheckpointError(f"cannot read checkpoint {name}: {msg}") from None
 
 
 def compare_state_dict(expected: Mapping[str, torch.Tensor], got: Mapping[str, Any],
@@ -78,6 +85,25 @@ def load_weights(model: Detector, state_dict: Mapping[str, Any], source: str = "
     full = OrderedDict((k, state_dict.get(k, v)) for k, v in expected.items())
     model.load_state_dict(full, strict=True)
     return model
+
+
+def build_with_weights(spec: ModelSpec, state_dict: Mapping[str, Any], source: str = "state dict") -> Detector:
+    """`load_weights(build_model(spec), state_dict)` without the random initialisation the weights overwrite
+    (ResNeXt50-LSTM: ~0.5 CPU s per model actor): built on the meta device, given uninitialised CPU storage,
+    then loaded with the same key/shape checks. A model that keeps state outside its state dict (a
+    non-persistent buffer, say) is built the plain way."""
+    from dfbatch.models.detector import build_model
+
+    with torch.device("meta"):
+        model = build_model(spec)
+    kept = set(model.state_dict())
+    if any(name not in kept for name, _ in [*model.named_parameters(), *model.named_buffers()]):
+        return load_weights(build_model(spec), state_dict, source)
+    model.to_empty(device="cpu")
+    for name, buf in model.named_buffers():
+        if name.endswith("num_batches_tracked"):  # may be absent from old state dicts (load_weights keeps ours)
+            buf.zero_()
+    return load_weights(model, state_dict, source)
 
 
 def plain_state_dict(model_or_sd: nn.Module | Mapping[str, torch.Tensor]) -> OrderedDict:
@@ -125,6 +151,8 @@ def checkpoint_parts(obj: Any, path: str | os.PathLike) -> tuple[ModelSpec, Orde
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[Detector, ModelSpec, dict]:
     spec, sd, meta = read_checkpoint(path)
+    from dfbatch.models.detector import build_model
+
     model = load_weights(build_model(spec), sd, source=str(path))
     return model.to(map_location).eval(), spec, meta
 
@@ -150,6 +178,8 @@ def import_seed_state_dict(sd: Mapping[str, Any], frames: int) -> tuple[Detector
     if int(frames) < 1:
         raise UserError("--frames must be >= 1")
     spec = ModelSpec.seed(frames)
+    from dfbatch.models.detector import build_model
+
     model = build_model(spec)
     load_weights(model, _strip_module_prefix(sd), source="seed checkpoint")
     return model.eval(), spec

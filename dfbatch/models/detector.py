@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dfbatch.models.backbones import Backbone, build_backbone_body
+from dfbatch.models.backbones import build_backbone_body
+from dfbatch.models.layers import Backbone
 from dfbatch.models.heads import build_head
 from dfbatch.models.spec import ModelSpec
 

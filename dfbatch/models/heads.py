@@ -9,22 +9,21 @@ padding and must not change the valid steps (the detector's classifier runs on e
         return CausalConvHead(spec.feature_dim, spec.hidden_dim, spec.num_layers, spec.dropout)
 
 `ModelSpec(temporal=...)`, `build_model`, checkpoints, `dfbatch train --temporal` and the MLflow registry then
-know it.
+know it. Importing this module does not import torch: the head modules live in `layers.py`, imported when a model
+is built.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
 from dfbatch.models.plugins import Registry
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from dfbatch.models.spec import ModelSpec
 
 
@@ -51,63 +50,27 @@ def build_head(spec: ModelSpec) -> nn.Module:
     return TEMPORAL_HEADS.lookup(spec.temporal).build(spec)
 
 
-# ------------------------------------------------------------------------------------------ recurrent
-class RecurrentHead(nn.Module):
-    """batch_first LSTM/GRU with biases: (B,T,F) -> (B,T,H). Unidirectional, so trailing padding never
-    affects the valid steps."""
-
-    def __init__(self, rnn: type[nn.RNNBase], spec: ModelSpec):
-        super().__init__()
-        self.rnn = rnn(spec.feature_dim, spec.hidden_dim, num_layers=spec.num_layers, batch_first=True,
-                       dropout=spec.dropout if spec.num_layers > 1 else 0.0)
-
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        out, _ = self.rnn(x)
-        return out
-
-
+# ------------------------------------------------------------------------------------------ built-in
 @register_head("lstm")
 def lstm(spec: ModelSpec) -> nn.Module:
+    from torch import nn
+
+    from dfbatch.models.layers import RecurrentHead
+
     return RecurrentHead(nn.LSTM, spec)
 
 
 @register_head("gru")
 def gru(spec: ModelSpec) -> nn.Module:
+    from torch import nn
+
+    from dfbatch.models.layers import RecurrentHead
+
     return RecurrentHead(nn.GRU, spec)
-
-
-# ---------------------------------------------------------------------------------------- transformer
-def _sinusoidal(T: int, d: int, device, dtype) -> torch.Tensor:
-    pos = torch.arange(T, device=device, dtype=torch.float32).unsqueeze(1)
-    div = torch.exp(torch.arange(0, d, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / d))
-    pe = torch.zeros(T, d, device=device, dtype=torch.float32)
-    pe[:, 0::2] = torch.sin(pos * div)
-    pe[:, 1::2] = torch.cos(pos * div)[:, : d // 2]
-    return pe.to(dtype)
-
-
-class TransformerHead(nn.Module):
-    """Small Transformer encoder over frame features (sinusoidal positions, any length, padding mask)."""
-
-    def __init__(self, feature_dim: int, hidden_dim: int, num_layers: int, dropout: float):
-        super().__init__()
-        nhead = next(h for h in (8, 4, 2, 1) if hidden_dim % h == 0)
-        self.proj = nn.Linear(feature_dim, hidden_dim) if feature_dim != hidden_dim else nn.Identity()
-        layer = nn.TransformerEncoderLayer(hidden_dim, nhead, dim_feedforward=2 * hidden_dim, dropout=dropout,
-                                           batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(hidden_dim)
-
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.proj(x)
-        B, T, D = h.shape
-        h = h + _sinusoidal(T, D, h.device, h.dtype)
-        mask = None
-        if lengths is not None:
-            mask = torch.arange(T, device=h.device).unsqueeze(0) >= lengths.to(h.device).unsqueeze(1)
-        return self.norm(self.encoder(h, src_key_padding_mask=mask))
 
 
 @register_head("transformer")
 def transformer(spec: ModelSpec) -> nn.Module:
+    from dfbatch.models.layers import TransformerHead
+
     return TransformerHead(spec.feature_dim, spec.hidden_dim, spec.num_layers, spec.dropout)

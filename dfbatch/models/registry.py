@@ -32,7 +32,7 @@ import os
 import re
 import tempfile
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,11 +62,37 @@ PROMOTION_TAG = TAG_PREFIX + "promotion"
 
 # --------------------------------------------------------------------------------------------- bundle
 @dataclass
+class StoredWeights:
+    """A registered version's weights file as stored (the bytes of a plain state dict saved by `torch.save`),
+    checked against its recorded sha256 but not loaded: `fetch(..., tensors=False)` hands these on, so the
+    scoring driver never imports torch; each model actor loads them (`load`, weights-only)."""
+
+    data: Any  # bytes, or a uint8 numpy array over them (mapped from Ray's object store without a copy)
+    sha256: str
+    source: str = ""
+
+    def load(self) -> "OrderedDict[str, torch.Tensor]":
+        import io
+
+        from dfbatch.models.checkpoints import load_state_dict_file
+
+        sd = load_state_dict_file(io.BytesIO(memoryview(self.data)), source=self.source)
+        if not isinstance(sd, Mapping):
+            raise CheckpointError(f"{self.source}: weights artifact is not a state dict")
+        return OrderedDict(sd)
+
+
+def tensors_of(state_dict: "Mapping[str, torch.Tensor] | StoredWeights") -> "Mapping[str, torch.Tensor]":
+    """A bundle's state dict as tensors (loading `StoredWeights`)."""
+    return state_dict.load() if isinstance(state_dict, StoredWeights) else state_dict
+
+
+@dataclass
 class ModelBundle:
     """Everything a scoring worker needs (picklable; no MLflow access needed where it is used)."""
 
     spec: ModelSpec
-    state_dict: "OrderedDict[str, torch.Tensor]"
+    state_dict: "OrderedDict[str, torch.Tensor] | StoredWeights"  # StoredWeights: fetch(..., tensors=False)
     name: str | None = None
     version: str | None = None
     uri: str = ""  # as requested (may be an alias)
@@ -83,7 +109,7 @@ class ModelBundle:
         from dfbatch.models.checkpoints import load_weights
         from dfbatch.models.detector import build_model
 
-        return load_weights(build_model(self.spec), self.state_dict, source=self.pinned_uri or self.uri).eval()
+        return load_weights(build_model(self.spec), tensors_of(self.state_dict), source=self.pinned_uri or self.uri).eval()
 
     def columns(self) -> dict[str, Any]:
         """Model columns for result rows."""
@@ -505,19 +531,40 @@ def _locate(model_uri: str, tracking_uri: str) -> _Logged:
     return _Logged(root, f"models:/{name}/{mv.version}", mv.run_id, mv)
 
 
-def _read_logged_model(artifact_root: str, uri: str, tracking_uri: str, *,
-                       weights: bool = True) -> tuple[dict, dict, OrderedDict | None]:
+def _local_dir(artifact_root: str) -> Path | None:
+    """The folder of a local (file:// or plain path) artifact location, else None."""
+    from urllib.parse import urlsplit
+    from urllib.request import url2pathname
+
+    parts = urlsplit(artifact_root)
+    if parts.scheme == "file" and parts.netloc in ("", "localhost"):
+        path = Path(url2pathname(parts.path))
+    elif not parts.scheme or (len(parts.scheme) == 1 and os.name == "nt"):  # a plain path (C:\... on Windows)
+        path = Path(artifact_root)
+    else:
+        return None
+    return path if path.is_dir() else None
+
+
+def _read_logged_model(artifact_root: str, uri: str, tracking_uri: str, *, weights: bool = True,
+                       tensors: bool = True) -> tuple[dict, dict, OrderedDict | StoredWeights | None]:
     """(spec dict as stored, MLmodel metadata, state dict if `weights`) of a logged model, downloaded from its
     concrete artifact location (file://, s3://, mlflow-artifacts://, ...); never executes or unpickles.
-    Without `weights`, torch is not imported.
+    Without `weights`, torch is not imported; without `tensors`, weights whose sha256 was recorded come as
+    `StoredWeights` (checked, not loaded: no torch either).
 
     The location is resolved with our own client first: MLflow's models:/ and runs:/ artifact repositories
     look the model up through the *global* default client, ignoring the tracking/registry URI passed in."""
     import mlflow
     from mlflow.models import Model
 
-    with tempfile.TemporaryDirectory(prefix="dfbatch-fetch-") as tmp, _quiet_downloads():
+    local = _local_dir(artifact_root)
+    with (contextlib.nullcontext() if local else tempfile.TemporaryDirectory(prefix="dfbatch-fetch-")) as tmp, _quiet_downloads():
         def get(rel: str) -> Path:
+            if local:  # a local artifact store: read in place (a copy of the weights costs time and disk)
+                if not (local / rel).is_file():
+                    raise FileNotFoundError(f"no artifact {rel}")
+                return local / rel
             return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{artifact_root.rstrip('/')}/{rel}",
                                                             dst_path=tmp, tracking_uri=tracking_uri))
 
@@ -536,9 +583,14 @@ def _read_logged_model(artifact_root: str, uri: str, tracking_uri: str, *,
         spec = json.loads(get(rel_s).read_text(encoding="utf-8"))
         if not weights:
             return spec, meta, None
+        wpath = get(rel_w)
+        if not tensors and meta.get("weights_sha256"):
+            data = wpath.read_bytes()
+            if hashlib.sha256(data).hexdigest() != meta["weights_sha256"]:
+                raise CheckpointError(f"{uri}: weights file does not match its recorded sha256 (corrupted upload?)")
+            return spec, meta, StoredWeights(data, meta["weights_sha256"], source=uri)
         from dfbatch.models.checkpoints import load_state_dict_file
 
-        wpath = get(rel_w)
         if meta.get("weights_sha256") and _sha256(wpath) != meta["weights_sha256"]:
             raise CheckpointError(f"{uri}: weights file does not match its recorded sha256 (corrupted upload?)")
         sd = load_state_dict_file(wpath)
@@ -556,17 +608,23 @@ def _checked_spec(d: Mapping[str, Any], uri: str) -> ModelSpec:
         raise CheckpointError(f"{uri}: bad model spec: {exc}") from None
 
 
-def fetch(model_uri: str, tracking_uri: str | None = None) -> ModelBundle:
+def fetch(model_uri: str, tracking_uri: str | None = None, *, found: Callable[[], None] | None = None,
+          tensors: bool = True) -> ModelBundle:
     """Resolve `models:/NAME@ALIAS`, `models:/NAME/VERSION`, `runs:/RUN/PATH` or a checkpoint file into a
-    ModelBundle (spec + CPU state dict + registry metadata). Raises ModelNotFound / CheckpointError."""
+    ModelBundle (spec + CPU state dict + registry metadata). Raises ModelNotFound / CheckpointError.
+    `found` is called once the model is known to exist, before its weights are read (the scoring job starts
+    Ray then, so that a mistyped model URI never starts it). `tensors=False`: a logged model's weights come as
+    `StoredWeights` (sha256-checked bytes; torch is not imported); a checkpoint file is read with torch as ever."""
     if not model_uri:
         raise ModelNotFound(f"no model given; {HOW_TO_GET_A_MODEL}")
     if not (model_uri.startswith(("models:/", "runs:/")) or "://" in model_uri):
-        from dfbatch.models.checkpoints import read_checkpoint
-
         p = Path(model_uri).expanduser()
         if not p.exists():
             raise ModelNotFound(f"no such model file: {model_uri}; {HOW_TO_GET_A_MODEL}")
+        if found is not None:
+            found()
+        from dfbatch.models.checkpoints import read_checkpoint
+
         spec, sd, meta = read_checkpoint(p)
         return ModelBundle(spec=spec, state_dict=sd, uri=model_uri, pinned_uri=str(p.resolve()),
                            threshold=float(meta.get("threshold", 0.5)), meta=meta,
@@ -574,7 +632,9 @@ def fetch(model_uri: str, tracking_uri: str | None = None) -> ModelBundle:
 
     uri = resolve_tracking_uri(tracking_uri)
     logged = _locate(model_uri, uri)
-    spec_dict, meta, sd = _read_logged_model(logged.root, model_uri, uri)
+    if found is not None:
+        found()
+    spec_dict, meta, sd = _read_logged_model(logged.root, model_uri, uri, tensors=tensors)
     bundle = ModelBundle(spec=_checked_spec(spec_dict, model_uri), state_dict=sd, uri=model_uri,
                          pinned_uri=logged.pinned_uri, threshold=float(meta.get("threshold", 0.5)),
                          run_id=logged.run_id, meta=meta)

@@ -26,8 +26,7 @@ class Scorer:
         CUDA: channels_last + autocast, pinned uint8 input copied non-blocking. `compile`: torch.compile."""
         import torch
 
-        from dfbatch.models.checkpoints import load_weights
-        from dfbatch.models.detector import build_model
+        from dfbatch.models.checkpoints import build_with_weights
         from dfbatch.models.inference import fold_batchnorm, prepare_for_inference, resolve_precision
 
         if threads:
@@ -36,7 +35,7 @@ class Scorer:
         self.batch_size = max(1, batch_size)
         self.device = torch.device(device)
         precision = resolve_precision(precision, self.device)
-        net = fold_batchnorm(load_weights(build_model(spec), state_dict).eval())
+        net = fold_batchnorm(build_with_weights(spec, state_dict).eval())
         self.net = prepare_for_inference(net, self.device, precision)
         self.precision = precision
         self.cast = None  # input dtype when the weights themselves are cast (CPU bf16)
@@ -150,20 +149,31 @@ def score_rows(rows: list[dict], scorer: Scorer, *, threshold: float, track_aggr
 
 def shareable_bundle(bundle):
     """The bundle with its tensors as numpy arrays: an actor then maps them from the object store instead of
-    unpickling a copy (ResNeXt50-LSTM, 235 MB: ~1.3 s -> a few ms per actor start). `ScoreStage` undoes it."""
+    unpickling a copy (ResNeXt50-LSTM, 235 MB: ~1.3 s -> a few ms per actor start). `ScoreStage` undoes it.
+    Weights still as stored (`registry.StoredWeights`: the driver never imported torch) travel as one uint8
+    array over the file's bytes, loaded by each actor."""
     import dataclasses
 
+    from dfbatch.models.registry import StoredWeights
+
+    if isinstance(bundle.state_dict, StoredWeights):
+        weights = dataclasses.replace(bundle.state_dict, data=np.frombuffer(bundle.state_dict.data, dtype=np.uint8))
+        return dataclasses.replace(bundle, state_dict=weights)
     import torch
 
     sd = {k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) and v.dtype != torch.bfloat16 else v for k, v in bundle.state_dict.items()}
     return dataclasses.replace(bundle, state_dict=sd)
 
 
-def _tensors(state_dict: dict) -> dict:
+def _tensors(state_dict) -> dict:
     import warnings
 
     import torch
 
+    from dfbatch.models.registry import StoredWeights
+
+    if isinstance(state_dict, StoredWeights):
+        return state_dict.load()
     with warnings.catch_warnings():  # read-only object-store buffers: load_state_dict copies them
         warnings.simplefilter("ignore", UserWarning)
         return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in state_dict.items()}

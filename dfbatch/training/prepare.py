@@ -46,7 +46,6 @@ from dfbatch.io.listing import LISTING_SCHEMA
 from dfbatch.io.results import VIDEOS_SCHEMA
 from dfbatch.io.storage import Storage, is_s3
 from dfbatch.models.spec import DEFAULT_CROP_MARGIN, DETECTION_KEYS
-from dfbatch.stages.crops import decode_jpeg, encode_jpeg
 
 log = logging.getLogger(__name__)
 
