@@ -42,6 +42,7 @@ class Summary:
     counts: dict = field(default_factory=dict)  # per status, plus "fake"
     elapsed_s: float = 0.0
     first_result_s: float | None = None  # job start to the first part committed
+    listing_started_s: float | None = None  # job start to the first listing page
     listing_s: float | None = None  # job start to the last listing page
     videos_per_min: float = 0.0
     resources: dict = field(default_factory=dict)
@@ -221,6 +222,10 @@ def autoscaler_node_types() -> list[dict] | None:
             return _node_types_from_yaml(path)
         except Exception as exc:
             log.warning("cannot read the cluster config %s: %s", redact(path), one_line(exc))
+    import ray
+
+    if not ray.is_initialized():  # never connect here: a bare Ray call would join whatever Ray runs on the machine
+        return None
     try:
         import ray._private.state
 
@@ -233,7 +238,12 @@ def autoscaler_node_types() -> list[dict] | None:
 
 
 def autoscaler_running() -> bool:
-    """Whether a Ray autoscaler serves this cluster: v1 publishes its report in the GCS, v2 its state version."""
+    """Whether a Ray autoscaler serves this cluster: v1 publishes its report in the GCS, v2 its state version.
+    False when this process has not joined a cluster (no call here may start or join one)."""
+    import ray
+
+    if not ray.is_initialized():
+        return False
     try:
         from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_initialized
 
@@ -243,7 +253,6 @@ def autoscaler_running() -> bool:
     except Exception:
         pass
     try:
-        import ray
         from ray._raylet import GcsClient
         from ray.core.generated.autoscaler_pb2 import GetClusterStatusReply
 
@@ -610,6 +619,7 @@ def run_score(cfg: ScoreConfig) -> Summary:
             replaced += store.drop_superseded(name, version)  # the rows this job's rows replace
             listed = progress["counts"]
             summary.listed, summary.skipped, summary.duplicates = (int(listed.get(k, 0)) for k in ("listed", "skipped", "duplicates"))
+            summary.listing_started_s = progress["first_page"] - started if progress["first_page"] else None
             summary.listing_s = progress["last_page"] - started if progress["last_page"] else None
             summary.first_result_s = progress["first_commit"] - started if progress["first_commit"] else None
         summary.replaced = replaced
@@ -632,6 +642,7 @@ def run_score(cfg: ScoreConfig) -> Summary:
                 "elapsed_s": summary.elapsed_s,
                 **({"first_result_s": summary.first_result_s} if summary.first_result_s is not None else {}),
                 **({"listing_s": summary.listing_s} if summary.listing_s is not None else {}),
+                **({"listing_started_s": summary.listing_started_s} if summary.listing_started_s is not None else {}),
             }
         )
         mlflow.log_dict(summary.to_dict(), "summary.json")

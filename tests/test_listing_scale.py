@@ -2,7 +2,7 @@
 read tasks, resumes past the 95 % that already have a row (the per-block anti-join) and scores the rest (1-byte
 objects: `failed` rows, cheap). The first results are committed before the listing ends, and the driver's peak
 memory grows by less than 50 MB from the 2,000- to the 20,000-key run. `python tests/test_listing_scale.py N...`
-prints the same figures for other sizes (docs/performance.md: 200,000 keys)."""
+prints the same figures for other sizes (docs/performance.md)."""
 
 from __future__ import annotations
 
@@ -62,25 +62,25 @@ def fill(endpoint: str, prefix: str, n: int) -> list[str]:
     return [video_id(f"s3://{BUCKET}/{k}", 1, etag) for k in keys]
 
 
-def prescore(out: Path, ids: list[str], model: str, version: str) -> int:
-    """Rows for all but every EVERY-th video, as an earlier run of the same model version would have left them."""
+def prescore(out: Path, ids: list[str], model: str, version: str, every: int = EVERY) -> int:
+    """Rows for all but every `every`-th video, as an earlier run of the same model version would have left them."""
     from dfbatch.io.results import ResultStore
     from dfbatch.io.storage import Storage
 
     store = ResultStore(str(out), Storage())
     store.check_writable()
-    done = [i for n, i in enumerate(ids) if n % EVERY]
+    done = [i for n, i in enumerate(ids) if n % every]
     for start in range(0, len(done), 5000):
         store.write_part([{"video_id": i, "video_uri": f"earlier-{i}", "status": "failed", "error": "earlier run", "model_name": model,
                            "model_version": version} for i in done[start : start + 5000]], job_id="earlier")
     return len(done)
 
 
-def measure(endpoint: str, n: int, root: Path, model_uri: str, version: str, lead: int = 256) -> dict:
+def measure(endpoint: str, n: int, root: Path, model_uri: str, version: str, lead: int = 256, every: int = EVERY) -> dict:
     """One job over n keys (a driver subprocess with its own local Ray): its summary and peak RSS."""
     ids = fill(endpoint, f"n{n}", n)
     out = root / f"out-{n}"
-    prescore(out, ids, "dfbatch-detector", version)
+    prescore(out, ids, "dfbatch-detector", version, every)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
     t0 = time.time()
     res = subprocess.run([sys.executable, "-c", DRIVER, f"s3://{BUCKET}/n{n}/", str(out), model_uri, endpoint, str(lead)],
@@ -111,21 +111,48 @@ def test_listing_streams_resumes_and_keeps_the_driver_small(mlflow_uri, tiny_mod
     assert growth < 50, growth
 
 
-if __name__ == "__main__":  # python tests/test_listing_scale.py 2000 20000 200000 (needs MLFLOW_TRACKING_URI with a model)
-    import mlflow
+def _main(argv: list[str]) -> None:
+    """python tests/test_listing_scale.py [--every K] N...: the same measurement for other sizes, one JSON line each
+    (docs/performance.md). Registers the tiny model in a temporary MLflow store unless MLFLOW_TRACKING_URI is set."""
+    import argparse
+    import tempfile
 
+    p = argparse.ArgumentParser(description=_main.__doc__)
+    p.add_argument("sizes", nargs="+", type=int)
+    p.add_argument("--every", type=int, default=EVERY, help="one key in EVERY has no row yet (default %(default)s)")
+    p.add_argument("--lead", type=int, default=256, help="listing lead (default %(default)s)")
+    args = p.parse_args(argv)
+    root = Path(os.environ.get("SCALE_DIR") or tempfile.mkdtemp(prefix="dfbatch-scale-"))
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        os.environ.setdefault(k, v)  # moto accepts any credentials
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root}/mlflow.db"
+        import torch
+
+        from dfbatch.models import registry
+        from dfbatch.models.detector import build_model
+        from dfbatch.models.spec import ModelSpec
+
+        torch.manual_seed(0)
+        spec = ModelSpec(backbone="tiny", hidden_dim=32, input_size=64, seq_len=8, head="mean")
+        registry.register(build_model(spec), spec, "dfbatch-detector", alias="champion", threshold=0.5)
     from dfbatch.models import registry
 
     uri = "models:/dfbatch-detector@champion"
     version = str(registry.fetch(uri).version)
     server, endpoint = moto_server()
-    root = Path(os.environ.get("SCALE_DIR", "/tmp/dfbatch-scale"))
     try:
-        for n in map(int, sys.argv[1:]):
-            r = measure(endpoint, n, root, uri, version)
+        for n in args.sizes:
+            r = measure(endpoint, n, root, uri, version, lead=args.lead, every=args.every)
             s = r["summary"]
-            print(json.dumps({"keys": n, "peak_rss_mb": round(r["peak_rss_mb"], 1), "first_result_s": round(s["first_result_s"], 1),
-                              "listing_s": round(s["listing_s"], 1), "elapsed_s": round(s["elapsed_s"], 1), "scored": s["scored"],
-                              "skipped": s["skipped"]}), flush=True)
+            print(json.dumps({"keys": n, "every": args.every, "peak_rss_mb": round(r["peak_rss_mb"], 1),
+                              "first_result_s": round(s["first_result_s"], 1), "listing_started_s": round(s["listing_started_s"], 1),
+                              "listing_s": round(s["listing_s"], 1),
+                              "elapsed_s": round(s["elapsed_s"], 1), "wall_s": round(r["wall_s"], 1), "scored": s["scored"],
+                              "skipped": s["skipped"], "listed": s["listed"]}), flush=True)
     finally:
         server.stop()
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])
