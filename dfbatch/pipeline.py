@@ -93,9 +93,11 @@ class _DropNotice(logging.Filter):
 
 class RayStart:
     """`init_ray` on a thread: Ray's processes (GCS, raylet, the first workers) come up while this one goes on
-    reading the model and opening the MLflow run. ray.init mostly waits on those processes (~0.5 CPU s of this
-    process against seconds of wall time), so the wait overlaps work instead of adding to it. `start()` begins
-    (idempotent), `wait()` waits for it and raises what ray.init raised (starting it first if needed).
+    importing MLflow, reading the model and opening the MLflow run. ray.init mostly waits on those processes
+    (~0.5 CPU s of this process against seconds of wall time), so the wait overlaps work instead of adding to
+    it. `start()` begins (idempotent), `wait()` waits for it and raises what ray.init raised (starting it first
+    if needed). A job that fails before it needs Ray (a wrong model URI, say) reports at once; at exit the
+    process waits for the start to finish (`settle`, atexit) and Ray's own atexit handler stops it.
 
     The thread stays (asleep) once it started a local Ray: Linux kills the processes a thread spawned when that
     thread ends (Ray starts GCS and raylet with PR_SET_PDEATHSIG), so it must live as long as the process."""
@@ -333,26 +335,28 @@ def run_score(cfg: ScoreConfig) -> Summary:
 
     clock = StartupClock()  # from the process start: interpreter, imports and config until here
     clock.record("python_and_cli", clock.origin, clock.created)
-    ray_start = RayStart(cfg.ray_address, clock)  # starts once the model is found (a mistyped URI starts nothing)
-    import mlflow
-
-    from dfbatch.models import registry
     from dfbatch.io.results import ResultStore
-    from dfbatch.io.listing import Listing, iter_videos
 
     started = time.time()
-    clock.record("imports", clock.created, started)  # MLflow, the registry, the result store
     storage = Storage(cfg.endpoint_url)
     store = ResultStore(cfg.output, storage)
     try:
         store.check_writable()
     except Exception as exc:
         raise UserError(f"cannot write to output {redact(cfg.output)}: {one_line(exc)}") from None
+    ray_start = RayStart(cfg.ray_address, clock)
+    ray_start.start()  # Ray's processes come up while this one imports MLflow, reads the model, opens the run
+    import mlflow
+
+    from dfbatch.models import registry
+    from dfbatch.io.listing import Listing, iter_videos
+
+    clock.record("imports", clock.created)  # the result store, MLflow, the registry
     if cfg.tracking_uri:
         mlflow.set_tracking_uri(cfg.tracking_uri)
     try:
-        with clock.step("model"):  # MLflow store, registry lookup, weights (Ray starts meanwhile)
-            bundle = registry.fetch(cfg.model_uri, cfg.tracking_uri, found=ray_start.start, tensors=False)  # actors load them
+        with clock.step("model"):  # MLflow store, registry lookup, weights (not loaded: the actors load them)
+            bundle = registry.fetch(cfg.model_uri, cfg.tracking_uri, tensors=False)
     except UserError:
         raise
     except Exception as exc:  # MLflow unreachable or refusing: one line, credentials removed
