@@ -116,7 +116,9 @@ class RayStart:
             signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
         import atexit
 
-        atexit.register(self.settle)  # runs before Ray's own atexit shutdown (registered earlier, when ray was imported)
+        import ray  # noqa: F401  (here: Ray registers its atexit shutdown on import, so `settle` below runs before it)
+
+        atexit.register(self.settle)  # at exit, a start in flight finishes before Ray's own atexit shutdown stops it
         self._thread = threading.Thread(target=self._run, name="dfbatch-ray-start", daemon=True)
         self._thread.start()
 
