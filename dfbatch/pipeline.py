@@ -385,7 +385,7 @@ def run_score(cfg: ScoreConfig) -> Summary:
     experiment = client.get_experiment_by_name(cfg.experiment)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(cfg.experiment)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"score-{job_id}") as run:
-        clock.record("job_setup", started)  # output checks, model, threshold, resume set, first listing block, MLflow run
+        clock.record("job_setup", clock.created)  # imports, output check, model, threshold, resume set, first listing block, MLflow run
         summary.mlflow_run_id = run.info.run_id
         mlflow.log_params(
             {
