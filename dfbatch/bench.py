@@ -749,17 +749,16 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
-STEP_NAMES = {"python_and_cli": "python + CLI", "imports": "imports", "model": "model (MLflow store, lookup, weights)",
-              "ray_start": "Ray start (on a thread, meanwhile)", "job_setup": "job set-up (model included)",
-              "ray_wait": "wait for Ray", "graph": "graph"}
-
-
 def _startup_parts(st: dict) -> str:
+    """The start-up in the order the main thread meets it; Ray's start runs on a thread meanwhile."""
     steps = st["steps"]
-    parts = [f"{STEP_NAMES.get(k, k)} {v['s']:.1f}" for k, v in steps.items() if k not in ("run", "model")]
-    if "model" in steps:
-        parts.insert(min(2, len(parts)), f"{STEP_NAMES['model']} {steps['model']['s']:.1f} (within job set-up)")
-    return "; ".join(parts + [f"actors + first video {st['actors_and_first_video_s']:.1f}", f"write {st['write_s']:.1f}"])
+    s = lambda k: steps.get(k, {}).get("s", 0.0)  # noqa: E731
+    parts = [f"python + CLI {s('python_and_cli'):.1f}",
+             f"job set-up {s('job_setup'):.1f} (imports {s('imports'):.1f}, model {s('model'):.1f})"]
+    if "ray_start" in steps:
+        parts.append(f"Ray start {s('ray_start'):.1f} on a thread from {steps['ray_start']['at_s']:.1f} s, waited for {s('ray_wait'):.1f}")
+    return "; ".join(parts + [f"graph {s('graph'):.1f}", f"actors + first video {st['actors_and_first_video_s']:.1f}",
+                              f"write {st['write_s']:.1f}"])
 
 
 def _startup_lines(st: dict) -> list[str]:

@@ -97,9 +97,11 @@ class _DropNotice(logging.Filter):
 
 class RayStart:
     """`init_ray` on a thread: Ray's processes (GCS, raylet, the first workers) come up while this one goes on
-    reading the model and opening the MLflow run. ray.init mostly waits on those processes (~0.5 CPU s of this
-    process against seconds of wall time), so the wait overlaps work instead of adding to it. `start()` begins
-    (idempotent), `wait()` waits for it and raises what ray.init raised (starting it first if needed).
+    importing MLflow, reading the model and opening the MLflow run. ray.init mostly waits on those processes
+    (~0.5 CPU s of this process against seconds of wall time), so the wait overlaps work instead of adding to
+    it. `start()` begins (idempotent), `wait()` waits for it and raises what ray.init raised (starting it first
+    if needed). A job that fails before it needs Ray (a wrong model URI, say) reports at once; at exit the
+    process waits for the start to finish (`settle`, atexit) and Ray's own atexit handler stops it.
 
     The thread stays (asleep) once it started a local Ray: Linux kills the processes a thread spawned when that
     thread ends (Ray starts GCS and raylet with PR_SET_PDEATHSIG), so it must live as long as the process."""
@@ -118,7 +120,9 @@ class RayStart:
             signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
         import atexit
 
-        atexit.register(self.settle)  # runs before Ray's own atexit shutdown (registered earlier, when ray was imported)
+        import ray  # noqa: F401  (here: Ray registers its atexit shutdown on import, so `settle` below runs before it)
+
+        atexit.register(self.settle)  # at exit, a start in flight finishes before Ray's own atexit shutdown stops it
         self._thread = threading.Thread(target=self._run, name="dfbatch-ray-start", daemon=True)
         self._thread.start()
 
@@ -510,27 +514,29 @@ def run_score(cfg: ScoreConfig) -> Summary:
 
     clock = StartupClock()  # from the process start: interpreter, imports and config until here
     clock.record("python_and_cli", clock.origin, clock.created)
-    ray_start = RayStart(cfg.ray_address, clock)  # starts once the model is found (a mistyped URI starts nothing)
-    import mlflow
-
-    from dfbatch.models import registry
     from dfbatch.io.results import ResultStore
     from dfbatch.io.listing import first_video, may_repeat, source_shards
     from dfbatch.stages.failures import clear_markers
 
     started = time.time()
-    clock.record("imports", clock.created, started)  # MLflow, the registry, the result store
     storage = Storage(cfg.endpoint_url)
     store = ResultStore(cfg.output, storage)
     try:
         store.check_writable()
     except Exception as exc:
         raise UserError(f"cannot write to output {redact(cfg.output)}: {one_line(exc)}") from None
+    ray_start = RayStart(cfg.ray_address, clock)
+    ray_start.start()  # Ray's processes come up while this one imports MLflow, reads the model, opens the run
+    import mlflow
+
+    from dfbatch.models import registry
+
+    clock.record("imports", clock.created)  # the result store, MLflow, the registry
     if cfg.tracking_uri:
         mlflow.set_tracking_uri(cfg.tracking_uri)
     try:
-        with clock.step("model"):  # MLflow store, registry lookup, weights (Ray starts meanwhile)
-            bundle = registry.fetch(cfg.model_uri, cfg.tracking_uri, found=ray_start.start, tensors=False)  # actors load them
+        with clock.step("model"):  # MLflow store, registry lookup, weights (not loaded: the actors load them)
+            bundle = registry.fetch(cfg.model_uri, cfg.tracking_uri, tensors=False)
     except UserError:
         raise
     except Exception as exc:  # MLflow unreachable or refusing: one line, credentials removed
@@ -557,7 +563,7 @@ def run_score(cfg: ScoreConfig) -> Summary:
     experiment = client.get_experiment_by_name(cfg.experiment)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(cfg.experiment)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"score-{job_id}") as run:
-        clock.record("job_setup", started)  # output checks, model, threshold, resume set, first listing block, MLflow run
+        clock.record("job_setup", clock.created)  # imports, output check, model, threshold, resume set, first listing block, MLflow run
         summary.mlflow_run_id = run.info.run_id
         mlflow.log_params(
             {

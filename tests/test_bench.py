@@ -46,7 +46,7 @@ def test_quick_bench_end_to_end(tmp_path):
 
     report = json.loads((out / "bench.json").read_text())
     assert report["format"] == "dfbatch-bench/1" and report["quick"] is True
-    for key in ("machine", "versions", "settings", "archive", "model", "stages", "agreement", "baseline", "pipeline", "summary", "load_start", "load_end"):
+    for key in ("machine", "versions", "settings", "archive", "model", "stages", "agreement", "baseline", "pipeline", "startup", "summary", "load_start", "load_end"):
         assert key in report, key
     assert report["machine"]["usable_cpus"] >= 1 and report["versions"]["torch"]
     for profile in ("fast", "reference"):
@@ -63,7 +63,17 @@ def test_quick_bench_end_to_end(tmp_path):
     roles = pipe["resources"]["per_role"]
     assert roles["face_score_worker"]["peak_rss_mb"] > 0 and roles["driver"]["peak_rss_mb"] > 0
     assert "object_store_peak_mb" in pipe["resources"]
+    startup = report["startup"]  # a fresh `dfbatch score` process on one video, the model registered in OUT/mlflow.db
+    assert len(startup["runs"]) == 1 and startup["model_uri"].startswith("models:/dfbatch-bench/")
+    steps = startup["steps"]
+    assert {"python_and_cli", "imports", "model", "ray_start", "job_setup", "graph", "run"} <= set(steps)
+    assert 0 < steps["model"]["at_s"] < steps["run"]["at_s"] < startup["first_result_s"] <= startup["written_s"]
+    assert startup["actors_and_first_video_s"] > 0 and startup["write_s"] >= 0
+    assert set(startup["actor_construction"]) == {"imports", "mtcnn", "model"}
+    assert all(v["wall_s"] > 0 and v["cpu_s"] > 0 for v in startup["actor_construction"].values())
+    assert "start-up (fresh `dfbatch score` process" in proc.stdout
     summary = report["summary"]
+    assert summary["startup_first_result_s"] == startup["first_result_s"]
     for key in ("ideal_videos_per_min", "pipeline_videos_per_min", "baseline_videos_per_min", "speedup_vs_baseline", "pipeline_overhead", "targets"):
         assert key in summary, key
     assert len(summary["targets"]) == 4

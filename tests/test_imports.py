@@ -68,4 +68,4 @@ def test_scoring_driver_never_imports_torch(tiny_model, clip_dir, tmp_path):
     assert summary["counts"]["ok"] == 1
     steps = summary["startup"]["steps"]
     assert {"python_and_cli", "model", "ray_start", "run"} <= set(steps) and steps["model"]["s"] > 0
-    assert steps["ray_start"]["at_s"] >= steps["model"]["at_s"]  # Ray starts once the model is found, not before
+    assert steps["ray_start"]["at_s"] <= steps["model"]["at_s"]  # Ray comes up while the model is read

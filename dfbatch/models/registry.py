@@ -32,7 +32,7 @@ import os
 import re
 import tempfile
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -608,21 +608,17 @@ def _checked_spec(d: Mapping[str, Any], uri: str) -> ModelSpec:
         raise CheckpointError(f"{uri}: bad model spec: {exc}") from None
 
 
-def fetch(model_uri: str, tracking_uri: str | None = None, *, found: Callable[[], None] | None = None,
-          tensors: bool = True) -> ModelBundle:
+def fetch(model_uri: str, tracking_uri: str | None = None, *, tensors: bool = True) -> ModelBundle:
     """Resolve `models:/NAME@ALIAS`, `models:/NAME/VERSION`, `runs:/RUN/PATH` or a checkpoint file into a
     ModelBundle (spec + CPU state dict + registry metadata). Raises ModelNotFound / CheckpointError.
-    `found` is called once the model is known to exist, before its weights are read (the scoring job starts
-    Ray then, so that a mistyped model URI never starts it). `tensors=False`: a logged model's weights come as
-    `StoredWeights` (sha256-checked bytes; torch is not imported); a checkpoint file is read with torch as ever."""
+    `tensors=False`: a logged model's weights come as `StoredWeights` (sha256-checked bytes, torch not imported;
+    the scoring job's actors load them); a checkpoint file is read with torch as ever."""
     if not model_uri:
         raise ModelNotFound(f"no model given; {HOW_TO_GET_A_MODEL}")
     if not (model_uri.startswith(("models:/", "runs:/")) or "://" in model_uri):
         p = Path(model_uri).expanduser()
         if not p.exists():
             raise ModelNotFound(f"no such model file: {model_uri}; {HOW_TO_GET_A_MODEL}")
-        if found is not None:
-            found()
         from dfbatch.models.checkpoints import read_checkpoint
 
         spec, sd, meta = read_checkpoint(p)
@@ -632,8 +628,6 @@ def fetch(model_uri: str, tracking_uri: str | None = None, *, found: Callable[[]
 
     uri = resolve_tracking_uri(tracking_uri)
     logged = _locate(model_uri, uri)
-    if found is not None:
-        found()
     spec_dict, meta, sd = _read_logged_model(logged.root, model_uri, uri, tensors=tensors)
     bundle = ModelBundle(spec=_checked_spec(spec_dict, model_uri), state_dict=sd, uri=model_uri,
                          pinned_uri=logged.pinned_uri, threshold=float(meta.get("threshold", 0.5)),
