@@ -102,3 +102,25 @@ def test_drop_superseded_on_s3(s3_endpoint):
     assert len(crops) == 3 and len([k for k in keys if k.startswith("out/videos/")]) == 2  # B's part went whole
     assert sorted(read_results("s3://rescore/out", "faces", storage=Storage(s3_endpoint)).video_id) == ["id1", "id2", "id3"]
     assert os.path.basename(crops[0]).startswith("id")
+
+
+@pytest.mark.slow
+def test_a_symlinked_folder_holds_the_same_videos(ray_local, mlflow_uri, tiny_model, clip_dir, tmp_path):
+    """The same files listed through a symlinked folder and through their real folder, in one job and across
+    jobs: one row per file (the ids hash the resolved path)."""
+    from dfbatch.pipeline import run_score
+
+    real = _clips(tmp_path / "real", ["a.mp4", "b.mp4"], clip_dir / "faceless.mp4")
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    out = str(tmp_path / "out")
+
+    def score(*sources):
+        return run_score(ScoreConfig(sources=[str(s) for s in sources], output=out, model_uri=tiny_model["uri"],
+                                     sampling=SamplingConfig(frames=FRAMES), face_workers=1))
+
+    both = score(tmp_path / "link", tmp_path / "real")
+    assert (both.listed, both.duplicates, both.scored) == (4, 2, 2)
+    df = read_results(out)
+    assert len(df) == 2 and df.video_id.is_unique
+    again = score(real[0])  # the real path of a file scored through the link: already scored
+    assert (again.listed, again.skipped, again.scored) == (1, 1, 0)

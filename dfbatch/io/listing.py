@@ -8,10 +8,10 @@ task (`io/datasource.py`), so decoding starts while listing goes on and the driv
 
 from __future__ import annotations
 
-import fnmatch
 import glob as globlib
 import hashlib
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 
@@ -40,18 +40,29 @@ class VideoRef:
     size_bytes: int | None
     mtime: str | None  # local mtime (ns) or S3 ETag: changes when the content changes
     list_error: str | None = None
+    real_path: str | None = None  # local: the file's resolved path when the lister knows it (else resolved here)
 
     def __post_init__(self) -> None:
         self.video_uri = strip_userinfo(self.video_uri)  # s3://key:secret@bucket/... must not reach the results
+        if is_s3(self.video_uri):  # s3a://, s3n://: the same object as s3://
+            self.video_uri = canonical_uri(self.video_uri)
 
     @property
     def video_id(self) -> str:
-        return video_id(self.video_uri, self.size_bytes, self.mtime)
+        return video_id(self.real_path or canonical_uri(self.video_uri), self.size_bytes, self.mtime)
 
 
 def video_id(uri: str, size: int | None, version: str | None) -> str:
-    """Stable id of one version of one video: URI + size + mtime/ETag."""
+    """Stable id of one version of one video: its canonical URI (`canonical_uri`) + size + mtime/ETag."""
     return hashlib.sha1(f"{uri}\0{size}\0{version}".encode()).hexdigest()[:20]
+
+
+def canonical_uri(uri: str) -> str:
+    """One name per stored object: `s3a://` and `s3n://` are `s3://`; a local path is made absolute with its
+    symbolic links resolved (a file reached through a symlinked folder is the same file)."""
+    if is_s3(uri):
+        return "s3://" + uri.split("://", 1)[1]
+    return os.path.realpath(os.path.expanduser(uri))
 
 
 def is_video_name(name: str) -> bool:
@@ -67,23 +78,108 @@ def _has_magic(s: str) -> bool:
     return any(c in s for c in "*?[")
 
 
-def _local_ref(path: str) -> VideoRef:
+def _segment(part: str) -> str:
+    """One path segment of a glob as a regex: `*` and `?` never match `/`; `[...]` is a class (`[!...]` negated)."""
+    out, i, n = [], 0, len(part)
+    while i < n:
+        c = part[i]
+        i += 1
+        if c == "*":
+            while i < n and part[i] == "*":
+                i += 1
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            j = i
+            if j < n and part[j] == "!":
+                j += 1
+            if j < n and part[j] == "]":
+                j += 1
+            while j < n and part[j] != "]":
+                j += 1
+            if j >= n:
+                out.append("\\[")
+                continue
+            body = re.sub(r"([\\\[&~|])", r"\\\1", part[i:j])  # literal inside the class
+            i = j + 1
+            if body.startswith("!"):
+                body = "^" + body[1:]
+            elif body.startswith("^"):
+                body = "\\" + body
+            out.append(f"(?!/)[{body}]")
+        else:
+            out.append(re.escape(c))
+    return "".join(out)
+
+
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """Python's `glob(pattern, recursive=True)` semantics as a regex over '/'-separated paths (S3 keys, local
+    paths alike): `*`, `?` and `[...]` match within one segment, a `**` segment matches any number of segments;
+    wildcards do not match names that start with '.' (hidden), literal segments may."""
+    one = r"[^/.][^/]*"
+    parts = pattern.split("/")
+    out = []
+    last = len(parts) - 1
+    for idx, part in enumerate(parts):
+        if part == "**":
+            if idx < last:
+                if parts[idx + 1] != "**":
+                    out.append(f"(?:{one}/)*")
+            else:
+                out.append(f"(?:{one}/)*(?:{one})?")
+            continue
+        if part == "*":
+            out.append(one)
+        elif part:
+            if part[0] in "*?[":
+                out.append(r"(?!\.)")
+            out.append(_segment(part))
+        if idx < last:
+            out.append("/")
+    return re.compile("(?s:" + "".join(out) + r")\Z")
+
+
+
+def _local_ref(path: str, real_path: str | None = None) -> VideoRef:
     try:
         st = os.stat(path)  # follows symlinks
     except OSError as exc:
         return VideoRef(path, None, None, f"cannot stat: {exc.strerror or exc}")
-    return VideoRef(path, st.st_size, str(st.st_mtime_ns))
+    return VideoRef(path, st.st_size, str(st.st_mtime_ns), real_path=real_path or os.path.realpath(path))
 
 
-def _walk_local(root: str) -> Iterator[VideoRef]:
+def _lists_itself(real: str, real_root: str) -> bool:
+    """Whether a walk of `real_root` lists the file at resolved path `real` under its own name (a symlink to it
+    then names the same video again and is not listed)."""
+    rel = os.path.relpath(real, real_root)
+    return (not rel.startswith(os.pardir + os.sep) and rel != os.pardir and not _hidden(rel.replace(os.sep, "/"))
+            and is_video_name(real) and os.path.isfile(real))
+
+
+def _dir_files(dirpath: str, names, real_root: str) -> Iterator[VideoRef]:
+    """The video files among `names` in `dirpath` (sorted), a symlink to a file the walk lists itself left out."""
+    real_dir = os.path.realpath(dirpath)  # once per folder; a file is resolved itself only when it is a link
+    for name in sorted(names):
+        if not is_video_name(name):
+            continue
+        path = os.path.join(dirpath, name)
+        if os.path.islink(path):
+            real = os.path.realpath(path)
+            if real != os.path.join(real_dir, name) and _lists_itself(real, real_root):
+                continue
+        else:
+            real = os.path.join(real_dir, name)
+        if os.path.isdir(path):
+            continue
+        yield _local_ref(path, real)
+
+
+def _walk_local(root: str, source_root: str | None = None) -> Iterator[VideoRef]:
+    real_root = os.path.realpath(source_root or root)
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if is_video_name(name):
-                path = os.path.join(dirpath, name)
-                if os.path.isdir(path):
-                    continue
-                yield _local_ref(path)
+        yield from _dir_files(dirpath, filenames, real_root)
 
 
 def _s3_split(uri: str) -> tuple[str, str]:
@@ -117,7 +213,7 @@ _RANGE_CHARS = "0123456789abcdefghijklmnopqrstuvwxyz"  # first key characters th
 class Shard:
     """One slice of one SOURCE, listed by one Ray Data read task as pages of refs (`list_shard`).
 
-    kind: "s3" (keys under `prefix` with start < key <= stop, fnmatch `pattern` if a glob), "s3obj" (one
+    kind: "s3" (keys under `prefix` with start < key <= stop, matching `pattern` if a glob), "s3obj" (one
     object), "tree" (directories in `paths`, recursively), "dirfiles" (the files directly in `paths[0]`),
     "glob" (a local glob), "file" (an explicitly named file), "manifest" (`row_groups` of a Parquet manifest,
     or the whole .txt/.csv manifest when empty)."""
@@ -183,7 +279,7 @@ def _dir_shards(i: int, root: str, max_shards: int) -> list[Shard]:
         for entry in it:
             if len(names) >= MAX_ROOT_ENTRIES:
                 return [Shard(i, "tree", root, paths=(root,))]
-            names.append((entry.name, entry.is_dir() and not entry.is_symlink()))
+            names.append((entry.name, entry.is_dir(follow_symlinks=False)))  # a link loop must not raise
     subdirs = sorted(os.path.join(root, n) for n, is_dir in names if is_dir and not n.startswith("."))
     return [Shard(i, "dirfiles", root, paths=(root,))] + [Shard(i, "tree", root, paths=tuple(g)) for g in _groups(subdirs, max_shards - 1) if g]
 
@@ -243,11 +339,12 @@ def _shard_refs(shard: Shard, storage: Storage) -> Iterator[tuple[VideoRef, int]
         yield VideoRef(shard.uri, int(head["ContentLength"]), str(head.get("ETag", "")).strip('"')), 0
     elif shard.kind == "s3":
         bucket = shard.paths[0]
+        match = glob_regex(shard.pattern).match if shard.pattern is not None else None
         for page in _s3_pages(storage, bucket, shard.prefix, shard.start, shard.stop):
             for obj in page:
                 k = obj["Key"]
-                if shard.pattern is not None:
-                    keep = fnmatch.fnmatchcase(k, shard.pattern) and is_video_name(k) and not _hidden(k)
+                if match is not None:
+                    keep = match(k) is not None and is_video_name(k)
                 else:
                     rel = k[len(shard.prefix):]
                     keep = not k.endswith("/") and not _hidden(rel) and is_video_name(rel)
@@ -255,25 +352,35 @@ def _shard_refs(shard: Shard, storage: Storage) -> Iterator[tuple[VideoRef, int]
                     yield _s3_ref(bucket, obj), 0
     elif shard.kind == "tree":
         for root in shard.paths:
-            for ref in _walk_local(root):
+            for ref in _walk_local(root, _source_dir(shard)):
                 yield ref, 0
     elif shard.kind == "dirfiles":
         root = shard.paths[0]
         with os.scandir(root) as it:
-            names = sorted(e.name for e in it if not e.is_dir())
-        for name in names:
-            if is_video_name(name):
-                yield _local_ref(os.path.join(root, name)), 0
+            names = [e.name for e in it if not e.is_dir(follow_symlinks=False)]  # links to folders: _dir_files skips
+        for ref in _dir_files(root, names, os.path.realpath(_source_dir(shard))):
+            yield ref, 0
     elif shard.kind == "glob":
+        # Python's glob finds the candidates (it follows symlinked folders like a shell); `glob_regex` decides,
+        # the same matcher as for S3 keys; a file reached twice (a link and its target) is listed once
+        match, seen = glob_regex(shard.pattern).match, set()
         for hit in globlib.iglob(shard.pattern, recursive=True):
-            if os.path.isfile(hit) and is_video_name(hit):
-                yield _local_ref(os.path.abspath(hit)), 0
+            if match(hit) and os.path.isfile(hit) and is_video_name(hit):
+                real = os.path.realpath(hit)
+                if real not in seen:
+                    seen.add(real)
+                    yield _local_ref(os.path.abspath(hit), real), 0
     elif shard.kind == "file":
         yield _local_ref(shard.paths[0]), 0
     elif shard.kind == "manifest":
         yield from _iter_manifest(shard.uri, storage, shard.row_groups, shard.first_row)
     else:
         raise ValueError(f"unknown shard kind {shard.kind!r}")
+
+
+def _source_dir(shard: Shard) -> str:
+    """The directory SOURCE a tree or dirfiles shard belongs to."""
+    return os.path.abspath(os.path.expanduser(shard.uri))
 
 
 def list_shard(shard: Shard, storage: Storage) -> Iterator[list[tuple[VideoRef, int]]]:
@@ -367,7 +474,8 @@ def first_video(src: str, storage: Storage) -> VideoRef | None:
 
 
 def scope(src: str) -> str:
-    """What a SOURCE can list, as a path or URI prefix (the part before any glob character)."""
+    """What a SOURCE can list, as a path (symbolic links resolved) or URI prefix (the part before any glob
+    character)."""
     src = strip_userinfo(str(src))
     if is_s3(src):
         key = src.split("://", 1)[1]
@@ -375,8 +483,8 @@ def scope(src: str) -> str:
     path = os.path.expanduser(src)
     if _has_magic(path) and not os.path.exists(path):
         path = path[: min(path.index(c) for c in "*?[" if c in path)]
-        return os.path.dirname(os.path.abspath(path + "x"))
-    return os.path.abspath(path)
+        return os.path.realpath(os.path.dirname(os.path.abspath(path + "x")))
+    return os.path.realpath(path)
 
 
 def may_repeat(sources: list[str]) -> bool:
