@@ -131,6 +131,19 @@ class TrainConfig(UsesS3, JobConfig):
                                               ge=1)] = None
     val_sbi: Annotated[Literal["auto", "on", "off"], opt("--val-sbi", help="self-blended val fakes (auto: when val has "
                                                          "no fake)")] = "auto"
+    exclude_methods: Annotated[list[str], opt("--exclude-methods", metavar="METHOD",
+                                              help="leave the fakes of these manipulation methods (the labels' method "
+                                              "column) out of training and validation: a model that never saw them")] = \
+        field(default_factory=list)
+    threshold_method: Annotated[Literal["real_fpr", "youden"], opt(
+        "--threshold-method", help="how the registered threshold is chosen on the val videos (default {default}: the "
+        "lowest one that flags at most --target-fpr of the REAL val videos; it does not depend on which fakes val "
+        "has; youden: best balanced accuracy on the val fakes at hand)")] = "real_fpr"
+    target_fpr: Annotated[float, opt("--target-fpr", help="REAL val videos the threshold may flag (real_fpr; default "
+                                     "{default})", ge=0, lt=1)] = 0.05
+    min_val_videos: Annotated[int, opt(help="REAL (and FAKE) val videos needed to choose a threshold and an epoch; "
+                                       "fewer: the last epoch and the threshold 0.5 are registered, with a warning",
+                                       ge=1)] = 8
     val_frame_aggregation: Annotated[FrameAggregation, opt(help="like ScoreConfig.frame_aggregation")] = "mean"
     val_track_aggregation: Annotated[TrackAggregation, opt(help="like ScoreConfig.track_aggregation")] = "max"
     # scaling

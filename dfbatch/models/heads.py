@@ -51,6 +51,26 @@ def build_head(spec: ModelSpec) -> nn.Module:
     return TEMPORAL_HEADS.lookup(spec.temporal).build(spec)
 
 
+# ------------------------------------------------------------------------------------------------ mean
+class MeanHead(nn.Module):
+    """No temporal model: each frame's features projected (linear + ReLU), step t = the running mean of steps
+    0..t (causal, so trailing padding never changes the valid steps; the last step is the whole sequence's mean)."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.proj = nn.Sequential(nn.Linear(spec.feature_dim, spec.hidden_dim), nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.proj(x)
+        steps = torch.arange(1, h.shape[1] + 1, device=h.device, dtype=h.dtype).view(1, -1, 1)
+        return h.cumsum(dim=1) / steps
+
+
+@register_head("mean")
+def mean(spec: ModelSpec) -> nn.Module:
+    return MeanHead(spec)
+
+
 # ------------------------------------------------------------------------------------------ recurrent
 class RecurrentHead(nn.Module):
     """batch_first LSTM/GRU with biases: (B,T,F) -> (B,T,H). Unidirectional, so trailing padding never
