@@ -174,7 +174,8 @@ class TrainConfig(UsesS3, JobConfig):
     sbi_config: Annotated[Options, opt(help="SBIConfig overrides (margin comes from the shards)")] = \
         field(default_factory=dict)
     progress: Annotated[bool, opt(help="rank 0 prints one line per epoch (loss, val metrics, time)")] = False
-    worker_log_level: Annotated[LogLevel, opt(help="log level of the Ray Train controller and workers")] = "INFO"
+    worker_log_level: Annotated[LogLevel, opt(help="log level of the Ray Train controller and workers (default "
+                                              "{default}: their INFO lines, one dict per reported epoch, stay in Ray's logs)")] = "WARNING"
 
     def spec(self):
         """The model's ModelSpec (imports torch: built only when training)."""

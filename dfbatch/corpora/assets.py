@@ -72,25 +72,26 @@ def is_still(source: str) -> bool:
     return source not in ("pristine", "distorted")
 
 
-def portrait(i: int, side: int = 144) -> np.ndarray:
-    """(side, side, 3) uint8 RGB: LFW face ``i`` enlarged (bicubic, 25 -> ~0.55 side), tinted with a skin tone and set
-    with a feathered edge on a soft two-colour background; every choice seeded by ``i``."""
+def portrait(i: int, size: tuple[int, int] = (256, 144)) -> np.ndarray:
+    """(H, W, 3) uint8 RGB: LFW face ``i`` enlarged (bicubic, 25 px -> ~0.45 of the height), tinted with a skin tone
+    and set with a feathered edge on a soft two-colour background; every choice seeded by ``i``."""
     import cv2
 
     from dfbatch.corpora.plan import seeded_rng
 
     rng = seeded_rng(i, "portrait")
-    face = cv2.resize(lfw_faces()[i].astype(np.float32), (int(side * 0.55),) * 2, interpolation=cv2.INTER_CUBIC)
+    W, H = size
+    face = cv2.resize(lfw_faces()[i].astype(np.float32), (int(H * 0.45),) * 2, interpolation=cv2.INTER_CUBIC)
     tone = rng.uniform([0.95, 0.78, 0.62], [1.05, 0.9, 0.78])
     fs = face.shape[0]
-    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32) / side
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32) / max(W, H)
     c0, c1 = rng.uniform(40, 200, 3), rng.uniform(40, 200, 3)
     bg = c0 + (c1 - c0) * (0.6 * yy + 0.4 * xx)[..., None]
     m = np.zeros((fs, fs), np.float32)
     cv2.ellipse(m, (fs // 2, fs // 2), (int(fs * 0.47), int(fs * 0.5)), 0, 0, 360, 1.0, -1)
     m = cv2.GaussianBlur(m, (0, 0), fs * 0.04)[..., None]
-    y0 = int(side * rng.uniform(0.18, 0.26))
-    x0 = (side - fs) // 2 + int(rng.integers(-side // 12, side // 12 + 1))
+    y0 = int((H - fs) / 2 + H * rng.uniform(-0.06, 0.02))
+    x0 = (W - fs) // 2 + int(rng.integers(-W // 10, W // 10 + 1))
     region = bg[y0:y0 + fs, x0:x0 + fs]
     bg[y0:y0 + fs, x0:x0 + fs] = m * (face[..., None] * tone) + (1 - m) * region
     return np.clip(bg + 0.5, 0, 255).astype(np.uint8)

@@ -156,8 +156,9 @@ def identity_archive(dir, *, splits: dict[str, str], counts: dict[str, tuple[int
     """Write a labelled archive whose splits share no identity (the LOMO protocol's data) and return its table.
 
     ``splits``: identity -> split (`identity_splits`); ``counts``: split -> (REAL clips, FAKE clips per method).
-    Clips cycle over their split's identities (the carphone man alternates pristine/distorted footage); a swap takes
-    its donor from the same split. ``labels.csv``: ``file,label,method,split,group`` (group = the identity shown;
+    One clip in three shows the split's full-resolution identity when it has one (the carphone man, alternating
+    pristine and crushed footage; the astronaut), the others cycle over its LFW portraits (25 px faces enlarged:
+    little detail for a manipulation to disturb); a swap takes its donor from the same split. ``labels.csv``: ``file,label,method,split,group`` (group = the identity shown;
     the CSV reader keeps the given splits). The returned table adds ``source, donor, seed``.
     """
     import pandas as pd
@@ -171,7 +172,10 @@ def identity_archive(dir, *, splits: dict[str, str], counts: dict[str, tuple[int
         if not people:
             continue
         order = [people[i] for i in seeded_rng(seed, split, "order").permutation(len(people))]
-        sources = [s for p in order for s in _sources_of(p)]
+        mains = [s for p in order if p not in PORTRAITS for s in _sources_of(p)]
+        lfw = [p for p in order if p in PORTRAITS] or mains
+        sources = [mains[(i // 3) % len(mains)] if mains and i % 3 == 0 else lfw[(i - i // 3 - 1 if mains else i) % len(lfw)]
+                   for i in range(3 * len(order) + 3)]
         donors = frozenset(people)
         for i in range(n_real):
             src, s = sources[i % len(sources)], seed * 100_000 + i
