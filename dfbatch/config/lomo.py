@@ -53,7 +53,7 @@ class LomoConfig(JobConfig):
     backbone: Annotated[str, opt("--backbone", help="(default {default})")] = "mobilenet_v2"
     backbone_weights: Annotated[str | None, opt("--backbone-weights", help="(default {default})")] = "imagenet"
     input_size: Annotated[int, opt(ge=16)] = 64
-    seq_len: Annotated[int, opt(ge=1)] = 6
+    seq_len: Annotated[int, opt(ge=1)] = 4
     hidden_dim: Annotated[int, opt(ge=1)] = 64
     epochs: Annotated[int, opt("--epochs", help="(default {default})", ge=1)] = 6
     train_overrides: Annotated[Options, opt(help="any other TrainConfig field")] = field(default_factory=dict)

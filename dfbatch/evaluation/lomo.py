@@ -130,7 +130,7 @@ def train_config(cfg: LomoConfig, variant: str, head: str, seed: int, recipe: st
         output=os.path.abspath(os.path.join(cfg.root, "checkpoints")),
         name=f"{variant}-{head}-s{seed}-{recipe}", backbone=cfg.backbone, backbone_weights=cfg.backbone_weights,
         temporal=head, head="last", hidden_dim=cfg.hidden_dim, input_size=cfg.input_size, seq_len=cfg.seq_len,
-        freeze_blocks=4 if cfg.backbone == "mobilenet_v2" else 0, epochs=cfg.epochs, batch_size=8, lr=5e-4,
+        freeze_blocks=14 if cfg.backbone == "mobilenet_v2" else 0, epochs=cfg.epochs, batch_size=8, lr=2e-3,
         sbi="mix", sbi_fraction=0.5, augment_config=dict(p_blur=0.1, p_downscale=0.1, p_jpeg=0.3,
                                                          jpeg_quality=(60, 95)),
         monitor="val_log_loss", patience=0, exclude_methods=[recipe], seed=seed, register=False,
