@@ -91,11 +91,11 @@ def build_archives(cfg: DemoConfig) -> tuple[str, str]:
     kw = dict(size=cfg.size, seconds=cfg.seconds, fps=cfg.fps)
     splits = synth.identity_splits(seed=cfg.identity_seed)
     seen = tuple(m for m in synth.METHODS if m != cfg.left_out)
-    per = max(1, round(cfg.n_train / len(seen)))  # FAKE clips per recipe, train + val
-    n_val = max(1, cfg.n_train // VAL_EVERY)
+    per = max(2, round(cfg.n_train / len(seen)))  # FAKE clips per recipe, train + val
+    n_val, per_val = max(1, cfg.n_train // VAL_EVERY), max(1, per // VAL_EVERY)
     if not os.path.exists(os.path.join(train_dir, "labels.csv")):
         synth.identity_archive(train_dir, splits=splits, methods=seen, seed=cfg.train_seed, **kw, counts={
-            "train": (cfg.n_train - n_val, per - max(1, per // VAL_EVERY)), "val": (n_val, max(1, per // VAL_EVERY))})
+            "train": (cfg.n_train - n_val, per - per_val), "val": (n_val, per_val)})
     if not os.path.exists(os.path.join(heldout_dir, "labels.csv")):
         synth.identity_archive(heldout_dir, splits=splits, seed=cfg.heldout_seed, **kw,
                                counts={"test": (cfg.n_heldout, cfg.heldout_fakes)})
