@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from dfbatch.training.augment import AugmentConfig, SequenceAugment, jpeg
+from dfbatch.corpora.assets import source_frames
 from dfbatch.training.sbi import SBIConfig, SBIParams, SelfBlender, self_blend
 
 DATA = Path(__file__).parent / "data"
@@ -17,7 +18,7 @@ DATA = Path(__file__).parent / "data"
 @pytest.fixture(scope="module")
 def seq():
     """A (5, 96, 96, 3) RGB face-crop sequence cut like faces.square_crop (margin 0.25), drifting 1 px a frame."""
-    img = cv2.cvtColor(cv2.imread(str(DATA / "astronaut.png")), cv2.COLOR_BGR2RGB)
+    img = source_frames("astronaut")[0]  # PIL, not cv2.imread: its libpng breaks once decord is loaded
     return np.stack([cv2.resize(img[37 + d:187 + d, 155 + d:305 + d], (96, 96), interpolation=cv2.INTER_AREA)
                      for d in range(5)])
 

@@ -55,7 +55,7 @@ class LomoConfig(JobConfig):
     input_size: Annotated[int, opt(ge=16)] = 64
     seq_len: Annotated[int, opt(ge=1)] = 4
     hidden_dim: Annotated[int, opt(ge=1)] = 64
-    epochs: Annotated[int, opt("--epochs", help="(default {default})", ge=1)] = 6
+    epochs: Annotated[int, opt("--epochs", help="(default {default})", ge=1)] = 12
     train_overrides: Annotated[Options, opt(help="any other TrainConfig field")] = field(default_factory=dict)
     quiet: Annotated[bool, opt("--ray-logs", help="show Ray's progress bars and INFO logs")] = True
 
