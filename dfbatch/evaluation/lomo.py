@@ -286,8 +286,9 @@ def run_lomo(cfg: LomoConfig, say=print) -> LomoResult:
         say(f"[lomo {i}/{len(grid)}] {variant} {head} seed {seed}, {recipe} left out: AUC {row['left_out_auc']:.3f}, "
             f"accuracy {row['left_out_accuracy']:.3f} at threshold {row['threshold']:.3f}; seen recipes' AUC "
             f"{row['seen_auc']:.3f} ({row['fold_s']:.0f} s)")
+    wanted = set(grid)
     folds = pd.DataFrame(rows)
-    folds = folds[[(r.variant, r.head, r.seed, r.recipe) in set(grid) for r in folds.itertuples()]]
+    folds = folds[[(r.variant, r.head, r.seed, r.recipe) in wanted for r in folds.itertuples()]]
     summary = summarise(folds)
     folds.to_csv(os.path.join(root, "results.csv"), index=False)
     summary.to_csv(os.path.join(root, "summary.csv"), index=False)
