@@ -228,7 +228,7 @@ def test_train_one_worker_registers_challenger_then_resumes(ray_local, shards, t
     assert bundle.threshold == pytest.approx(r1.threshold, abs=1e-5)
     assert bundle.tags["dfbatch.lineage.train_videos"] == "8"
     rec = bundle.calibration  # recorded as chosen on the validation crops, not under a scoring job's settings
-    assert rec["method"] == "youden" and rec["settings"] is None and list(rec["aggregations"]) == ["tracks=max,frames=mean"]
+    assert rec["method"] == "eer" and rec["settings"] is None and list(rec["aggregations"]) == ["tracks=max,frames=mean"]
     assert rec["aggregations"]["tracks=max,frames=mean"]["threshold"] == pytest.approx(r1.threshold, abs=1e-5)
     assert bundle.spec == spec and registry.show("dfbatch-detector@challenger", tracking_uri=uri)["not_recorded"] == []
 

@@ -135,10 +135,10 @@ class TrainConfig(UsesS3, JobConfig):
                                               help="leave the fakes of these manipulation methods (the labels' method "
                                               "column) out of training and validation: a model that never saw them")] = \
         field(default_factory=list)
-    threshold_method: Annotated[Literal["real_fpr", "youden"], opt(
-        "--threshold-method", help="how the registered threshold is chosen on the val videos (default {default}: the "
-        "lowest one that flags at most --target-fpr of the REAL val videos; it does not depend on which fakes val "
-        "has; youden: best balanced accuracy on the val fakes at hand)")] = "real_fpr"
+    threshold_method: Annotated[Literal["eer", "real_fpr", "youden"], opt(
+        "--threshold-method", help="how the registered threshold is chosen on the val videos (default {default}: where "
+        "the false-positive and false-negative rates meet; real_fpr: the lowest that flags at most --target-fpr of "
+        "the REAL val videos, whichever fakes val has; youden: best balanced accuracy on the val fakes at hand)")] = "eer"
     target_fpr: Annotated[float, opt("--target-fpr", help="REAL val videos the threshold may flag (real_fpr; default "
                                      "{default})", ge=0, lt=1)] = 0.05
     min_val_videos: Annotated[int, opt(help="REAL (and FAKE) val videos needed to choose a threshold and an epoch; "

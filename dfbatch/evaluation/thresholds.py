@@ -58,15 +58,16 @@ def real_fpr_threshold(y, p, target_fpr: float) -> float:
     return float(min(1.0, np.nextafter(reals[k], np.inf)))
 
 
-TRAINING_METHODS = ("real_fpr", "youden")
+TRAINING_METHODS = ("eer", "real_fpr", "youden")
 
 
 def training_threshold(y, p, method: str, target_fpr: float = 0.05) -> float:
-    """The threshold training registers (`TrainConfig.threshold_method`): `real_fpr_threshold` or Youden's."""
+    """The threshold training registers (`TrainConfig.threshold_method`): the equal error rate's,
+    `real_fpr_threshold` or Youden's."""
     if method == "real_fpr":
         return real_fpr_threshold(y, p, target_fpr)
-    if method == "youden":
-        return youden_threshold(y, p)
+    if method in ("eer", "youden"):
+        return choose_threshold(y, p, method)
     raise UserError(f"unknown training threshold method {method!r}; choose one of {', '.join(TRAINING_METHODS)}")
 
 

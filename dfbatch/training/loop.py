@@ -12,8 +12,9 @@ accuracy at 0.5, balanced accuracy at the chosen threshold) — so early-stoppin
 When the val split has no FAKE video (``val_sbi="auto"``), self-blended versions of its reals serve as val fakes.
 
 Threshold: chosen on the validation video scores by ``threshold_method`` (`evaluation.thresholds.training_threshold`):
-``real_fpr`` (default) the lowest that flags at most ``target_fpr`` of the REAL val videos — it does not depend on
-the val fakes, so it holds for manipulations the model never saw; ``youden`` maximises TPR - FPR on the val fakes.
+``eer`` (default) where the false-positive and false-negative rates meet; ``real_fpr`` the lowest that flags at most
+``target_fpr`` of the REAL val videos (it ignores the val fakes); ``youden`` maximises TPR - FPR on the val fakes.
+Measured on fakes of a recipe the model never saw (docs/generalisation.md), ``eer`` kept the best balanced accuracy.
 A val split with fewer than ``min_val_videos`` REAL (or FAKE) videos chooses neither an epoch nor a threshold: the
 last epoch is kept (the cosine schedule ends there) and the threshold is 0.5 (the driver warns).
 

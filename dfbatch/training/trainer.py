@@ -350,7 +350,7 @@ def threshold_source(cfg: TrainConfig, data: dict) -> str:
         return "0.5: the val split is too small to choose one"
     if cfg.threshold_method == "real_fpr":
         return f"flags <= {cfg.target_fpr:g} of the REAL val videos"
-    return "Youden's J on val"
+    return "equal error rate on val" if cfg.threshold_method == "eer" else "Youden's J on val"
 
 
 def train(cfg: TrainConfig) -> TrainResult:
