@@ -94,7 +94,8 @@ class TrainConfig(UsesS3, JobConfig):
                                  "(default {default})")] = "resnext50_32x4d"
     backbone_weights: Annotated[str | None, opt("--backbone-weights", help="imagenet (offline file) or a torchvision "
                                                 ".pth; default: random init")] = None
-    temporal: Annotated[str, opt("--temporal", help="lstm | gru | transformer (default {default})")] = "lstm"
+    temporal: Annotated[str, opt("--temporal", help="mean | lstm | gru | transformer (default {default}: on unseen "
+                                 "recipes it did as well as the others, docs/generalisation.md)")] = "mean"
     hidden_dim: Annotated[int, opt("--hidden-dim", help="temporal head width (default {default})", ge=1)] = 512
     num_layers: Annotated[int, opt("--num-layers", help="temporal head layers (default {default})", ge=1)] = 1
     head: Annotated[str, opt("--head", help="last | mean (default {default})")] = "last"
