@@ -63,7 +63,7 @@ def test_every_backbone_builds_and_gives_probs(backbone):
     assert np.all((frame >= 0) & (frame <= 1))
 
 
-@pytest.mark.parametrize("temporal", ["lstm", "gru", "transformer"])
+@pytest.mark.parametrize("temporal", ["mean", "lstm", "gru", "transformer"])
 @pytest.mark.parametrize("head", ["last", "mean"])
 def test_temporal_heads(temporal, head):
     torch.manual_seed(0)

@@ -134,13 +134,13 @@ def test_broken_files_fail_to_open(tmp_path):
 
 
 def test_demo_archive_labels_match_files(tmp_path):
-    df = synth.demo_archive(tmp_path, n_real=3, n_fake=3, size=(160, 120), seconds=0.5, fps=30, seed=1)
+    df = synth.demo_archive(tmp_path, n_real=3, n_fake=len(synth.METHODS), size=(160, 120), seconds=0.5, fps=30, seed=1)
     labels = pd.read_csv(tmp_path / "labels.csv")
     assert list(labels.columns) == ["file", "label"]
     assert labels.equals(df[["file", "label"]])
     assert sorted(p.name for p in tmp_path.glob("*.mp4")) == sorted(labels["file"])
     assert set(labels["label"]) == {"REAL", "FAKE"}
-    assert (labels["label"] == "FAKE").sum() == 3
+    assert (labels["label"] == "FAKE").sum() == len(synth.METHODS)
     assert set(df.loc[df.label == "FAKE", "method"]) == set(synth.METHODS)
     for row in df.itertuples():
         if row.status == "failed":

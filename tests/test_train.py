@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
+from dfbatch.corpora.assets import source_frames
 from dfbatch.errors import UserError
 from dfbatch.training.prepare import ShardStore, decode_jpeg, encode_jpeg, read_shards
 from dfbatch.evaluation.metrics import youden_threshold
@@ -24,7 +25,7 @@ DATA = Path(__file__).parent / "data"
 
 def _face_frames(rng, T, S, fake):
     """Astronaut face crops drifting a pixel a frame; FAKE: the inner face colour-shifted and blurred."""
-    img = cv2.cvtColor(cv2.imread(str(DATA / "astronaut.png")), cv2.COLOR_BGR2RGB)
+    img = source_frames("astronaut")[0]  # PIL, not cv2.imread: its libpng breaks once decord is loaded
     d0 = int(rng.integers(0, 10))
     out = []
     for t in range(T):
@@ -227,7 +228,7 @@ def test_train_one_worker_registers_challenger_then_resumes(ray_local, shards, t
     assert bundle.threshold == pytest.approx(r1.threshold, abs=1e-5)
     assert bundle.tags["dfbatch.lineage.train_videos"] == "8"
     rec = bundle.calibration  # recorded as chosen on the validation crops, not under a scoring job's settings
-    assert rec["method"] == "youden" and rec["settings"] is None and list(rec["aggregations"]) == ["tracks=max,frames=mean"]
+    assert rec["method"] == "eer" and rec["settings"] is None and list(rec["aggregations"]) == ["tracks=max,frames=mean"]
     assert rec["aggregations"]["tracks=max,frames=mean"]["threshold"] == pytest.approx(r1.threshold, abs=1e-5)
     assert bundle.spec == spec and registry.show("dfbatch-detector@challenger", tracking_uri=uri)["not_recorded"] == []
 

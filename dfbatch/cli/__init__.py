@@ -11,7 +11,7 @@ from dfbatch.errors import UserError
 
 # Each module exposes add_parser(subparsers) and sets `func` on its parser(s). A job command's flags come from its
 # config class (dfbatch.cli.options.add_job_arguments); its run() builds the config with config_from_args(args).
-COMMAND_MODULES = ["score", "models", "evaluate", "compare", "demo", "train", "bench", "query", "report", "serve"]
+COMMAND_MODULES = ["score", "models", "evaluate", "compare", "demo", "lomo", "train", "bench", "query", "report", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:

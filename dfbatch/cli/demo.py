@@ -13,7 +13,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="build a demo archive, train + register a demo model (champion), score held-out clips, print AUC",
         description="Build a labelled demo archive from tests/data (REAL clips and FAKE clips made by dfbatch.synth), "
-                    "prepare face-sequence shards, train a MobileNetV2 (ImageNet) + LSTM detector with Ray Train, "
+                    "prepare face-sequence shards, train a MobileNetV2 (ImageNet) detector with Ray Train (identity-disjoint archives, one recipe left out), "
                     "register it as models:/dfbatch-detector@champion, score a held-out archive made with another "
                     "seed with the scoring job, and print the results and the video AUC. A rerun with the same "
                     "--root reuses its archives and shards and resumes training (use a new --root for other "

@@ -53,7 +53,7 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from dfbatch.training.trainer import train
+    from dfbatch.training.trainer import threshold_source, train
 
     cfg = config_from_args(args, defaults={"progress": not args.json})  # the CLI prints one line per epoch
     r = train(cfg)
@@ -64,7 +64,7 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"\ndfbatch train — MLflow run {r.run_id} — epochs {r.start_epoch}..{r.last_epoch}"
           + (" (stopped early)" if r.stopped_early else ""))
     print(f"  best epoch {r.best_epoch}: val AUC {m.get('val_auc', float('nan')):.4f}   log loss "
-          f"{m.get('val_log_loss', float('nan')):.4f}   threshold {r.threshold:.4f} (Youden on val)")
+          f"{m.get('val_log_loss', float('nan')):.4f}   threshold {r.threshold:.4f} ({threshold_source(cfg, r.data)})")
     print(f"  checkpoint {r.model_file}")
     if r.model_uri:
         alias = f" (alias {cfg.alias})" if cfg.alias else ""

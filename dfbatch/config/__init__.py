@@ -14,6 +14,7 @@ from dfbatch.config.base import ConfigError, JobConfig, build, job_config
 from dfbatch.config.bench import FAST, QUICK, REFERENCE, BenchSettings, Profile
 from dfbatch.config.demo import HELDOUT_SEED, TRAIN_SEED, DemoConfig
 from dfbatch.config.evaluate import CompareConfig, EvaluateConfig
+from dfbatch.config.lomo import LomoConfig
 from dfbatch.config.score import (DEFAULT_MODEL_URI, FRAME_AGGREGATIONS, REFERENCE_FACES, REFERENCE_PRESET,
                                   TRACK_AGGREGATIONS, VIDEO_EXTENSIONS, FaceConfig, LimitsConfig, SamplingConfig,
                                   ScoreConfig)
@@ -21,7 +22,7 @@ from dfbatch.config.training import MONITORS, SBI_MODES, PrepareConfig, TrainCon
 from dfbatch.config.views import ReportConfig, ServeConfig
 
 __all__ = ["BenchSettings", "CompareConfig", "ConfigError", "DEFAULT_MODEL_URI", "DemoConfig", "EvaluateConfig", "FAST", "FRAME_AGGREGATIONS",
-           "FaceConfig", "HELDOUT_SEED", "JobConfig", "LimitsConfig", "MONITORS", "PrepareConfig", "Profile", "QUICK",
+           "FaceConfig", "HELDOUT_SEED", "JobConfig", "LimitsConfig", "LomoConfig", "MONITORS", "PrepareConfig", "Profile", "QUICK",
            "REFERENCE", "REFERENCE_FACES", "REFERENCE_PRESET", "ReportConfig", "SBI_MODES", "SamplingConfig", "ScoreConfig",
            "ServeConfig",
            "TRACK_AGGREGATIONS", "TRAIN_SEED", "TrainConfig", "VIDEO_EXTENSIONS", "build", "job_config"]

@@ -22,11 +22,15 @@ class DemoConfig(JobConfig):
     tracking_uri: TrackingUri = None
     epochs: Annotated[int, opt("--epochs", help="training epochs (default {default})", ge=1)] = 8
     lr: Annotated[float, opt("--lr", help="learning rate (default {default})", gt=0)] = 3e-4
-    # REAL and FAKE clips each, for training (3 in 4) + validation (1 in 4)
+    # REAL and FAKE clips each, for training (3 in 4) + validation (1 in 4; its own identities)
     n_train: Annotated[int, opt("--clips", help="training REAL and FAKE clips each (default {default})", ge=4)] = 64
-    # REAL and FAKE clips each, never seen in training (+ one faceless, one broken file)
-    n_heldout: Annotated[int, opt("--heldout-clips", help="held-out REAL and FAKE clips each (default {default})",
-                                  ge=1)] = 16
+    # never seen in training, other identities (+ one faceless, one broken file)
+    n_heldout: Annotated[int, opt("--heldout-clips", help="held-out REAL clips (default {default})", ge=1)] = 16
+    heldout_fakes: Annotated[int, opt("--heldout-fakes", help="held-out FAKE clips per recipe (default {default})",
+                                      ge=1)] = 6
+    left_out: Annotated[str, opt("--left-out", help="the fake recipe training never sees; the held-out archive has "
+                                 "it (default {default})")] = "swap"
+    identity_seed: Annotated[int, opt(help="shuffles the LFW identities into train / val / held-out")] = 0
     size: Annotated[Size, opt("--size", help="clip size WIDTHxHEIGHT (default {default})")] = (480, 270)
     seconds: Annotated[float, opt("--seconds", help="clip length (default {default} s)", gt=0)] = 3.0
     fps: Annotated[int, opt(ge=1)] = 15
@@ -45,4 +49,8 @@ class DemoConfig(JobConfig):
     def _distinct_seeds(self) -> DemoConfig:
         if self.train_seed == self.heldout_seed:
             raise FieldError("heldout_seed", "the training and held-out archives need different seeds")
+        from dfbatch.config.lomo import RECIPES
+
+        if self.left_out not in RECIPES:
+            raise FieldError("left_out", f"--left-out must be one of {', '.join(RECIPES)}")
         return self

@@ -94,7 +94,8 @@ class TrainConfig(UsesS3, JobConfig):
                                  "(default {default})")] = "resnext50_32x4d"
     backbone_weights: Annotated[str | None, opt("--backbone-weights", help="imagenet (offline file) or a torchvision "
                                                 ".pth; default: random init")] = None
-    temporal: Annotated[str, opt("--temporal", help="lstm | gru | transformer (default {default})")] = "lstm"
+    temporal: Annotated[str, opt("--temporal", help="mean | lstm | gru | transformer (default {default}: on unseen "
+                                 "recipes it did as well as the others, docs/generalisation.md)")] = "mean"
     hidden_dim: Annotated[int, opt("--hidden-dim", help="temporal head width (default {default})", ge=1)] = 512
     num_layers: Annotated[int, opt("--num-layers", help="temporal head layers (default {default})", ge=1)] = 1
     head: Annotated[str, opt("--head", help="last | mean (default {default})")] = "last"
@@ -131,6 +132,19 @@ class TrainConfig(UsesS3, JobConfig):
                                               ge=1)] = None
     val_sbi: Annotated[Literal["auto", "on", "off"], opt("--val-sbi", help="self-blended val fakes (auto: when val has "
                                                          "no fake)")] = "auto"
+    exclude_methods: Annotated[list[str], opt("--exclude-methods", metavar="METHOD",
+                                              help="leave the fakes of these manipulation methods (the labels' method "
+                                              "column) out of training and validation: a model that never saw them")] = \
+        field(default_factory=list)
+    threshold_method: Annotated[Literal["eer", "real_fpr", "youden"], opt(
+        "--threshold-method", help="how the registered threshold is chosen on the val videos (default {default}: where "
+        "the false-positive and false-negative rates meet; real_fpr: the lowest that flags at most --target-fpr of "
+        "the REAL val videos, whichever fakes val has; youden: best balanced accuracy on the val fakes at hand)")] = "eer"
+    target_fpr: Annotated[float, opt("--target-fpr", help="REAL val videos the threshold may flag (real_fpr; default "
+                                     "{default})", ge=0, lt=1)] = 0.05
+    min_val_videos: Annotated[int, opt(help="REAL (and FAKE) val videos needed to choose a threshold and an epoch; "
+                                       "fewer: the last epoch and the threshold 0.5 are registered, with a warning",
+                                       ge=1)] = 8
     val_frame_aggregation: Annotated[FrameAggregation, opt(help="like ScoreConfig.frame_aggregation")] = "mean"
     val_track_aggregation: Annotated[TrackAggregation, opt(help="like ScoreConfig.track_aggregation")] = "max"
     # scaling
@@ -161,7 +175,8 @@ class TrainConfig(UsesS3, JobConfig):
     sbi_config: Annotated[Options, opt(help="SBIConfig overrides (margin comes from the shards)")] = \
         field(default_factory=dict)
     progress: Annotated[bool, opt(help="rank 0 prints one line per epoch (loss, val metrics, time)")] = False
-    worker_log_level: Annotated[LogLevel, opt(help="log level of the Ray Train controller and workers")] = "INFO"
+    worker_log_level: Annotated[LogLevel, opt(help="log level of the Ray Train controller and workers (default "
+                                              "{default}: their INFO lines, one dict per reported epoch, stay in Ray's logs)")] = "WARNING"
 
     def spec(self):
         """The model's ModelSpec (imports torch: built only when training)."""

@@ -1,11 +1,13 @@
 """The face manipulations of FAKE clips (`Faker`), applied to each geometric frame of a `Plan` before photometry,
 noise and codec, so a fake differs from its real twin only in the face.
 
-Methods: ``swap`` (another identity: astronaut / LFW / carphone), ``blend`` (self-blend: the face re-pasted
-shifted, resampled and colour-shifted) or ``reenact`` (the same man from another time or mirrored; on the still
-astronaut a jaw "puppet" warp). Each leaves face-local traces only: resampling blur, colour mismatch,
-feathered/Poisson blend boundary, misalignment jitter. Parameters are drawn once per clip from a generator seeded
-by (seed, source, method), in a fixed order.
+Methods (recipes): ``swap`` (another identity: astronaut / LFW / carphone), ``blend`` (self-blend: the face
+re-pasted shifted, resampled and colour-shifted), ``reenact`` (the same man from another time or mirrored; on a
+still portrait a jaw "puppet" warp), ``drift`` (the face region itself re-pasted with no colour change, wandering a
+few pixels from frame to frame: a temporal trace only) and ``retouch`` (the face region alone re-compressed,
+blurred or downscaled, exactly aligned: a local quality trace only). Each leaves face-local traces only. Parameters
+are drawn once per clip from a generator seeded by (seed, source, method), in a fixed order. ``donors`` restricts
+the identities a swap may take its face from (identity-disjoint splits).
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import math
 import cv2
 import numpy as np
 
-from dfbatch.corpora.assets import CARPHONE_FPS, FLIP_ORDER, LFW_LANDMARKS, lfw_faces, source_faces, source_frames
+from dfbatch.corpora.assets import (CARPHONE_FPS, FLIP_ORDER, LFW_LANDMARKS, N_LFW, identity, lfw_faces, source_faces,
+                                    source_frames)
 from dfbatch.corpora.plan import Plan, pingpong, seeded_rng
 
-METHODS = ("swap", "blend", "reenact")
+METHODS = ("swap", "blend", "reenact", "drift", "retouch")
 
 
 # ------------------------------------------------------------------------------------------------- geometry
@@ -61,8 +64,8 @@ def resolve_method(seed: int, source: str = "pristine", method: str | None = Non
 class Faker:
     """Per-clip face manipulation, applied to each geometric frame (before photometry, noise and codec)."""
 
-    def __init__(self, plan: Plan, method: str):
-        self.plan, self.method = plan, method
+    def __init__(self, plan: Plan, method: str, donors: frozenset[str] | None = None):
+        self.plan, self.method, self.donors = plan, method, donors
         rng = seeded_rng(plan.seed, plan.source, "fake", method)
         self.L = plan.landmarks()
         # the draws below happen in this order: changing it changes every fake
@@ -74,8 +77,16 @@ class Faker:
         self.opacity = 1.0
         self.donor = None  # callable t -> (image, landmarks) in donor coords; None: the frame itself
         self.gray = False
-        {"swap": self._swap, "blend": self._blend, "reenact": self._reenact}[method](rng)
+        self.region_jpeg = None  # JPEG quality of the pasted face (retouch)
+        self.donor_id = identity(plan.source)
+        {"swap": self._swap, "blend": self._blend, "reenact": self._reenact, "drift": self._drift,
+         "retouch": self._retouch}[method](rng)
         self.jit = rng.normal(0, self.jitter, (plan.n, 3))  # per-frame scale / shift-x / shift-y flicker
+        if method == "drift":  # plus a smooth wander of the region (eye distances), on top of the flicker
+            walk = np.cumsum(rng.normal(0, 1, (plan.n, 3)), axis=0)
+            walk -= walk.mean(0)
+            walk *= self.wander / max(1e-9, float(np.abs(walk).max()))
+            self.jit = self.jit + walk * [0.3, 1, 1]
 
     # -- drawing the parameters
     def _misalignment(self, rng, scale, rotation, shift, jitter) -> None:
@@ -94,10 +105,15 @@ class Faker:
         self.blur = rng.uniform(0, 1.2)
         self.poisson = bool(rng.random() < 0.3)
         self._misalignment(rng, (-0.04, 0.06), (-3, 3), (-0.04, 0.04), (0.005, 0.02))
-        kind = str(rng.choice(["carphone", "lfw"] if plan.still else ["astronaut", "lfw", "lfw"]))
+        if self.donors is None:
+            kind = str(rng.choice(["carphone", "lfw"] if plan.still else ["astronaut", "lfw", "lfw"]))
+            lfw = int(rng.integers(0, 100)) if kind == "lfw" else None
+        else:
+            kind, lfw = self._allowed_donor(rng)
         self.donor_kind = kind
+        self.donor_id = kind if kind != "lfw" else f"lfw{lfw:03d}"
         if kind == "lfw":
-            face = lfw_faces()[int(rng.integers(0, 100))]
+            face = lfw_faces()[lfw]
             self.donor = lambda t, face=face: (face, LFW_LANDMARKS)
             self.gray, self.alpha = True, 1.0
         elif kind == "astronaut":
@@ -107,6 +123,40 @@ class Faker:
             frames, lms = source_frames("pristine"), source_faces("pristine")[1]
             idx = pingpong(rng.uniform(0, 238) + (CARPHONE_FPS / plan.fps) * np.arange(plan.n), len(frames))
             self.donor = lambda t: (frames[idx[t]], lms[idx[t]])
+
+    def _allowed_donor(self, rng) -> tuple[str, int | None]:
+        """(donor kind, LFW index) drawn from ``self.donors`` other than the target's own identity."""
+        me = identity(self.plan.source)
+        kinds = [k for k in ("carphone", "astronaut") if k in self.donors and k != me]
+        pool = [i for i in range(N_LFW) if f"lfw{i:03d}" in self.donors and f"lfw{i:03d}" != me]
+        options = kinds + (["lfw"] * 2 if pool else [])
+        if not options:
+            raise ValueError(f"no swap donor among {sorted(self.donors)} for {self.plan.source}")
+        kind = str(rng.choice(options))
+        return kind, (int(rng.choice(pool)) if kind == "lfw" else None)
+
+    def _drift(self, rng) -> None:
+        """The face region re-pasted onto itself, no colour change, barely resampled, wandering a few pixels."""
+        self.donor_kind = "self"
+        self.alpha = 0.0
+        self.offset = np.zeros(3)
+        self.gain = 1.0
+        self.work_ed = rng.uniform(30, 60)
+        self.blur = rng.uniform(0.0, 0.5)
+        self.wander = rng.uniform(0.06, 0.14)
+        self._misalignment(rng, (-0.01, 0.01), (-1, 1), (-0.01, 0.01), (0.01, 0.03))
+
+    def _retouch(self, rng) -> None:
+        """The face region alone degraded (JPEG, blur or downscale), exactly in place."""
+        self.donor_kind = "self"
+        self.alpha = 0.0
+        self.offset = np.zeros(3)
+        self.gain = 1.0
+        kind = str(rng.choice(["jpeg", "blur", "downscale"]))
+        self.work_ed = rng.uniform(5, 10) if kind == "downscale" else 1e6
+        self.blur = rng.uniform(1.0, 2.2) if kind == "blur" else 0.0
+        self.region_jpeg = int(rng.integers(5, 25)) if kind == "jpeg" else None
+        self._misalignment(rng, (0, 0), (0, 0), (0, 0), (0, 0))
 
     def _blend(self, rng) -> None:
         """Self-blend: the same face re-pasted, shifted, resampled, recoloured."""
@@ -268,6 +318,10 @@ class Faker:
         face = self._donor_face(t, frame, (x0, y0, w, h), L, c, ed, em)
         tgt = region.astype(np.float32)
         face = self._recolour(face, tgt, mask)
+        if self.region_jpeg is not None:
+            ok, buf = cv2.imencode(".jpg", np.clip(face + 0.5, 0, 255).astype(np.uint8),
+                                   [cv2.IMWRITE_JPEG_QUALITY, self.region_jpeg])
+            face = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED).astype(np.float32)
         if self.poisson:
             face = self._poisson(face, region, mask)
         a = (mask * self.opacity)[:, :, None]

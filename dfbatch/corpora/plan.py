@@ -17,7 +17,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from dfbatch.corpora.assets import CARPHONE_FPS, FLIP_ORDER, SOURCES, source_faces, source_frames
+from dfbatch.corpora.assets import CARPHONE_FPS, FLIP_ORDER, PORTRAITS, SOURCES, is_still, source_faces, source_frames
 from dfbatch.corpora.video import write_video
 
 
@@ -67,15 +67,15 @@ class Plan:
     affine per frame, layout, interpolation, per-frame LUTs, noise and CRF. Shared by real and fake."""
 
     def __init__(self, seed: int, source: str, size: tuple[int, int], seconds: float, fps: float):
-        if source not in SOURCES:
-            raise ValueError(f"unknown source {source!r}; expected one of {SOURCES}")
+        if source not in SOURCES and source not in PORTRAITS:
+            raise ValueError(f"unknown source {source!r}; expected one of {SOURCES} or lfw000..lfw099")
         W, H = int(size[0]), int(size[1])
         if W < 16 or H < 16:
             raise ValueError(f"size too small: {size}")
         rng = seeded_rng(seed, source, "plan")
         self.seed, self.source, self.size, self.fps = seed, source, (W, H), fps
         self.n = frame_count(seconds, fps)
-        self.still = source == "astronaut"
+        self.still = is_still(source)
         # the draws below happen in this order: changing it changes every clip
         self.src_idx = self._playback(rng)
         self._camera(rng)

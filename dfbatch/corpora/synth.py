@@ -2,16 +2,15 @@
 
 Every clip is a pure function of its arguments (seed included):
 
-* ``real_clip``     a REAL clip: the carphone footage (pristine or crushed) or the astronaut portrait
-                    ("Ken Burns" pan/zoom), placed into the target frame with a seed-dependent camera
+* ``real_clip``     a REAL clip: the carphone footage (pristine or crushed), the astronaut portrait or an LFW
+                    portrait (``lfw000`` .. ``lfw099``; "Ken Burns" pan/zoom), placed into the target frame with a seed-dependent camera
                     (scale, crop/offset, flip, tilt, drift, hand-held jitter, letter/pillarbox), photometric
                     jitter (gamma, contrast, white balance, exposure drift), sensor noise and an H.264 CRF.
 * ``fake_clip``     the SAME clip as ``real_clip`` with the same seed/source/size (same frames outside the
-                    face), with the inner face manipulated in every frame: ``swap`` (another identity:
-                    astronaut / LFW / carphone), ``blend`` (self-blend: the face re-pasted shifted, resampled
-                    and colour-shifted) or ``reenact`` (the same man from another time or mirrored; on the
-                    still astronaut a jaw "puppet" warp). Manipulations leave face-local traces only:
-                    resampling blur, colour mismatch, feathered/Poisson blend boundary, misalignment jitter.
+                    face), with the inner face manipulated in every frame by one of the recipes of
+                    `corpora.fakes` (swap, blend, reenact, drift, retouch). Manipulations leave face-local
+                    traces only: resampling blur, colour mismatch, feathered/Poisson blend boundary,
+                    misalignment jitter, a wandering region, a locally degraded region.
 * ``faceless_clip`` moving shapes over a panning gradient with noise (no face).
 * ``broken_files``, ``demo_archive``, ``bench_archive``: sets of the above written to a folder.
 
@@ -28,7 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dfbatch.corpora.assets import SOURCES, assets_dir, detect_faces
+from dfbatch.corpora.assets import PORTRAITS, SOURCES, assets_dir, detect_faces, identity
 from dfbatch.corpora.fakes import METHODS, Faker, resolve_method
 from dfbatch.corpora.plan import Plan, frame_count, seeded_rng
 from dfbatch.corpora.video import truncated, write_video
@@ -52,13 +51,15 @@ def face_boxes(*, seed: int = 0, size: tuple[int, int] = (640, 360), seconds: fl
 
 
 def fake_clip(path, *, seed: int = 0, size: tuple[int, int] = (640, 360), seconds: float = 4.0,
-              fps: float = 30, source: str = "pristine", method: str | None = None) -> Path:
+              fps: float = 30, source: str = "pristine", method: str | None = None,
+              donors: frozenset[str] | None = None) -> Path:
     """Write a FAKE clip: ``real_clip`` with the same arguments, inner face manipulated in every frame.
 
-    ``method``: "swap" | "blend" | "reenact" (None: chosen by seed, see ``resolve_method``).
+    ``method``: one of ``METHODS`` (None: chosen by seed, see ``resolve_method``); ``donors``: the identities a
+    swap may take its face from (None: any).
     """
     plan = Plan(seed, source, size, seconds, fps)
-    return plan.write(path, Faker(plan, resolve_method(seed, source, method)))
+    return plan.write(path, Faker(plan, resolve_method(seed, source, method), donors))
 
 
 # ---------------------------------------------------------------------------------- faceless clips
@@ -133,13 +134,76 @@ def broken_files(dir) -> dict[str, str]:
     return {"empty.mp4": "failed", "text.mp4": "failed", "png_named.mp4": "failed", "truncated.mp4": "failed"}
 
 
+def identity_splits(*, seed: int = 0, fractions: tuple[float, float, float] = (0.5, 0.2, 0.3),
+                    train: tuple[str, ...] = ("carphone",), test: tuple[str, ...] = ("astronaut",)) -> dict[str, str]:
+    """Every identity of the real material -> ``train`` / ``val`` / ``test``: the named ones where given, the LFW
+    portraits shuffled by ``seed`` and cut by ``fractions``."""
+    rng = seeded_rng(seed, "identities")
+    lfw = [PORTRAITS[i] for i in rng.permutation(len(PORTRAITS))]
+    a = int(round(fractions[0] * len(lfw)))
+    b = a + int(round(fractions[1] * len(lfw)))
+    out = {p: ("train" if i < a else "val" if i < b else "test") for i, p in enumerate(lfw)}
+    return out | {k: "train" for k in train} | {k: "test" for k in test}
+
+
+def _sources_of(ident: str) -> tuple[str, ...]:
+    return ("pristine", "distorted") if ident == "carphone" else (ident,)
+
+
+def identity_archive(dir, *, splits: dict[str, str], counts: dict[str, tuple[int, int]],
+                     methods: tuple[str, ...] = METHODS, size: tuple[int, int] = (192, 108), seconds: float = 1.0,
+                     fps: float = 15, seed: int = 0):
+    """Write a labelled archive whose splits share no identity (the LOMO protocol's data) and return its table.
+
+    ``splits``: identity -> split (`identity_splits`); ``counts``: split -> (REAL clips, FAKE clips per method).
+    One clip in three shows the split's full-resolution identity when it has one (the carphone man, alternating
+    pristine and crushed footage; the astronaut), the others cycle over its LFW portraits (25 px faces enlarged:
+    little detail for a manipulation to disturb); a swap takes its donor from the same split. ``labels.csv``: ``file,label,method,split,group`` (group = the identity shown;
+    the CSV reader keeps the given splits). The returned table adds ``source, donor, seed``.
+    """
+    import pandas as pd
+
+    d = Path(dir)
+    d.mkdir(parents=True, exist_ok=True)
+    kw = dict(size=size, seconds=seconds, fps=fps)
+    rows = []
+    for split, (n_real, n_fake) in counts.items():
+        people = sorted(k for k, v in splits.items() if v == split)
+        if not people:
+            continue
+        order = [people[i] for i in seeded_rng(seed, split, "order").permutation(len(people))]
+        mains = [s for p in order if p not in PORTRAITS for s in _sources_of(p)]
+        lfw = [p for p in order if p in PORTRAITS] or mains
+        sources = [mains[(i // 3) % len(mains)] if mains and i % 3 == 0 else lfw[(i - i // 3 - 1 if mains else i) % len(lfw)]
+                   for i in range(3 * len(order) + 3)]
+        donors = frozenset(people)
+        for i in range(n_real):
+            src, s = sources[i % len(sources)], seed * 100_000 + i
+            name = f"{split}/real_{i:03d}.mp4"
+            real_clip(d / name, seed=s, source=src, **kw)
+            rows.append((name, "REAL", "", split, identity(src), src, "", s))
+        for m, method in enumerate(methods):
+            for i in range(n_fake):
+                src = sources[(i + 7 * m + 3) % len(sources)]
+                s = seed * 100_000 + 1000 * (m + 1) + i
+                name = f"{split}/{method}_{i:03d}.mp4"
+                plan = Plan(s, src, size, seconds, fps)
+                faker = Faker(plan, method, donors)
+                plan.write(d / name, faker)
+                rows.append((name, "FAKE", method, split, identity(src), src,
+                             faker.donor_id if faker.donor_id != identity(src) else "", s))
+    df = pd.DataFrame(rows, columns=["file", "label", "method", "split", "group", "source", "donor", "seed"])
+    df[["file", "label", "method", "split", "group"]].to_csv(d / "labels.csv", index=False)
+    return df
+
+
 _REAL_SOURCES = ("pristine", "astronaut", "distorted", "pristine", "distorted")
 _FAKE_SOURCES = ("pristine", "astronaut", "distorted", "pristine")
 
 
 def demo_archive(dir, *, n_real: int = 8, n_fake: int = 8, size: tuple[int, int] = (640, 360),
                  seconds: float = 4.0, fps: float = 30, seed: int = 0, faceless: bool = True,
-                 broken: bool = True):
+                 broken: bool = True, methods: tuple[str, ...] = METHODS):
     """Write a labelled archive (flat CSV layout) into ``dir`` and return its table.
 
     Files: real_XXX.mp4 (sources cycle pristine/astronaut/distorted), fake_XXX.mp4 (sources x methods
@@ -160,7 +224,7 @@ def demo_archive(dir, *, n_real: int = 8, n_fake: int = 8, size: tuple[int, int]
         rows.append((f"real_{i:03d}.mp4", "REAL", src, "", s, "ok"))
     for i in range(n_fake):
         s, src = seed * 1000 + 500 + i, _FAKE_SOURCES[i % len(_FAKE_SOURCES)]
-        method = METHODS[i % len(METHODS)]
+        method = methods[i % len(methods)]
         fake_clip(d / f"fake_{i:03d}.mp4", seed=s, source=src, method=method, **kw)
         rows.append((f"fake_{i:03d}.mp4", "FAKE", src, method, s, "ok"))
     if faceless:
@@ -184,5 +248,6 @@ def bench_archive(dir, *, n: int = 4, size: tuple[int, int] = (1280, 720), secon
                       seconds=seconds, fps=fps) for i in range(n)]
 
 
-__all__ = ["METHODS", "SOURCES", "assets_dir", "bench_archive", "broken_files", "demo_archive", "detect_faces",
-           "face_boxes", "fake_clip", "faceless_clip", "real_clip", "resolve_method", "write_video"]
+__all__ = ["METHODS", "PORTRAITS", "SOURCES", "assets_dir", "bench_archive", "broken_files", "demo_archive",
+           "detect_faces", "face_boxes", "fake_clip", "faceless_clip", "identity_archive", "identity_splits", "real_clip",
+           "resolve_method", "write_video"]

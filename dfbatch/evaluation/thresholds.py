@@ -44,6 +44,33 @@ def fpr_threshold(y, p, target_fpr: float) -> float:
     return float(np.clip(thr[ok[-1]], 0.0, 1.0))  # thresholds descend: the last allowed one is the lowest
 
 
+def real_fpr_threshold(y, p, target_fpr: float) -> float:
+    """The lowest threshold that flags ("FAKE if P >= t") at most `target_fpr` of the REAL videos (y == 0); the FAKE
+    scores play no part, so the threshold does not depend on which manipulations the labelled fakes show (a
+    threshold fitted to the fakes at hand sits just under them and misses fakes of another kind). 0.5 without reals."""
+    y, p = np.asarray(y, int), np.asarray(p, float)
+    reals = np.sort(p[y == 0])[::-1]
+    if len(reals) == 0:
+        return 0.5
+    k = int(math.floor(target_fpr * len(reals) + 1e-9))  # reals allowed at or above the threshold
+    if k >= len(reals):
+        return 0.0
+    return float(min(1.0, np.nextafter(reals[k], np.inf)))
+
+
+TRAINING_METHODS = ("eer", "real_fpr", "youden")
+
+
+def training_threshold(y, p, method: str, target_fpr: float = 0.05) -> float:
+    """The threshold training registers (`TrainConfig.threshold_method`): the equal error rate's,
+    `real_fpr_threshold` or Youden's."""
+    if method == "real_fpr":
+        return real_fpr_threshold(y, p, target_fpr)
+    if method in ("eer", "youden"):
+        return choose_threshold(y, p, method)
+    raise UserError(f"unknown training threshold method {method!r}; choose one of {', '.join(TRAINING_METHODS)}")
+
+
 def choose_threshold(y, p, method: str, *, target_fpr: float | None = None, fixed: float | None = None) -> float:
     """The threshold on scores `p` by `method` (see the module doc)."""
     if method == "eer":
@@ -116,10 +143,12 @@ def record(aggregations: dict[str, dict], *, method: str, default: str, dataset:
             "run_id": run_id, "calibrated_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
-def training_record(threshold: float, aggregation: str, data: str, run_id: str | None) -> dict:
-    """The record training registers: Youden's threshold on the validation split's crops (made by `dfbatch
-    prepare`, not by the scoring job), for the validation aggregation only."""
-    return record({aggregation: {"threshold": round(float(threshold), 6), "temperature": None}}, method="youden",
+def training_record(threshold: float, aggregation: str, data: str, run_id: str | None, method: str = "youden",
+                    target_fpr: float | None = None) -> dict:
+    """The record training registers: the threshold chosen on the validation split's crops (made by `dfbatch
+    prepare`, not by the scoring job; `training_threshold`), for the validation aggregation only."""
+    return record({aggregation: {"threshold": round(float(threshold), 6), "temperature": None}},
+                  method="fpr" if method == "real_fpr" else method, target_fpr=target_fpr if method == "real_fpr" else None,
                   default=aggregation, dataset={"name": f"val split of {data}"}, settings=None, run_id=run_id,
                   source="training validation (crops from dfbatch prepare)")
 
@@ -196,5 +225,5 @@ def parse_record(text: str | None) -> dict | None:
 
 
 __all__ = ["Decision", "FORMAT", "METHODS", "SETTINGS", "TEMPERATURE_BOUNDS", "apply_temperature", "at_bound", "calibrate", "choose_threshold",
-           "describe_record", "fit_temperature", "fpr_threshold", "job_settings", "parse_record", "record", "resolve",
+           "describe_record", "fit_temperature", "fpr_threshold", "real_fpr_threshold", "training_threshold", "job_settings", "parse_record", "record", "resolve",
            "training_record"]

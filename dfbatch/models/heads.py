@@ -51,6 +51,13 @@ def build_head(spec: ModelSpec) -> nn.Module:
 
 
 # ------------------------------------------------------------------------------------------ built-in
+@register_head("mean")
+def mean(spec: ModelSpec) -> nn.Module:
+    from dfbatch.models.layers import MeanHead
+
+    return MeanHead(spec)
+
+
 @register_head("lstm")
 def lstm(spec: ModelSpec) -> nn.Module:
     from torch import nn

@@ -1,7 +1,7 @@
 """The torch modules the registered backbones and temporal heads are made of (`backbones.py` and `heads.py` import
 this module when they build one, so that their registries load without torch).
 
-`Backbone` (a registered body + global average pooling), `RecurrentHead` (LSTM/GRU), `TransformerHead` (sinusoidal
+`Backbone` (a registered body + global average pooling), `MeanHead` (running mean), `RecurrentHead` (LSTM/GRU), `TransformerHead` (sinusoidal
 positions, padding mask) and `InceptionInputTransform` (inception_v3's own input scaling).
 """
 
@@ -44,6 +44,20 @@ class InceptionInputTransform(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------ recurrent
+class MeanHead(nn.Module):
+    """No temporal model: each frame's features projected (linear + ReLU), step t = the running mean of steps
+    0..t (causal, so trailing padding never changes the valid steps; the last step is the whole sequence's mean)."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.proj = nn.Sequential(nn.Linear(spec.feature_dim, spec.hidden_dim), nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.proj(x)
+        steps = torch.arange(1, h.shape[1] + 1, device=h.device, dtype=h.dtype).view(1, -1, 1)
+        return h.cumsum(dim=1) / steps
+
+
 class RecurrentHead(nn.Module):
     """batch_first LSTM/GRU with biases: (B,T,F) -> (B,T,H). Unidirectional, so trailing padding never
     affects the valid steps."""

@@ -11,8 +11,12 @@ the same video-level metrics (`dfbatch.evaluation.metrics.label_metrics`: ROC AU
 accuracy at 0.5, balanced accuracy at the chosen threshold) — so early-stopping decisions agree across ranks.
 When the val split has no FAKE video (``val_sbi="auto"``), self-blended versions of its reals serve as val fakes.
 
-Threshold: the validation video score threshold maximising Youden's J = TPR - FPR (equivalently balanced
-accuracy), at one of the observed scores, so "FAKE if P >= threshold" reproduces it.
+Threshold: chosen on the validation video scores by ``threshold_method`` (`evaluation.thresholds.training_threshold`):
+``eer`` (default) where the false-positive and false-negative rates meet; ``real_fpr`` the lowest that flags at most
+``target_fpr`` of the REAL val videos (it ignores the val fakes); ``youden`` maximises TPR - FPR on the val fakes.
+Measured on fakes of a recipe the model never saw (docs/generalisation.md), ``eer`` kept the best balanced accuracy.
+A val split with fewer than ``min_val_videos`` REAL (or FAKE) videos chooses neither an epoch nor a threshold: the
+last epoch is kept (the cosine schedule ends there) and the threshold is 0.5 (the driver warns).
 
 Checkpoints: each epoch rank 0 writes ``model.pt`` (a dfbatch checkpoint: spec + state dict + meta, read with
 ``weights_only=True``) and ``train_state.pt`` (optimizer, scaler, early-stopping state, history) and every rank
@@ -282,6 +286,13 @@ def val_metrics(y, p, threshold: float | None = None) -> dict[str, float]:
     return {f"val_{k}": v for k, v in label_metrics(y, p, threshold).items()}
 
 
+def val_threshold(cfg: TrainConfig, y, p, too_small: bool = False) -> float:
+    """The threshold training registers (see the module doc)."""
+    from dfbatch.evaluation.thresholds import training_threshold
+
+    return 0.5 if too_small else training_threshold(y, p, cfg.threshold_method, cfg.target_fpr)
+
+
 def _val_items(rows: Iterable[dict], rank: int, world: int, val_sbi: bool) -> Iterator[list[tuple[tuple, Item]]]:
     """Per val track of this rank's hash partition: [((video id, label, track), item)], its self-blend added."""
     for row in rows:
@@ -293,21 +304,24 @@ def _val_items(rows: Iterable[dict], rank: int, world: int, val_sbi: bool) -> It
         yield items
 
 
-def _predict(w: _Worker, net, pending: list[tuple[tuple, np.ndarray]]) -> list[tuple]:
-    """(meta, sequence) pairs -> [(*meta, frame probabilities, sequence probability)], equal lengths batched."""
+def predict_sequences(net, spec, pending: list[tuple[tuple, np.ndarray]], *, batch_size: int, device=None,
+                      amp_dtype=None) -> list[tuple]:
+    """(meta, uint8 sequence) pairs -> [(*meta, frame probabilities, sequence probability)], equal lengths batched
+    (training validation, and `evaluation.lomo` on test shards)."""
     import torch
 
     from dfbatch.models.detector import preprocess
 
+    device = device or torch.device("cpu")
     by_len: dict[int, list] = {}
     for meta, seq in pending:
         by_len.setdefault(len(seq), []).append((meta, seq))
     preds = []
     for group in by_len.values():
-        for i in range(0, len(group), w.cfg.batch_size):
-            chunk = group[i: i + w.cfg.batch_size]
-            x = preprocess(np.stack([s for _, s in chunk]), w.spec, device=w.device)
-            with torch.no_grad(), torch.autocast(device_type=w.device.type, dtype=w.amp_dtype, enabled=w.amp_dtype is not None):
+        for i in range(0, len(group), batch_size):
+            chunk = group[i: i + batch_size]
+            x = preprocess(np.stack([s for _, s in chunk]), spec, device=device)
+            with torch.no_grad(), torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 frame_p, seq_p = net.predict(x)
             frame_p, seq_p = frame_p.float().cpu().numpy(), seq_p.float().cpu().numpy()
             for (meta, _), fp, sp in zip(chunk, frame_p, seq_p):
@@ -328,7 +342,11 @@ def _validate(w: _Worker, rows: Iterable[dict]) -> dict:
     preds += _predict(w, net, pending)
     everything = [p for part in _gather(preds, w.world) for p in part]
     _, y, p = aggregate_videos(everything, w.cfg.val_frame_aggregation, w.cfg.val_track_aggregation)
-    return val_metrics(y, p)
+    return val_metrics(y, p, val_threshold(w.cfg, y, p, w.config.get("val_too_small", False)))
+
+
+def _predict(w: _Worker, net, pending: list[tuple[tuple, np.ndarray]]) -> list[tuple]:
+    return predict_sequences(net, w.spec, pending, batch_size=w.cfg.batch_size, device=w.device, amp_dtype=w.amp_dtype)
 
 
 # ------------------------------------------------------------------------------------ metrics and reporting
@@ -349,10 +367,13 @@ def _epoch_metrics(metrics: dict, gathered: list[tuple], *, epoch: int, lr: floa
     return metrics
 
 
-def _early_stopping(state: dict, metrics: dict, cfg: TrainConfig, epoch: int) -> bool:
-    """Score the epoch by ``cfg.monitor`` (into `metrics`), update the best/bad-epoch state; True: stop now."""
+def _early_stopping(state: dict, metrics: dict, cfg: TrainConfig, epoch: int, too_small: bool = False) -> bool:
+    """Score the epoch by ``cfg.monitor`` (into `metrics`; by its number when the val split is too small to choose),
+    update the best/bad-epoch state; True: stop now."""
     value = metrics.get(cfg.monitor, float("nan"))
-    if value is None or not math.isfinite(value):
+    if too_small:
+        score = float(epoch + 1)
+    elif value is None or not math.isfinite(value):
         score = -1e9  # unusable epoch (e.g. one class in val): the worst score
     else:
         score = value if MONITORS[cfg.monitor] == "max" else -value
@@ -425,7 +446,7 @@ def train_loop_per_worker(config: dict) -> None:
         train_time = time.time() - t0
         metrics = _validate(w, _iter_rows(val_it, columns=SHARD_COLUMNS))
         metrics = _epoch_metrics(metrics, _gather(losses, w.world), epoch=epoch, lr=lr, t0=t0, train_time=train_time)
-        stop = _early_stopping(w.state, metrics, w.cfg, epoch)
+        stop = _early_stopping(w.state, metrics, w.cfg, epoch, w.config.get("val_too_small", False))
         metrics = _sanitize(metrics)
         w.state["epoch"] = epoch + 1
         w.state["history"].append(metrics)
@@ -439,4 +460,5 @@ def train_loop_per_worker(config: dict) -> None:
             break
 
 
-__all__ = ["aggregate_videos", "freeze_backbone_blocks", "train_loop_per_worker", "val_metrics"]
+__all__ = ["aggregate_videos", "freeze_backbone_blocks", "predict_sequences", "train_loop_per_worker", "val_metrics",
+           "val_threshold"]

@@ -13,18 +13,31 @@ temporally consistent — a mask or colour cast that flickered would be an artef
    paper) gets a colour transform (RGB shift, hue/saturation/value, brightness/contrast) and a frequency
    transform (downscale-blur, Gaussian blur or sharpen; then optional JPEG at some quality);
 2. the source is warped: scaled, shifted, slightly rotated (affine, border reflected);
-3. mask: without landmarks the face region comes from the crop geometry — `faces.square_crop` centres the
-   detected box and adds ``margin`` of its size per side, so the box fills ``1/(1+2*margin)`` of the crop.
-   An ellipse inside that box (jittered centre, axes and radius) is sampled at points whose convex hull is
-   filled, moved with the source's affine, deformed by a smooth random displacement field, eroded+blurred
-   (SBI's two-stage blur) and scaled by a blend ratio drawn from ``blend_ratios``;
-4. ``fake = mask * source + (1 - mask) * target``, per frame, rounded to uint8.
+3. mask: the face region comes from the crop geometry — `faces.square_crop` centres the detected box and adds
+   ``margin`` of its size per side, so the box fills ``1/(1+2*margin)`` of the crop. Its shape is one of
+   ``mask_kinds``: ``ellipse`` (an ellipse inside that box, jittered centre, axes and radius, sampled at points
+   whose convex hull is filled), ``landmarks`` (the hull of MTCNN's five landmarks where they sit in an MTCNN box
+   on average — eyes, nose, mouth corners — pushed out to brows and chin, each point jittered: the shards keep no
+   per-frame landmarks) or ``box`` (a jittered rectangle, rounded); moved with the source's affine, deformed by a
+   smooth random displacement field, eroded+blurred (SBI's two-stage blur) and scaled by a blend ratio drawn from
+   ``blend_ratios``;
+4. blend (one of ``blend_kinds``): ``alpha`` ``fake = mask * source + (1 - mask) * target``; ``feather`` the same
+   through a mask blurred further (a wide, soft seam); ``poisson`` the source first cloned into the target in the
+   gradient domain (OpenCV's seamless clone: colours meet at the seam), then alpha-blended; per frame, rounded;
+5. local degradation (probability ``p_local``): the blended region alone re-compressed (JPEG), blurred or downscaled
+   — the quality mismatch of a pasted face;
+6. temporal inconsistency (probability ``p_temporal``): instead of one warp, colour and blend ratio for all frames,
+   the source and its mask wander a few pixels along a smooth random walk, and its colour and blend ratio flicker
+   from frame to frame — what a frame-by-frame face swap shows over time and a still image cannot. Real sequences
+   keep augmentations that are constant over time (`training.augment`).
 
-Where the mask is 0 the fake equals the target exactly (the untouched real when the source was transformed).
+Without 5 and 6, where the mask is 0 the fake equals the target exactly (the untouched real when the source was
+transformed). ``SBIConfig.classic()`` is the original recipe (ellipse, alpha, neither 5 nor 6).
 `SBIResult.real` is the target actually used (transformed when swapped): the paper trains on the (real, fake)
 pair; a trainer may use it or the original.
 
-Plain numpy/OpenCV, seeded `np.random.Generator`.
+Plain numpy/OpenCV, seeded `np.random.Generator`; every choice is drawn in `sample` (the temporal walk from a seed
+drawn there), so applying the same parameters again reproduces the fake.
 """
 
 from __future__ import annotations
@@ -73,6 +86,26 @@ class SBIConfig:
     shift_x: float = 0.03  # ± fraction of the crop side
     shift_y: float = 0.015
     rotate: float = 2.0  # ± degrees
+    # the widened recipe (a choice is drawn only when there is more than one)
+    mask_kinds: tuple[str, ...] = ("ellipse", "landmarks", "box")
+    blend_kinds: tuple[str, ...] = ("alpha", "feather", "poisson")
+    feather: tuple[float, float] = (0.04, 0.09)  # extra mask blur of `feather`, fraction of the crop side
+    landmark_jitter: float = 0.04  # sd of each landmark hull point, fraction of the box side
+    p_local: float = 0.3
+    local_kinds: tuple[str, ...] = ("jpeg", "blur", "downscale")
+    local_jpeg: tuple[int, int] = (10, 40)
+    local_blur: tuple[float, float] = (0.8, 2.0)
+    local_downscale: tuple[float, float] = (0.25, 0.5)
+    p_temporal: float = 0.3
+    temporal_shift: tuple[float, float] = (0.01, 0.03)  # walk amplitude, fraction of the crop side
+    temporal_color: tuple[float, float] = (2.0, 8.0)  # per-frame colour flicker sd, 0..255 units
+    temporal_ratio: float = 0.15  # ± per-frame change of the blend ratio
+
+    @classmethod
+    def classic(cls, **changes) -> "SBIConfig":
+        """The original SBI recipe: ellipse masks, alpha blending, no local degradation, no temporal variation."""
+        return cls(**{"mask_kinds": ("ellipse",), "blend_kinds": ("alpha",), "p_local": 0.0, "p_temporal": 0.0,
+                      **changes})
 
 
 @dataclass
@@ -89,13 +122,18 @@ class SBIParams:
     affine: np.ndarray  # (2, 3) applied to the source (and the mask)
     mask: np.ndarray  # (H, W) float32 in [0, 1], already times blend_ratio
     blend_ratio: float
+    mask_kind: str = "ellipse"
+    blend: str = "alpha"
+    local: tuple[str, float] | None = None  # (jpeg | blur | downscale, quality / sigma / scale)
+    temporal: dict | None = None  # {"seed", "shift", "color", "ratio"}: the per-frame walk's seed and sizes
     extra: dict = field(default_factory=dict)
 
     def describe(self) -> dict:
         """JSON-able summary (no mask)."""
         return dict(swapped=self.swapped, color=self.color, shift_rgb=list(self.shift_rgb), freq=self.freq,
                     freq_value=self.freq_value, jpeg_quality=self.jpeg_quality, affine=self.affine.tolist(),
-                    blend_ratio=self.blend_ratio, mask_mean=float(self.mask.mean()))
+                    blend_ratio=self.blend_ratio, mask_mean=float(self.mask.mean()), mask_kind=self.mask_kind,
+                    blend=self.blend, local=list(self.local) if self.local else None, temporal=self.temporal)
 
 
 @dataclass
@@ -104,6 +142,18 @@ class SBIResult:
     real: np.ndarray  # the target used (the input, or its transformed copy when params.swapped)
     mask: np.ndarray  # float32 (H, W)
     params: SBIParams
+
+
+def _choose(rng: np.random.Generator, options: tuple[str, ...]) -> str:
+    """One of `options`; no draw when there is only one (the classic recipe keeps its random stream)."""
+    return str(options[0]) if len(options) == 1 else str(options[rng.integers(len(options))])
+
+
+def _renormalise(mask: np.ndarray) -> np.ndarray:
+    peak = float(mask.max())
+    out = np.clip(mask / peak, 0, 1) if peak > 0 else mask
+    out[out < 1e-3] = 0.0
+    return out
 
 
 def _odd(x: float) -> int:
@@ -139,23 +189,58 @@ class SelfBlender:
         affine[:, 2] += (tx, ty)
 
         blend_ratio = float(c.blend_ratios[rng.integers(len(c.blend_ratios))])
-        mask = self._mask(h, w, affine, rng) * blend_ratio
+        mask_kind = _choose(rng, c.mask_kinds)
+        mask = self._mask(h, w, affine, rng, mask_kind)
+        blend = _choose(rng, c.blend_kinds)
+        if blend == "feather":
+            mask = _renormalise(cv2.GaussianBlur(mask, (0, 0), max(0.5, rng.uniform(*c.feather) * min(h, w))))
+        local = temporal = None
+        if c.p_local > 0 and rng.random() < c.p_local:
+            kind = _choose(rng, c.local_kinds)
+            local = (kind, float(rng.integers(c.local_jpeg[0], c.local_jpeg[1] + 1)) if kind == "jpeg" else
+                     float(rng.uniform(*(c.local_blur if kind == "blur" else c.local_downscale))))
+        if c.p_temporal > 0 and rng.random() < c.p_temporal:
+            temporal = {"seed": int(rng.integers(2**62)), "shift": float(rng.uniform(*c.temporal_shift) * min(h, w)),
+                        "color": float(rng.uniform(*c.temporal_color)), "ratio": float(c.temporal_ratio)}
         return SBIParams(size=(h, w), swapped=swapped, color=color, shift_rgb=shift_rgb, freq=freq,
                          freq_value=float(freq_value), jpeg_quality=jpeg_quality, affine=affine.astype(np.float32),
-                         mask=mask.astype(np.float32), blend_ratio=blend_ratio)
+                         mask=(mask * blend_ratio).astype(np.float32), blend_ratio=blend_ratio, mask_kind=mask_kind,
+                         blend=blend, local=local, temporal=temporal)
 
-    def _mask(self, h: int, w: int, affine: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def _outline(self, h: int, w: int, rng: np.random.Generator, kind: str) -> np.ndarray:
+        """The mask's outline points (n, 2) in crop pixels, before the warp (see the module doc)."""
         c = self.cfg
         side = float(min(h, w))
         box = side / (1.0 + 2.0 * c.margin)
         cx = w / 2.0 + rng.uniform(-c.center_jitter, c.center_jitter) * side
         cy = h / 2.0 + (c.center_dy + rng.uniform(-c.center_jitter, c.center_jitter)) * side
+        if kind == "landmarks":
+            # MTCNN's five landmarks where they sit in its box on average (fractions of the box, from its centre)
+            lm = np.array([[-0.19, -0.12], [0.19, -0.12], [0.0, 0.06], [-0.15, 0.26], [0.15, 0.26]])
+            le, re, nose, ml, mr = (np.array([cx, cy]) + p * box for p in lm)
+            ed, em = float(re[0] - le[0]), float((ml[1] + mr[1]) / 2 - le[1])
+            pts = np.array([le + [-0.45 * ed, -0.55 * em], re + [0.45 * ed, -0.55 * em], le + [-0.6 * ed, 0.1 * em],
+                            re + [0.6 * ed, 0.1 * em], ml + [-0.25 * ed, 0.25 * em], mr + [0.25 * ed, 0.25 * em],
+                            (ml + mr) / 2 + [0, 0.6 * em], nose + [0, -0.2 * em]])
+            return pts + rng.normal(0, c.landmark_jitter * box, pts.shape)
+        if kind == "box":
+            hw, hh = box / 2 * rng.uniform(*c.axis_x), box / 2 * rng.uniform(*c.axis_y)
+            r = min(hw, hh) * rng.uniform(0.2, 0.5)  # rounded corners
+            th = np.linspace(0, np.pi / 2, 5)
+            corners = [(cx + hw - r, cy + hh - r, 0), (cx - hw + r, cy + hh - r, np.pi / 2),
+                       (cx - hw + r, cy - hh + r, np.pi), (cx + hw - r, cy - hh + r, 1.5 * np.pi)]
+            return np.concatenate([np.stack([x + r * np.cos(th + a), y + r * np.sin(th + a)], 1) for x, y, a in corners])
         ax = box / 2.0 * rng.uniform(*c.axis_x)
         ay = box / 2.0 * rng.uniform(*c.axis_y)
         n = c.hull_points
         theta = (np.arange(n) + rng.uniform(-0.3, 0.3, n)) * (2 * np.pi / n)
         radius = np.clip(1.0 + rng.normal(0.0, c.radial_jitter, n), 0.7, 1.3)
-        pts = np.stack([cx + ax * radius * np.cos(theta), cy + ay * radius * np.sin(theta)], 1)
+        return np.stack([cx + ax * radius * np.cos(theta), cy + ay * radius * np.sin(theta)], 1)
+
+    def _mask(self, h: int, w: int, affine: np.ndarray, rng: np.random.Generator, kind: str = "ellipse") -> np.ndarray:
+        c = self.cfg
+        side = float(min(h, w))
+        pts = self._outline(h, w, rng, kind)
         hull = cv2.convexHull(np.round(pts * 16).astype(np.int32))
         mask = np.zeros((h, w), np.uint8)
         cv2.fillConvexPoly(mask, hull, 255, lineType=cv2.LINE_AA, shift=4)
@@ -196,6 +281,37 @@ class SelfBlender:
             img = jpeg(img, p.jpeg_quality)
         return img
 
+    @staticmethod
+    def _walk(p: SBIParams, T: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-frame (shift (T, 2) px, colour offset (T, 3), blend-ratio factor (T,)); constant without `temporal`."""
+        if not p.temporal:
+            return np.zeros((T, 2)), np.zeros((T, 3)), np.ones(T)
+        tp = p.temporal
+        rng = np.random.default_rng(tp["seed"])
+        walk = np.cumsum(rng.normal(0, 1, (T, 2)), axis=0)
+        walk -= walk.mean(0)
+        walk *= tp["shift"] / max(1e-9, float(np.abs(walk).max()))
+        return walk, rng.normal(0, tp["color"], (T, 3)), 1.0 + rng.uniform(-tp["ratio"], tp["ratio"], T)
+
+    @staticmethod
+    def _poisson(source: np.ndarray, target: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """The source cloned into the target in the gradient domain inside the mask (falls back to the source)."""
+        m8 = (mask > 0.05).astype(np.uint8) * 255
+        m8[:2], m8[-2:], m8[:, :2], m8[:, -2:] = 0, 0, 0, 0
+        if cv2.countNonZero(m8) < 16:
+            return source
+        x, y, bw, bh = cv2.boundingRect(m8)
+        try:
+            return cv2.seamlessClone(source[y:y + bh, x:x + bw], target, m8[y:y + bh, x:x + bw],
+                                     (x + bw // 2, y + bh // 2), cv2.NORMAL_CLONE)
+        except cv2.error:  # pragma: no cover - a degenerate region
+            return source
+
+    @staticmethod
+    def _degrade(img: np.ndarray, local: tuple[str, float]) -> np.ndarray:
+        kind, v = local
+        return jpeg(img, int(v)) if kind == "jpeg" else gaussian_blur(img, v) if kind == "blur" else downscale(img, v)
+
     def apply(self, seq: np.ndarray, p: SBIParams) -> SBIResult:
         seq = np.asarray(seq)
         if seq.dtype != np.uint8 or seq.ndim != 4 or seq.shape[-1] != 3:
@@ -203,16 +319,30 @@ class SelfBlender:
         h, w = seq.shape[1:3]
         if (h, w) != tuple(p.size):
             raise ValueError(f"parameters drawn for {p.size}, sequence is {(h, w)}")
-        m = p.mask[..., None]
+        shifts, colors, ratios = self._walk(p, len(seq))
         fakes, reals = np.empty_like(seq), np.empty_like(seq)
         for t, frame in enumerate(seq):
             if p.swapped:
                 source, target = frame, self._transform(frame, p)
             else:
                 source, target = self._transform(frame, p), frame
-            source = cv2.warpAffine(source, p.affine, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+            affine, mask = p.affine, p.mask
+            if p.temporal:
+                affine = affine.copy()
+                affine[:, 2] += shifts[t]
+                move = np.float32([[1, 0, shifts[t][0]], [0, 1, shifts[t][1]]])
+                mask = np.clip(cv2.warpAffine(mask, move, (w, h), flags=cv2.INTER_LINEAR, borderValue=0.0) * ratios[t], 0, 1)
+                source = rgb_shift(source, tuple(colors[t]))
+            source = cv2.warpAffine(source, affine, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+            if p.blend == "poisson":
+                source = self._poisson(source, target, mask)
+            m = mask[..., None]
             blend = m * source.astype(np.float32) + (1.0 - m) * target.astype(np.float32)
-            fakes[t] = np.clip(np.rint(blend), 0, 255).astype(np.uint8)
+            out = np.clip(np.rint(blend), 0, 255).astype(np.uint8)
+            if p.local:
+                region = np.clip(mask / max(1e-6, float(mask.max())), 0, 1)[..., None]
+                out = np.clip(np.rint(region * self._degrade(out, p.local) + (1 - region) * out), 0, 255).astype(np.uint8)
+            fakes[t] = out
             reals[t] = target
         return SBIResult(fake=fakes, real=reals, mask=p.mask, params=p)
 

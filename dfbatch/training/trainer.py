@@ -11,7 +11,8 @@ every worker runs the same number of steps — DDP needs that) and the whole of 
 
 Per worker (`dfbatch.training.loop`): sampling and sequences (`dfbatch.training.sampler`), one pass over its
 train share per epoch, validation scored like the scoring job (`dfbatch.stages.aggregate`) with video-level
-metrics and a Youden threshold (`dfbatch.evaluation.metrics`), early stopping on ``monitor``.
+metrics and the threshold to register (`training.loop.val_threshold`), early stopping on ``monitor``;
+``exclude_methods`` leaves the fakes of some manipulation methods out of both splits (leave-one-manipulation-out).
 
 Checkpoints: each epoch rank 0 writes ``model.pt`` + ``train_state.pt`` (see `dfbatch.training.loop`). Rerunning
 with the same ``output`` + ``name`` resumes from the latest checkpoint (Ray Train V2 restores its
@@ -66,13 +67,40 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------------------------------- driver
-def _data_description(cfg: TrainConfig, store) -> tuple[dict, dict]:
+def excluded_videos(cfg: TrainConfig, store) -> set[str]:
+    """Video ids of the fakes of ``cfg.exclude_methods`` (from the shards' split table); UserError for a method the
+    labels do not have."""
+    if not cfg.exclude_methods:
+        return set()
+    table = store.split_table()
+    methods = set() if table is None or "method" not in table else set(table["method"].dropna().astype(str))
+    unknown = sorted(set(cfg.exclude_methods) - methods)
+    if unknown:
+        raise UserError(f"--exclude-methods: {', '.join(unknown)} not among the labels' methods "
+                        f"({', '.join(sorted(methods)) or 'none: the labels have no method column'})")
+    out = table[table["method"].isin(cfg.exclude_methods) & (table["label"] == "FAKE")]
+    return set(out["video_id"].dropna().astype(str))
+
+
+def _val_too_small(cfg: TrainConfig, desc: dict) -> bool:
+    """Whether the val split is too small to choose an epoch and a threshold (a warning says what is done instead)."""
+    real = desc["val_videos"] - desc["val_fake_videos"]
+    fake = desc["val_fake_videos"] or (real if cfg.val_sbi != "off" else 0)  # self-blended val fakes when none
+    if real >= cfg.min_val_videos and fake >= cfg.min_val_videos:
+        return False
+    log.warning("the val split has %d REAL and %d FAKE videos (fewer than min_val_videos=%d of each): too few to "
+                "choose an epoch or a threshold; the last epoch is registered with the threshold 0.5 (give the val "
+                "split more videos: `dfbatch prepare --split`)", real, desc["val_fake_videos"], cfg.min_val_videos)
+    return True
+
+
+def _data_description(cfg: TrainConfig, store, excluded: set[str] = frozenset()) -> tuple[dict, dict]:
     """(prepare params, description of the training data) — raises UserError when unusable."""
     params = store.read_params()
     if params is None:
         raise UserError(f"{redact(cfg.data)} has no prepared shards (run `dfbatch prepare ... --output {cfg.data}` first)")
     videos = store.videos()
-    ok = videos[videos["status"] == "ok"]
+    ok = videos[(videos["status"] == "ok") & ~videos["video_id"].isin(excluded)]
     desc: dict[str, Any] = {"data": redact(cfg.data), "prepare_frames": params.get("frames"),
                             "crop_size": params.get("crop_size"), "margin": params.get("margin"),
                             "split_seed": params.get("split_seed"), "fractions": params.get("fractions"),
@@ -83,6 +111,9 @@ def _data_description(cfg: TrainConfig, store) -> tuple[dict, dict]:
         desc[f"{split}_fake_videos"] = int((part["label"] == "FAKE").sum())
         desc[f"{split}_tracks"] = int(part["n_tracks"].fillna(0).sum())
     desc["datasets"] = ",".join(sorted(str(d) for d in ok["dataset"].dropna().unique()))
+    if cfg.exclude_methods:
+        desc["excluded_methods"] = ",".join(cfg.exclude_methods)
+        desc["excluded_videos"] = len(excluded)
     if desc["train_tracks"] < cfg.num_workers:
         raise UserError(f"the train split has {desc['train_tracks']} face tracks; need at least one per worker "
                         f"({cfg.num_workers})")
@@ -131,9 +162,9 @@ def _storage_fs(cfg: TrainConfig):
     return os.path.abspath(os.path.expanduser(cfg.output)), None
 
 
-def _read_shards_ds(files: list[str], storage: Storage):
-    """A Ray dataset over shard parts. The legacy (v1) Parquet read is used so no Ray Data step needs a whole
-    CPU: the training workers may hold all of them."""
+def _read_shards_ds(files: list[str], storage: Storage, excluded: set[str] = frozenset()):
+    """A Ray dataset over shard parts (without the rows of `excluded` videos). The legacy (v1) Parquet read is used
+    so no Ray Data step needs a whole CPU: the training workers may hold all of them."""
     import ray
     from ray.data import DataContext
 
@@ -152,7 +183,12 @@ def _read_shards_ds(files: list[str], storage: Storage):
             ctx.use_datasource_v2 = False
         if not paths:
             return ray.data.from_arrow(SHARD_SCHEMA.empty_table().select(SHARD_COLUMNS))
-        return ray.data.read_parquet(paths, filesystem=fs, columns=SHARD_COLUMNS, num_cpus=0)
+        ds = ray.data.read_parquet(paths, filesystem=fs, columns=SHARD_COLUMNS, num_cpus=0)
+        if excluded:
+            from ray.data.expressions import col
+
+            ds = ds.filter(expr=col("video_id").not_in(sorted(excluded)), num_cpus=0)
+        return ds
     finally:
         if old is not None:
             ctx.use_datasource_v2 = old
@@ -289,7 +325,7 @@ def _register_best(cfg: TrainConfig, client, res: TrainResult, best, best_spec, 
         description = (f"trained by dfbatch on {desc['train_videos']} videos ({desc['train_fake_videos']} FAKE; "
                        f"self-blended fakes: {cfg.sbi}) from {redact(cfg.data)}; best epoch {meta.get('epoch')} "
                        f"val AUC {best_metrics.get('val_auc', float('nan')):.4f}; threshold {res.threshold:.4f} "
-                       f"(Youden on val)")
+                       f"({threshold_source(cfg, res.data)})")
         reg_metrics = {f"best_{k}": v for k, v in best_metrics.items() if isinstance(v, float) and math.isfinite(v)}
         version = registry.register(state_dict, best_spec, cfg.model_name, alias=cfg.alias, threshold=res.threshold,
                                     metrics=reg_metrics, description=description, run_id=res.run_id,
@@ -300,11 +336,21 @@ def _register_best(cfg: TrainConfig, client, res: TrainResult, best, best_spec, 
         from dfbatch.stages.aggregate import describe
 
         aggregation = describe(frame_aggregation=cfg.val_frame_aggregation, track_aggregation=cfg.val_track_aggregation)
-        registry.set_calibration(cfg.model_name, version, training_record(res.threshold, aggregation, redact(cfg.data),
-                                                                          res.run_id), tracking_uri=tracking_uri)
+        registry.set_calibration(cfg.model_name, version, training_record(
+            res.threshold, aggregation, redact(cfg.data), res.run_id, cfg.threshold_method, cfg.target_fpr),
+            tracking_uri=tracking_uri)
         client.set_tag(res.run_id, ckpt_key, str(version))
     res.model_name, res.model_version = cfg.model_name, str(version)
     res.model_uri = f"models:/{cfg.model_name}/{version}"
+
+
+def threshold_source(cfg: TrainConfig, data: dict) -> str:
+    """How the registered threshold was chosen, in words."""
+    if data.get("val_too_small"):
+        return "0.5: the val split is too small to choose one"
+    if cfg.threshold_method == "real_fpr":
+        return f"flags <= {cfg.target_fpr:g} of the REAL val videos"
+    return "equal error rate on val" if cfg.threshold_method == "eer" else "Youden's J on val"
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -320,7 +366,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     spec = cfg.spec()  # a bad backbone or head name fails first
     storage = Storage(cfg.endpoint_url)
     store = ShardStore(cfg.data, storage)
-    prep, desc = _data_description(cfg, store)
+    excluded = excluded_videos(cfg, store)
+    prep, desc = _data_description(cfg, store, excluded)
+    desc["val_too_small"] = _val_too_small(cfg, desc)
     spec = spec.replace(**model_input(prep))  # the shards' crops and detection: the model's input contract
     tracking_uri = registry.resolve_tracking_uri(cfg.tracking_uri)
     storage_path, pa_fs = _storage_fs(cfg)
@@ -333,15 +381,16 @@ def train(cfg: TrainConfig) -> TrainResult:
     data_ctx = DataContext.get_current()
     saved_bars = data_ctx.enable_progress_bars
     data_ctx.enable_progress_bars = False  # the datasets carry it to the workers: epoch lines instead of bars
-    datasets = {"train": _read_shards_ds(store.shard_files("train"), storage).randomize_block_order(
+    datasets = {"train": _read_shards_ds(store.shard_files("train"), storage, excluded).randomize_block_order(
                     seed=RandomSeedConfig(seed=cfg.seed, reseed_after_execution=True)),  # another order each epoch
-                "val": _read_shards_ds(store.shard_files("val"), storage)}
+                "val": _read_shards_ds(store.shard_files("val"), storage, excluded)}
     lineage = {"data": redact(cfg.data), "split_file": redact(store.uri("split.parquet")),
                "train_videos": desc["train_videos"], "train_fake_videos": desc["train_fake_videos"],
                "val_videos": desc["val_videos"], "sbi": cfg.sbi, "training_run": run_id}
     session = uuid.uuid4().hex
     loop_config = {"session": session, "cfg": cfg.to_dict(), "spec": spec.to_dict(),
                    "margin": spec.crop_margin, "val_has_fakes": desc["val_fake_videos"] > 0,
+                   "val_too_small": desc["val_too_small"],
                    "run_id": run_id, "tracking_uri": tracking_uri, "lineage": lineage}
     try:
         result = _fit(_torch_trainer(cfg, loop_config, datasets, storage_path, pa_fs, use_gpu), client, run_id)
@@ -378,4 +427,4 @@ def train(cfg: TrainConfig) -> TrainResult:
     return res
 
 
-__all__ = ["MONITORS", "TrainConfig", "TrainResult", "train"]
+__all__ = ["MONITORS", "TrainConfig", "TrainResult", "excluded_videos", "threshold_source", "train"]
