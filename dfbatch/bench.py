@@ -13,7 +13,7 @@
 * ratios (pipeline / baseline, pipeline overhead over the sum of the stage costs) and the issue's targets.
 
 The default archive: 10 s 1280x720 H.264 clips with a real face (`synth.bench_archive`), a few distinct clips
-repeated by symlink up to `videos` (each link is its own video to the job). Timings depend on the machine's
+repeated by hard link up to `videos` (each name is its own video to the job). Timings depend on the machine's
 load: the JSON records the load average and the share of the CPUs other processes used during the run.
 """
 
@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,12 +67,17 @@ def prepare_archive(s: BenchSettings) -> tuple[Path, list[Path]]:
     videos_dir.mkdir(parents=True, exist_ok=True)
     videos = []
     for i in range(s.videos):
+        # hard links (a copy across file systems): a symbolic link is the file it points to, one video id and one
+        # row for all its names (listing.canonical_uri), where the bench wants one row per name
         link = videos_dir / f"v{i:05d}.mp4"
         target = clips[i % len(clips)].resolve()
-        if not link.is_symlink() or Path(os.readlink(link)) != target:
-            if link.is_symlink() or link.exists():
-                link.unlink()
-            link.symlink_to(target)
+        if link.is_symlink() or (link.exists() and not os.path.samefile(link, target)):
+            link.unlink()
+        if not link.exists():
+            try:
+                os.link(target, link)
+            except OSError:
+                shutil.copyfile(target, link)
         videos.append(link)
     for extra in videos_dir.glob("v*.mp4"):
         if extra not in videos:
@@ -586,9 +592,10 @@ def _resolve(s: BenchSettings) -> tuple[str, Profile]:
 
 def _distinct(videos: list[Path]) -> list[Path]:
     """The first link to each distinct file."""
-    first: dict[Path, Path] = {}
+    first: dict[tuple[int, int], Path] = {}
     for path in videos:
-        first.setdefault(path.resolve(), path)
+        st = os.stat(path)
+        first.setdefault((st.st_dev, st.st_ino), path)
     return list(first.values())
 
 

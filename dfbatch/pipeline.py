@@ -454,7 +454,7 @@ def build_dataset(cfg: ScoreConfig, source, storage: Storage, bundle, plan: dict
             # (measured on CPU: 0.43 -> 0.35 s per video in bf16; 4 is slower again, activations leave the cache)
             batch_size=min(2, max(1, cfg.videos_per_score_batch)),
             batch_format="pyarrow",
-            compute=_pool(plan, "face"),
+            compute=_pool(plan, "face", max_tasks_in_flight_per_actor=1),
             num_cpus=plan["face_cpus"],
         )
     ds = ds.map_batches(
@@ -462,7 +462,7 @@ def build_dataset(cfg: ScoreConfig, source, storage: Storage, bundle, plan: dict
         fn_constructor_kwargs=face_kwargs | {"markers": markers("faces")},
         batch_size=1,
         batch_format="pyarrow",
-        compute=_pool(plan, "face"),
+        compute=_pool(plan, "face", max_tasks_in_flight_per_actor=1),
         num_cpus=plan["face_cpus"],
     )
     ds = ds.map_batches(
