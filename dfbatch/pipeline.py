@@ -103,6 +103,9 @@ class RayStart:
     if needed). A job that fails before it needs Ray (a wrong model URI, say) reports at once; at exit the
     process waits for the start to finish (`settle`, atexit) and Ray's own atexit handler stops it.
 
+    Joining a running cluster (an address, RAY_ADDRESS: `ray job submit`) takes no thread: it is quick, and under
+    `ray job submit` ray.init moves the driver into the job's working_dir, which would race with imports here.
+
     The thread stays (asleep) once it started a local Ray: Linux kills the processes a thread spawned when that
     thread ends (Ray starts GCS and raylet with PR_SET_PDEATHSIG), so it must live as long as the process."""
 
@@ -112,8 +115,11 @@ class RayStart:
         self._done = threading.Event()
         self._error: BaseException | None = None
 
+    def _joins(self) -> bool:
+        return bool(self.address or os.environ.get("RAY_ADDRESS"))
+
     def start(self) -> None:
-        if self._thread is not None:
+        if self._thread is not None or self._joins():
             return
         if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
             # what ray.init installs when called from the main thread: SIGTERM exits through atexit (Ray shut down)
@@ -126,28 +132,36 @@ class RayStart:
         self._thread = threading.Thread(target=self._run, name="dfbatch-ray-start", daemon=True)
         self._thread.start()
 
-    def _run(self) -> None:
-        import ray
-
+    def _init(self) -> None:
         started = time.time()
         quiet = [(logging.getLogger(name), _DropNotice(text)) for name, text in _RAY_NOTICES.items()]
         for logger, drop in quiet:
             logger.addFilter(drop)
-        ours = not ray.is_initialized()
         try:
             init_ray(self.address)
-        except BaseException as exc:  # re-raised by wait(), in the caller's thread
-            self._error, ours = exc, False
         finally:
             for logger, drop in quiet:
                 logger.removeFilter(drop)
             if self.clock is not None:
                 self.clock.record("ray_start", started)
+
+    def _run(self) -> None:
+        import ray
+
+        ours = not ray.is_initialized()
+        try:
+            self._init()
+        except BaseException as exc:  # re-raised by wait(), in the caller's thread
+            self._error, ours = exc, False
+        finally:
             self._done.set()
         if ours:
             threading.Event().wait()  # keep the processes this thread started alive (see the class doc)
 
     def wait(self) -> None:
+        if self._thread is None and self._joins():
+            self._init()  # a running cluster: joined here, in the caller's thread
+            return
         self.start()
         self._done.wait()
         if self._error is not None:
@@ -391,9 +405,10 @@ def _pool(plan: dict, stage: str, **kwargs):
     return ray.data.ActorPoolStrategy(min_size=lo, max_size=hi, initial_size=max(lo, init if hi is None else min(init, hi)), **kwargs)
 
 
-# listing blocks are shaped by bytes (Ray Data's target_max_block_size): about this many bytes a listing row,
-# so that a block holds about `rows_per_block` videos (the unit of work of one face actor call)
-LISTING_ROW_BYTES = 160
+# listing blocks are shaped by bytes (Ray Data's target_max_block_size, which merges and splits what a read task
+# yields): a listing row's size, measured on each SOURCE's first video, so that a block holds `rows_per_block` videos
+# (the unit of work of one face actor call: a small job's few blocks still spread over the actors)
+LISTING_ROW_BYTES = 160  # when nothing was measured
 
 
 def build_dataset(cfg: ScoreConfig, source, storage: Storage, bundle, plan: dict, run_id: str | None, frames: int, threshold: float,
@@ -413,7 +428,7 @@ def build_dataset(cfg: ScoreConfig, source, storage: Storage, bundle, plan: dict
 
     ctx = DataContext.get_current()
     saved = ctx.target_max_block_size
-    ctx.target_max_block_size = max(1, cfg.rows_per_block) * LISTING_ROW_BYTES  # read_datasource seals a copy
+    ctx.target_max_block_size = max(1, cfg.rows_per_block) * (source.row_bytes or LISTING_ROW_BYTES)  # read_datasource seals a copy
     try:
         ds = ray.data.read_datasource(source, concurrency=max(1, min(plan["listing_tasks"], len(source.shards))),
                                       override_num_blocks=len(source.shards), num_cpus=plan["listing_cpus"])
@@ -454,7 +469,7 @@ def build_dataset(cfg: ScoreConfig, source, storage: Storage, bundle, plan: dict
             # (measured on CPU: 0.43 -> 0.35 s per video in bf16; 4 is slower again, activations leave the cache)
             batch_size=min(2, max(1, cfg.videos_per_score_batch)),
             batch_format="pyarrow",
-            compute=_pool(plan, "face", max_tasks_in_flight_per_actor=1),
+            compute=_pool(plan, "face"),
             num_cpus=plan["face_cpus"],
         )
     ds = ds.map_batches(
@@ -462,7 +477,7 @@ def build_dataset(cfg: ScoreConfig, source, storage: Storage, bundle, plan: dict
         fn_constructor_kwargs=face_kwargs | {"markers": markers("faces")},
         batch_size=1,
         batch_format="pyarrow",
-        compute=_pool(plan, "face", max_tasks_in_flight_per_actor=1),
+        compute=_pool(plan, "face"),
         num_cpus=plan["face_cpus"],
     )
     ds = ds.map_batches(
@@ -515,7 +530,7 @@ def run_score(cfg: ScoreConfig) -> Summary:
     clock = StartupClock()  # from the process start: interpreter, imports and config until here
     clock.record("python_and_cli", clock.origin, clock.created)
     from dfbatch.io.results import ResultStore
-    from dfbatch.io.listing import first_video, may_repeat, source_shards
+    from dfbatch.io.listing import first_video, may_repeat, refs_table, source_shards
     from dfbatch.stages.failures import clear_markers
 
     started = time.time()
@@ -553,8 +568,9 @@ def run_score(cfg: ScoreConfig) -> Summary:
     clear_markers(cfg.output, storage, older_than_s=86400)  # crash markers of jobs killed a day ago or more
     replaced = store.drop_superseded(name, version)  # what a killed rescore or retry left: one row per video again
     # every SOURCE is checked (its first video found) before anything runs: a bad SOURCE is a one-line error
-    any_video = [first_video(src, storage) is not None for src in cfg.sources]
-    shards = [sh for i, src in enumerate(cfg.sources) if any_video[i] for sh in source_shards(i, src, storage, cfg.listing_shards)]
+    firsts = [first_video(src, storage) for src in cfg.sources]
+    shards = [sh for i, src in enumerate(cfg.sources) if firsts[i] is not None for sh in source_shards(i, src, storage, cfg.listing_shards)]
+    row_bytes = max((refs_table([ref]).nbytes for ref in firsts if ref is not None), default=None)
     job_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
     summary = Summary(cfg.output, name, version, bundle.pinned_uri or bundle.uri, None, job_id, threshold=threshold,
                       temperature=temperature, threshold_source=decision.source, calibration_notes=decision.notes,
@@ -609,7 +625,8 @@ def run_score(cfg: ScoreConfig) -> Summary:
             claims = [ray.remote(IdClaims).options(**here).remote() for _ in range(N_CLAIMS)] if may_repeat(cfg.sources) else []
             resume = None if cfg.rescore else ray.remote(_resume_index).options(**here).remote(cfg.output, storage, name, version,
                                                                                                cfg.resume_retry())
-            source = VideoDatasource(shards, storage, ledger=ledger, resume=resume, claims=claims, lead=max(cfg.listing_lead, 4 * 128))
+            source = VideoDatasource(shards, storage, ledger=ledger, resume=resume, claims=claims, lead=max(cfg.listing_lead, 4 * 128),
+                                     rows_per_block=cfg.rows_per_block, row_bytes=row_bytes)
             try:
                 with clock.step("graph"):
                     ds = build_dataset(cfg, source, storage, bundle, summary.resources, run.info.run_id, frames, threshold, temperature, job_id)

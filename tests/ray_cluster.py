@@ -111,7 +111,10 @@ def _serve() -> None:  # the helper process
                 cluster = Cluster(initialize_head=True, head_node_args=args)
                 reply = {"address": cluster.address, "node_id": cluster.head_node.node_id}
             elif msg["cmd"] == "add":
-                node = cluster.add_node(num_cpus=msg["num_cpus"], resources=msg["resources"], object_store_memory=cluster.head_node._ray_params.object_store_memory)
+                # each node its own runtime-env folder, as on separate machines: in the shared session folder, a
+                # node that sets up a job's working_dir replaces the folder the job's driver runs in on the head
+                node = cluster.add_node(num_cpus=msg["num_cpus"], resources=msg["resources"], object_store_memory=cluster.head_node._ray_params.object_store_memory,
+                                        runtime_env_dir_name=f"runtime_resources_{msg['name']}")
                 nodes[msg["name"]] = node
                 reply = {"node_id": node.node_id}
             elif msg["cmd"] == "remove":

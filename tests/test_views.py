@@ -360,7 +360,9 @@ def test_served_page_gives_the_batch_jobs_probability(scored, server, tmp_path):
                    " crops: document.querySelectorAll('img.crop').length, cams: document.querySelectorAll('img.cam').length,"
                    " frames: document.querySelectorAll('#frames figure').length, boxes: document.querySelectorAll('#frames rect.box').length,"
                    " bars: document.querySelectorAll('svg.strip rect.bar').length})")
-        assert got["p"] == pytest.approx(row.fake_probability, abs=1e-6)  # the page and dfbatch score agree
+        # the page and dfbatch score agree: to 5e-5 (7.6e-6 seen), as the job scores two videos in one forward pass and the page one
+        # (a batch's float sums run in another order; a preprocessing difference moves P(fake) by 1e-3 or more)
+        assert got["p"] == pytest.approx(row.fake_probability, abs=5e-5)
         assert got["verdict"] == row.label and got["model"] == "1" and got["threshold"] == "0.500"
         track_frames = len(f1.loc[carphone].frame_indices)
         assert got["crops"] == got["cams"] == track_frames and got["frames"] == row.n_frames and got["boxes"] == track_frames
@@ -373,7 +375,7 @@ def test_served_page_gives_the_batch_jobs_probability(scored, server, tmp_path):
         b.goto(server + "/")
         b.js(f"document.getElementById('uri').value = {json.dumps(upscaled)}; document.getElementById('upload').requestSubmit()")
         b.wait_for("document.querySelector('#result #p-fake')")
-        assert float(b.js("document.querySelector('#p-fake').dataset.value")) == pytest.approx(v.loc[(upscaled, "1")].fake_probability, abs=1e-6)
+        assert float(b.js("document.querySelector('#p-fake').dataset.value")) == pytest.approx(v.loc[(upscaled, "1")].fake_probability, abs=5e-5)
 
         # bad uploads: a clear message, never a stack trace
         big = tmp_path / "big.mp4"
@@ -399,7 +401,7 @@ def test_served_api_and_bad_requests(scored, server):
         r = requests.post(f"{server}/api/analyze", files={"video": ("clip.mp4", f, "video/mp4")}, timeout=120)
     assert r.status_code == 200
     got, row = r.json(), scored.videos.set_index(["video_uri", "model_version"]).loc[(str(carphone), "1")]
-    assert got["fake_probability"] == pytest.approx(row.fake_probability, abs=1e-6) and got["label"] == row.label
+    assert got["fake_probability"] == pytest.approx(row.fake_probability, abs=5e-5) and got["label"] == row.label
     assert got["frame_indices"] == list(row.frame_indices) and got["tracks"][0]["boxes"] and got["model_version"] == "1"
     for kwargs, status, words in (
         ({"data": {}}, 400, "No video given"),
