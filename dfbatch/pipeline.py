@@ -100,8 +100,9 @@ class RayStart:
     importing MLflow, reading the model and opening the MLflow run. ray.init mostly waits on those processes
     (~0.5 CPU s of this process against seconds of wall time), so the wait overlaps work instead of adding to
     it. `start()` begins (idempotent), `wait()` waits for it and raises what ray.init raised (starting it first
-    if needed). A job that fails before it needs Ray (a wrong model URI, say) reports at once; at exit the
-    process waits for the start to finish (`settle`, atexit) and Ray's own atexit handler stops it.
+    if needed), `settle()` waits for a start in flight, raising nothing: `run_score` settles before it returns or
+    raises (a job that fails before it needs Ray, a wrong model URI say, leaves no half-started Ray behind in the
+    caller's process); at exit Ray's own atexit handler stops it.
 
     Joining a running cluster (an address, RAY_ADDRESS: `ray job submit`) takes no thread: it is quick, and under
     `ray job submit` ray.init moves the driver into the job's working_dir, which would race with imports here.
@@ -530,8 +531,6 @@ def run_score(cfg: ScoreConfig) -> Summary:
     clock = StartupClock()  # from the process start: interpreter, imports and config until here
     clock.record("python_and_cli", clock.origin, clock.created)
     from dfbatch.io.results import ResultStore
-    from dfbatch.io.listing import first_video, may_repeat, refs_table, source_shards
-    from dfbatch.stages.failures import clear_markers
 
     started = time.time()
     storage = Storage(cfg.endpoint_url)
@@ -542,7 +541,20 @@ def run_score(cfg: ScoreConfig) -> Summary:
         raise UserError(f"cannot write to output {redact(cfg.output)}: {one_line(exc)}") from None
     ray_start = RayStart(cfg.ray_address, clock)
     ray_start.start()  # Ray's processes come up while this one imports MLflow, reads the model, opens the run
+    try:
+        return _score(cfg, clock, ray_start, storage, store, started)
+    finally:
+        # returned or raised, no start is left in flight: Ray is up or was never started (a caller that goes on,
+        # a notebook or a test calling ray.init, never meets a half-started Ray)
+        ray_start.settle()
+
+
+def _score(cfg: ScoreConfig, clock, ray_start: RayStart, storage: Storage, store, started: float) -> Summary:
+    """`run_score` once the output is writable and Ray is starting."""
     import mlflow
+
+    from dfbatch.io.listing import first_video, may_repeat, refs_table, source_shards
+    from dfbatch.stages.failures import clear_markers
 
     from dfbatch.models import registry
 
@@ -669,7 +681,6 @@ def run_score(cfg: ScoreConfig) -> Summary:
             }
         )
         mlflow.log_dict(summary.to_dict(), "summary.json")
-    ray_start.settle()  # when run_score returns, Ray is up or was never started
     log.info("job summary: %s", json.dumps(summary.to_dict()))
     return summary
 
