@@ -638,7 +638,7 @@ def _score(cfg: ScoreConfig, clock, ray_start: RayStart, storage: Storage, store
             resume = None if cfg.rescore else ray.remote(_resume_index).options(**here).remote(cfg.output, storage, name, version,
                                                                                                cfg.resume_retry())
             source = VideoDatasource(shards, storage, ledger=ledger, resume=resume, claims=claims, lead=max(cfg.listing_lead, 4 * 128),
-                                     rows_per_block=cfg.rows_per_block, row_bytes=row_bytes)
+                                     row_bytes=row_bytes)
             try:
                 with clock.step("graph"):
                     ds = build_dataset(cfg, source, storage, bundle, summary.resources, run.info.run_id, frames, threshold, temperature, job_id)

@@ -94,10 +94,9 @@ def claim_new(claims: list, table: pa.Table, owners: list[int]) -> np.ndarray:
     return keep
 
 
-def read_shard(n: int, shard: Shard, storage: Storage, ledger, resume: list, claims: list, lead: int, rows_per_block: int = 8):
-    """The read task of shard n: pages of refs -> dedup -> resume anti-join -> counts -> blocks of `rows_per_block`
-    videos (a face actor's unit of work: a small job spreads over the actors); waits while more than `lead` listed
-    videos have no committed row yet."""
+def read_shard(n: int, shard: Shard, storage: Storage, ledger, resume: list, claims: list, lead: int):
+    """The read task of shard n: pages of refs -> dedup -> resume anti-join -> counts -> block (Ray Data cuts it
+    into blocks of the driver's target size); waits while more than `lead` listed videos have no committed row yet."""
     import ray
 
     index = ray.get(resume[0]) if resume else None
@@ -112,8 +111,8 @@ def read_shard(n: int, shard: Shard, storage: Storage, ledger, resume: list, cla
             table, counts["skipped"] = anti_join(table, index)
         counts["to_score"] = table.num_rows
         backlog = ray.get(ledger.page.remote((n, page_no), counts, time.time()))
-        for start in range(0, table.num_rows, max(1, rows_per_block)):
-            yield table.slice(start, rows_per_block)
+        if table.num_rows:
+            yield table
         while backlog > lead:
             time.sleep(0.2)
             backlog = ray.get(ledger.backlog.remote())
@@ -123,9 +122,9 @@ class VideoDatasource(Datasource):
     """`ray.data.read_datasource(VideoDatasource(shards, ...))`: one read task per shard."""
 
     def __init__(self, shards: list[Shard], storage: Storage, *, ledger, resume=None, claims: list | None = None, lead: int = 4096,
-                 rows_per_block: int = 8, row_bytes: int | None = None):
+                 row_bytes: int | None = None):
         super().__init__()
-        self.shards, self.storage, self.ledger, self.lead, self.rows_per_block = shards, storage, ledger, lead, rows_per_block
+        self.shards, self.storage, self.ledger, self.lead = shards, storage, ledger, lead
         self.row_bytes = row_bytes  # a listing row's size (the driver shapes blocks by bytes with it), None: unknown
         self.resume = [resume] if resume is not None else []  # in a list: the read task fetches it itself
         self.claims = claims or []
@@ -134,10 +133,10 @@ class VideoDatasource(Datasource):
         return None  # unknown until listed
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None) -> list[ReadTask]:
-        storage, ledger, resume, claims, lead, rows = self.storage, self.ledger, self.resume, self.claims, self.lead, self.rows_per_block
+        storage, ledger, resume, claims, lead = self.storage, self.ledger, self.resume, self.claims, self.lead
 
         def task(n: int, shard: Shard):  # captures one shard, not the datasource
-            return lambda: read_shard(n, shard, storage, ledger, resume, claims, lead, rows)
+            return lambda: read_shard(n, shard, storage, ledger, resume, claims, lead)
 
         meta = BlockMetadata(num_rows=None, size_bytes=None, input_files=None, exec_stats=None)
         return [ReadTask(task(n, s), meta, schema=LISTING_SCHEMA, per_task_row_limit=per_task_row_limit) for n, s in enumerate(self.shards)]
