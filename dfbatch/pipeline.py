@@ -539,21 +539,25 @@ def run_score(cfg: ScoreConfig) -> Summary:
         store.check_writable()
     except Exception as exc:
         raise UserError(f"cannot write to output {redact(cfg.output)}: {one_line(exc)}") from None
+    from dfbatch.io.listing import first_video
+
+    # every SOURCE is checked (its first video found) before Ray starts: a bad SOURCE is a one-line error at once
+    firsts = [first_video(src, storage) for src in cfg.sources]
     ray_start = RayStart(cfg.ray_address, clock)
     ray_start.start()  # Ray's processes come up while this one imports MLflow, reads the model, opens the run
     try:
-        return _score(cfg, clock, ray_start, storage, store, started)
+        return _score(cfg, clock, ray_start, storage, store, started, firsts)
     finally:
         # returned or raised, no start is left in flight: Ray is up or was never started (a caller that goes on,
         # a notebook or a test calling ray.init, never meets a half-started Ray)
         ray_start.settle()
 
 
-def _score(cfg: ScoreConfig, clock, ray_start: RayStart, storage: Storage, store, started: float) -> Summary:
-    """`run_score` once the output is writable and Ray is starting."""
+def _score(cfg: ScoreConfig, clock, ray_start: RayStart, storage: Storage, store, started: float, firsts: list) -> Summary:
+    """`run_score` once the output is writable, every SOURCE's first video found (`firsts`) and Ray is starting."""
     import mlflow
 
-    from dfbatch.io.listing import first_video, may_repeat, refs_table, source_shards
+    from dfbatch.io.listing import may_repeat, refs_table, source_shards
     from dfbatch.stages.failures import clear_markers
 
     from dfbatch.models import registry
@@ -579,8 +583,6 @@ def _score(cfg: ScoreConfig, clock, ray_start: RayStart, storage: Storage, store
     store.recover()
     clear_markers(cfg.output, storage, older_than_s=86400)  # crash markers of jobs killed a day ago or more
     replaced = store.drop_superseded(name, version)  # what a killed rescore or retry left: one row per video again
-    # every SOURCE is checked (its first video found) before anything runs: a bad SOURCE is a one-line error
-    firsts = [first_video(src, storage) for src in cfg.sources]
     shards = [sh for i, src in enumerate(cfg.sources) if firsts[i] is not None for sh in source_shards(i, src, storage, cfg.listing_shards)]
     row_bytes = max((refs_table([ref]).nbytes for ref in firsts if ref is not None), default=None)
     job_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
@@ -637,12 +639,12 @@ def _score(cfg: ScoreConfig, clock, ray_start: RayStart, storage: Storage, store
             claims = [ray.remote(IdClaims).options(**here).remote() for _ in range(N_CLAIMS)] if may_repeat(cfg.sources) else []
             resume = None if cfg.rescore else ray.remote(_resume_index).options(**here).remote(cfg.output, storage, name, version,
                                                                                                cfg.resume_retry())
-            source = VideoDatasource(shards, storage, ledger=ledger, resume=resume, claims=claims, lead=max(cfg.listing_lead, 4 * 128),
+            source = VideoDatasource(shards, storage, ledger=ledger, resume=resume, claims=claims, lead=max(cfg.listing_lead, 4 * cfg.rows_per_part),
                                      row_bytes=row_bytes)
             try:
                 with clock.step("graph"):
                     ds = build_dataset(cfg, source, storage, bundle, summary.resources, run.info.run_id, frames, threshold, temperature, job_id)
-                sink = ResultsDatasink(cfg.output, storage, job_id=job_id, ledger=ledger)
+                sink = ResultsDatasink(cfg.output, storage, job_id=job_id, ledger=ledger, min_rows=cfg.rows_per_part)
                 with clock.step("run"):  # actors start, videos are listed, scored and written
                     ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
                 totals = dict(sink.totals)

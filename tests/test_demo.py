@@ -77,7 +77,7 @@ def test_reduced_demo_end_to_end(tmp_path):
     # no Ray Data progress bars / progress logs from the driver or the Ray Train workers
     for noise in ("Running Dataset", "execution finished", "Parquet dataset sampling", "logging_progress",
                   "Starting execution of Dataset", "Reporting training result", "Failed to query Ray Train Controller",
-                  "Token authentication is enabled", "RayDeprecationWarning"):
+                  "Token authentication is enabled", "RayDeprecationWarning", "Traceback", "PlacementGroupCleaner"):
         assert noise not in out, f"{noise!r} in the demo's console output:\n{out[-4000:]}"
 
     # the demo model is the champion of the store the demo used, so `dfbatch score DIR` finds it by default

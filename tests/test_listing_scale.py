@@ -1,7 +1,7 @@
-"""Listing at scale, measured: a moto S3 server (HTTP) holding 2,000 and 20,000 keys; the job lists them in Ray Data
+"""Listing at scale, measured: a moto S3 server (HTTP) holding 1,000 and 10,000 keys; the job lists them in Ray Data
 read tasks, resumes past the 95 % that already have a row (the per-block anti-join) and scores the rest (1-byte
 objects: `failed` rows, cheap). The first results are committed before the listing ends, and the driver's peak
-memory grows by less than 50 MB from the 2,000- to the 20,000-key run. `python tests/test_listing_scale.py N...`
+memory grows by less than 50 MB from the 1,000- to the 10,000-key run. `python tests/test_listing_scale.py N...`
 prints the same figures for other sizes (docs/performance.md)."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import json, sys
 from dfbatch.config import SamplingConfig, ScoreConfig
 from dfbatch.pipeline import run_score
 s = run_score(ScoreConfig(sources=[sys.argv[1]], output=sys.argv[2], model_uri=sys.argv[3], s3_endpoint_url=sys.argv[4],
-                          listing_lead=int(sys.argv[5]), sampling=SamplingConfig(frames=2)))
+                          listing_lead=int(sys.argv[5]), rows_per_part=int(sys.argv[6]), sampling=SamplingConfig(frames=2)))
 # the driver's own peak: VmHWM (getrusage's ru_maxrss would also count the parent's memory at fork time)
 with open("/proc/self/status") as f:
     peak = [int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM")][0]
@@ -76,14 +76,16 @@ def prescore(out: Path, ids: list[str], model: str, version: str, every: int = E
     return len(done)
 
 
-def measure(endpoint: str, n: int, root: Path, model_uri: str, version: str, lead: int = 256, every: int = EVERY) -> dict:
+def measure(endpoint: str, n: int, root: Path, model_uri: str, version: str, lead: int = 256, every: int = EVERY,
+            part: int = 128) -> dict:
     """One job over n keys (a driver subprocess with its own local Ray): its summary and peak RSS."""
     ids = fill(endpoint, f"n{n}", n)
     out = root / f"out-{n}"
     prescore(out, ids, "dfbatch-detector", version, every)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
     t0 = time.time()
-    res = subprocess.run([sys.executable, "-c", DRIVER, f"s3://{BUCKET}/n{n}/", str(out), model_uri, endpoint, str(lead)],
+    res = subprocess.run([sys.executable, "-c", DRIVER, f"s3://{BUCKET}/n{n}/", str(out), model_uri, endpoint, str(lead),
+                          str(part)],
                          capture_output=True, text=True, timeout=3600, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads(res.stdout.strip().splitlines()[-1])
@@ -94,11 +96,13 @@ def measure(endpoint: str, n: int, root: Path, model_uri: str, version: str, lea
 def test_listing_streams_resumes_and_keeps_the_driver_small(mlflow_uri, tiny_model, tmp_path):
     server, endpoint = moto_server()
     try:
-        small = measure(endpoint, 2_000, tmp_path, tiny_model["uri"], tiny_model["version"])
-        big = measure(endpoint, 20_000, tmp_path, tiny_model["uri"], tiny_model["version"])
+        # parts of 32 rows: the listing lead (256 videos, about 5,000 keys) holds the listing back until results
+        # commit, as it does with the default parts of 128 rows at 20,000 keys and more
+        small = measure(endpoint, 1_000, tmp_path, tiny_model["uri"], tiny_model["version"], part=32)
+        big = measure(endpoint, 10_000, tmp_path, tiny_model["uri"], tiny_model["version"], part=32)
     finally:
         server.stop()
-    for n, r in ((2_000, small), (20_000, big)):
+    for n, r in ((1_000, small), (10_000, big)):
         s = r["summary"]
         assert s["listed"] == n and s["skipped"] == n - n // EVERY and s["duplicates"] == 0, s
         assert s["scored"] == n // EVERY and s["counts"]["failed"] == n // EVERY
@@ -106,8 +110,8 @@ def test_listing_streams_resumes_and_keeps_the_driver_small(mlflow_uri, tiny_mod
     # the first part was committed while the listing still had pages to go
     assert s["first_result_s"] < s["listing_s"], (s["first_result_s"], s["listing_s"])
     growth = big["peak_rss_mb"] - small["peak_rss_mb"]
-    print(f"\nlisting scale: driver peak RSS {small['peak_rss_mb']:.0f} MB (2k) -> {big['peak_rss_mb']:.0f} MB (20k), "
-          f"growth {growth:.1f} MB; 20k: first result {s['first_result_s']:.1f} s, last page {s['listing_s']:.1f} s, wall {big['wall_s']:.0f} s")
+    print(f"\nlisting scale: driver peak RSS {small['peak_rss_mb']:.0f} MB (1k) -> {big['peak_rss_mb']:.0f} MB (10k), "
+          f"growth {growth:.1f} MB; 10k: first result {s['first_result_s']:.1f} s, last page {s['listing_s']:.1f} s, wall {big['wall_s']:.0f} s")
     assert growth < 50, growth
 
 
@@ -121,6 +125,7 @@ def _main(argv: list[str]) -> None:
     p.add_argument("sizes", nargs="+", type=int)
     p.add_argument("--every", type=int, default=EVERY, help="one key in EVERY has no row yet (default %(default)s)")
     p.add_argument("--lead", type=int, default=256, help="listing lead (default %(default)s)")
+    p.add_argument("--part", type=int, default=128, help="rows per result part (default %(default)s)")
     args = p.parse_args(argv)
     root = Path(os.environ.get("SCALE_DIR") or tempfile.mkdtemp(prefix="dfbatch-scale-"))
     for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
@@ -143,7 +148,7 @@ def _main(argv: list[str]) -> None:
     server, endpoint = moto_server()
     try:
         for n in args.sizes:
-            r = measure(endpoint, n, root, uri, version, lead=args.lead, every=args.every)
+            r = measure(endpoint, n, root, uri, version, lead=args.lead, every=args.every, part=args.part)
             s = r["summary"]
             print(json.dumps({"keys": n, "every": args.every, "peak_rss_mb": round(r["peak_rss_mb"], 1),
                               "first_result_s": round(s["first_result_s"], 1), "listing_started_s": round(s["listing_started_s"], 1),

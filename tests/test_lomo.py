@@ -120,10 +120,11 @@ def test_exclude_methods_leaves_the_recipe_out(tmp_path):
 # ---------------------------------------------------------------------------------------------- slow
 # The reduced protocol: one left-out recipe (swap), one seed, small clips and a short schedule. It checks the
 # machinery (archive, exclusion, folds, figures, MLflow, resume), not the detector: a schedule this short does not
-# learn (measured: left-out AUC 0.35, seen recipes' AUC 0.52), so it carries no AUC floor (see docs/generalisation.md).
+# learn (measured with 3 epochs and more clips: left-out AUC 0.35 and 0.40, seen recipes' AUC 0.52 and 0.45), so it
+# carries no AUC floor (see docs/generalisation.md).
 REDUCED = ["--recipes", "swap", "--heads", "mean", "--seeds", "0", "--size", "160x90", "--seconds", "0.8",
-           "--epochs", "3"]
-REDUCED_YAML = "train_clips: [16, 3]\nval_clips: [6, 2]\ntest_clips: [12, 6]\nprepare_frames: 8\n"
+           "--epochs", "2"]
+REDUCED_YAML = "train_clips: [10, 2]\nval_clips: [4, 2]\ntest_clips: [12, 6]\nprepare_frames: 8\n"
 
 
 @pytest.mark.slow
@@ -149,8 +150,8 @@ def test_reduced_lomo_through_the_cli(tmp_path):
     client = MlflowClient(tracking_uri=uri)
     fold = client.get_run(folds.loc[0, "run_id"])
     assert fold.data.params["data.excluded_methods"] == "swap"
-    assert int(fold.data.params["data.excluded_videos"]) == 3 + 2 + 6  # every swap fake: train, val and test
-    assert int(fold.data.params["data.train_fake_videos"]) <= 4 * 3  # the four other recipes only (some may lose
+    assert int(fold.data.params["data.excluded_videos"]) == 2 + 2 + 6  # every swap fake: train, val and test
+    assert int(fold.data.params["data.train_fake_videos"]) <= 4 * 2  # the four other recipes only (some may lose
     # their face)
     parent = client.get_run(fold.data.tags["mlflow.parentRunId"])
     assert parent.data.tags["dfbatch.kind"] == "lomo"

@@ -155,6 +155,8 @@ class ScoreConfig(UsesS3, JobConfig):
     torch_threads: Annotated[int | None, opt(help="torch threads per model actor (default: its CPUs)", ge=1)] = None
     rows_per_block: Annotated[int, opt(help="listing rows per Ray Data block (the unit handed to one face actor; "
                                        "small blocks keep the actors evenly loaded)", ge=1)] = 2
+    rows_per_part: Annotated[int, opt(help="result rows per Parquet part: the job commits a part once it holds this "
+                                      "many (smaller parts show results sooner, in more files)", ge=1)] = 128
     listing_shards: Annotated[int, opt(help="at most this many listing read tasks per SOURCE (S3 key ranges, "
                                        "subtrees, manifest row groups)", ge=1)] = 16
     listing_lead: Annotated[int, opt(help="videos listed ahead of the committed results (bounds the listing's memory)",

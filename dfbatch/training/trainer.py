@@ -270,13 +270,41 @@ def _ingest_options(data_config_cls):
     return opts
 
 
+def _started_here() -> bool:
+    """Whether this process started the Ray it is connected to (a local Ray that ends with it)."""
+    from ray._private import worker
+
+    return bool(getattr(worker._global_node, "head", False))
+
+
+def _trainer_class():
+    """TorchTrainer; on a local Ray this process started, one without Ray Train's placement group cleaner. That
+    detached actor frees the workers' placement group if the controller dies; it watches the controller through
+    Ray's state API, which does not answer on such a Ray (it times out), so each training ended with a 12 s wait
+    and a traceback on the terminal, and the placement group ends with the local Ray anyway. On a cluster the
+    driver joined, the cleaner stays."""
+    from ray.train.torch import TorchTrainer
+
+    try:
+        from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+    except ImportError:  # another Ray version: its own defaults
+        return TorchTrainer
+    if not _started_here():
+        return TorchTrainer
+
+    class LocalTorchTrainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            return [c for c in super()._create_default_callbacks() if not isinstance(c, PlacementGroupCleanerCallback)]
+
+    return LocalTorchTrainer
+
+
 def _torch_trainer(cfg: TrainConfig, loop_config: dict, datasets: dict, storage_path: str, pa_fs, use_gpu: bool):
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     from dfbatch.training.loop import train_loop_per_worker
 
-    return TorchTrainer(
+    return _trainer_class()(
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
