@@ -282,6 +282,7 @@ def test_repeat_gives_identical_numbers_in_one_run_linked_to_the_version(first, 
     again = run_evaluate(EvaluateConfig(model_uri=versions["v1"], labels=[str(labelled / "labels.csv")],
                                         output=str(out), precision="fp32"))
     assert again.scoring["scored"] == 0 and again.scoring["skipped"] == 8
+    assert again.scoring["mlflow_run_id"] is None  # every labelled video had its row: no scoring job started
     assert json.dumps(again.metrics, sort_keys=True) == json.dumps(ev.metrics, sort_keys=True)
     assert again.run_id == ev.run_id and again.dataset["digest"] == ev.dataset["digest"]
 
@@ -302,6 +303,29 @@ def test_repeat_gives_identical_numbers_in_one_run_linked_to_the_version(first, 
     linked = {mt.key: mt for mt in client.get_logged_model(model_id).metrics}
     assert linked["video/roc_auc"].value == pytest.approx(ev.metrics["video/roc_auc"])
     assert linked["video/roc_auc"].dataset_digest == ev.dataset["digest"]
+
+
+@pytest.mark.slow
+def test_a_changed_video_is_scored_again(first, labelled, versions, tmp_path):
+    """A labelled file changed since its row (here: a new mtime, so a new video id) is scored again by the scoring
+    job, as `dfbatch score` would resume; the others are reused. Into a copy of OUT: the other tests keep theirs."""
+    import shutil
+
+    from dfbatch.config import EvaluateConfig
+    from dfbatch.evaluation.evaluate import run_evaluate
+
+    _, out, _ = first
+    shutil.copytree(out, tmp_path / "out")
+    clip = labelled / "real_000.mp4"
+    st = clip.stat()
+    os.utime(clip, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    try:
+        ev = run_evaluate(EvaluateConfig(model_uri=versions["v1"], labels=[str(labelled / "labels.csv")],
+                                         output=str(tmp_path / "out"), precision="fp32", log_mlflow=False))
+    finally:
+        os.utime(clip, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (ev.scoring["listed"], ev.scoring["skipped"], ev.scoring["scored"]) == (8, 7, 1)
+    assert ev.scoring["mlflow_run_id"] is not None
 
 
 @pytest.mark.slow

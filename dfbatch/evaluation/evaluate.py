@@ -7,7 +7,7 @@
 1. `labelled_set`: the labels (DFDC, FF++, Celeb-DF, CSV; optionally one split) and their identity as an MLflow
    dataset (name, digest of the relative paths, labels and methods).
 2. With a model: `pipeline.run_score` scores the labelled videos into OUT (it resumes: rows OUT already holds for
-   that version are reused). Without: the rows OUT holds (one model version; several is an error).
+   that version are reused; `reused_scoring`: when every labelled video is a local file with its row, no job starts). Without: the rows OUT holds (one model version; several is an error).
 3. `version_rows`: the videos rows of that version for the labelled videos (the latest per video; a labelled video
    without a row is `not_scored`) and their faces rows (same scoring run).
 4. `compute_metrics` (pure, from those rows): video level over `ok` videos (ROC AUC, average precision, EER, log
@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -63,7 +64,7 @@ class Evaluation:
     experiment: str | None = None
     artifacts: list[str] = field(default_factory=list)
     calibration: dict | None = None  # stored by --calibrate
-    scoring: dict | None = None  # the scoring job's summary (with --model)
+    scoring: dict | None = None  # the scoring job's summary (with --model; `reused_scoring`'s when none was needed)
 
     def to_dict(self) -> dict:
         dataset = {k: v for k, v in self.dataset.items() if not k.startswith("_")}
@@ -122,15 +123,52 @@ def default_output(dataset: dict) -> str:
 
 
 # -------------------------------------------------------------------------------------------------- the rows
-def score_labelled(cfg: EvaluateConfig, labels: pd.DataFrame, output: str):
-    """Score the labelled videos with the scoring job (a manifest of their URIs); returns its Summary."""
-    from dfbatch.pipeline import run_score
-
+@contextlib.contextmanager
+def _manifest(labels: pd.DataFrame):
+    """A manifest of the labelled videos' URIs (a temporary file): the scoring job's SOURCE."""
     with tempfile.TemporaryDirectory(prefix="dfbatch-eval-") as tmp:
         manifest = os.path.join(tmp, "labelled.txt")
         with open(manifest, "w", encoding="utf-8") as fh:
             fh.writelines(f"{u}\n" for u in labels["uri"])
+        yield manifest
+
+
+def score_labelled(cfg: EvaluateConfig, labels: pd.DataFrame, output: str):
+    """Score the labelled videos with the scoring job (a manifest of their URIs); returns its Summary."""
+    from dfbatch.pipeline import run_score
+
+    with _manifest(labels) as manifest:
         return run_score(cfg.score_config([manifest], output, cfg.model_uri))
+
+
+def reused_scoring(cfg: EvaluateConfig, labels: pd.DataFrame, output: str, storage) -> dict | None:
+    """When every labelled video is a local file that already has a row of the registered version `cfg.model_uri`
+    names in OUT (by video id: path, size and mtime, as the scoring job resumes), what the scoring job would do is
+    nothing: its `Summary` (no job id, no MLflow run) without starting it (no Ray, no actors). None: run the scoring
+    job (an S3 set, a checkpoint file or run URI, or a video without a row)."""
+    from dfbatch.io.listing import iter_videos
+    from dfbatch.io.results import ResultStore
+    from dfbatch.io.resume import ID_DTYPE, scored_index
+    from dfbatch.io.storage import is_s3
+    from dfbatch.models import registry
+
+    uris = list(labels["uri"])
+    if not str(cfg.model_uri).startswith("models:/") or not uris or any(is_s3(u) for u in uris):
+        return None
+    with _manifest(labels) as manifest:  # listed as the scoring job lists it: the same video ids
+        refs = list(iter_videos([manifest], storage))
+    try:
+        info = registry.version_info(cfg.model_uri, cfg.tracking_uri)
+    except Exception:  # an unknown model: the scoring job says so as it always does
+        return None
+    index = scored_index(ResultStore(output, storage), info["name"], info["version"])
+    ids = np.array([r.video_id for r in refs], dtype=ID_DTYPE)
+    if not len(index) or not np.isin(ids, index).all():
+        return None
+    from dfbatch.pipeline import Summary
+
+    return Summary(redact(output), info["name"], info["version"], info["uri"], None, "", listed=len(refs),
+                   skipped=len(refs)).to_dict()
 
 
 def _read(output: str, sub: str, storage, name: str | None = None, version: str | None = None) -> pd.DataFrame:
@@ -275,9 +313,8 @@ def run_evaluate(cfg: EvaluateConfig) -> Evaluation:
     scoring = None
     if cfg.model_uri:
         output = cfg.output or default_output(dataset)
-        summary = score_labelled(cfg, labels, output)
-        scoring = summary.to_dict()
-        name, version = summary.model_name, summary.model_version
+        scoring = reused_scoring(cfg, labels, output, storage) or score_labelled(cfg, labels, output).to_dict()
+        name, version = scoring["model_name"], scoring["model_version"]
     else:
         output = cfg.output
         name, version = pick_version(output, storage, labels, cfg.model_version)
@@ -467,8 +504,9 @@ def format_report(ev: Evaluation) -> str:
              f"'{d['name']}' (digest {d['digest']}: {d['videos']} labelled videos, {d['fake']} FAKE)"]
     if ev.scoring:
         s = ev.scoring
+        job = f"MLflow run {s['mlflow_run_id']}" if s["mlflow_run_id"] else "no scoring job needed"
         lines.append(f"  scoring: {s['listed']} listed, {s['skipped']} already scored in {redact(ev.output)} (reused), "
-                     f"{s['scored']} scored now (MLflow run {s['mlflow_run_id']})")
+                     f"{s['scored']} scored now ({job})")
     lines.append(f"  videos: ok {m['videos/ok']:.0f}   no_face {m['videos/no_face']:.0f}   failed {m['videos/failed']:.0f}"
                  f"   not scored {m['videos/not_scored']:.0f}   — video metrics are over the {m['videos/ok']:.0f} ok "
                  "videos; the others are counted here, never as right or wrong")
