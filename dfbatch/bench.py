@@ -500,7 +500,9 @@ def _startup_run(video: Path, out: Path, model_uri: str, tracking: str, s: Bench
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         raise RuntimeError(f"start-up run failed: {done.stderr.strip()[-2000:]}")
-    summary = json.JSONDecoder().raw_decode(done.stdout[done.stdout.index("{"):])[0]  # Ray may log a line after it
+    from dfbatch.pipeline import Summary
+
+    summary = Summary.from_printed(done.stdout)
     origin, steps = summary["startup"]["process_started_at"], summary["startup"]["steps"]
     first = read_results(str(out))["scored_at"].min().timestamp() - origin
     run = steps.get("run", {"at_s": first, "s": 0.0})

@@ -58,6 +58,12 @@ class Summary:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @staticmethod
+    def from_printed(stdout: str) -> dict:
+        """The summary `dfbatch score --json` printed: the first JSON object on its stdout (a Ray worker's log line
+        may follow it)."""
+        return json.JSONDecoder().raw_decode(stdout[stdout.index("{"):])[0]
+
 
 def model_identity(bundle) -> tuple[str, str]:
     """(name, version) of a bundle; a checkpoint file or a run gets its file/run name and a content hash."""

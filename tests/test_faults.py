@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import glob
 import http.client
-import json
 import os
 import signal
 import subprocess
@@ -25,11 +24,7 @@ from dfbatch.corpora import hostile
 from dfbatch.config import SamplingConfig, ScoreConfig
 from dfbatch.errors import UserError
 from dfbatch.io.results import read_results
-
-
-def _summary_json(stdout: str) -> dict:
-    """The job summary `--json` prints: the first JSON object on stdout (Ray may log a line after it)."""
-    return json.JSONDecoder().raw_decode(stdout[stdout.index("{"):])[0]
+from dfbatch.pipeline import Summary
 
 
 pytestmark = pytest.mark.slow
@@ -178,7 +173,7 @@ def test_driver_sigkill_mid_write_then_rerun(mlflow_uri, tiny_model, tmp_path):
     finally:
         stop.set()
         th.join()
-    summary = _summary_json(rerun.stdout)
+    summary = Summary.from_printed(rerun.stdout)
     assert summary["listed"] == len(videos) and summary["skipped"] == committed and summary["scored"] == len(videos) - committed
     _check_one_row_per_video(out, videos)
     assert not bad, bad[:3]
@@ -281,7 +276,7 @@ def test_videos_that_crash_or_hang_their_worker_every_time_get_failed_rows(mlflo
     cmd = _score_cli(tmp_path / "src", out, extra=["--face-workers", "1", "--time-budget", "4", "--json"])
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=500)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    first = _summary_json(proc.stdout)
+    first = Summary.from_printed(proc.stdout)
     deaths = Counter(line.split(":")[0] for line in log.read_text().split())
     # each killed two worker processes on its own (and maybe one more while sharing a batch, charged to no video),
     # then no more attempts
@@ -300,7 +295,7 @@ def test_videos_that_crash_or_hang_their_worker_every_time_get_failed_rows(mlflo
 
     proc = subprocess.run([*cmd, "--retry-failed"], env=env | {"DFBATCH_TEST_CRASH_OFF": "1"}, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    second = _summary_json(proc.stdout)
+    second = Summary.from_printed(proc.stdout)
     assert (second["listed"], second["skipped"], second["scored"], second["replaced"]) == (7, 4, 3, 3)
     after = read_results(str(out)).set_index("video_uri")
     assert len(after) == 7 and after.video_id.is_unique

@@ -15,14 +15,9 @@ import pandas as pd
 import pytest
 
 from dfbatch.config import ScoreConfig
-from dfbatch.pipeline import run_score
+from dfbatch.pipeline import Summary, run_score
 from dfbatch.io.results import FACES_SCHEMA, VIDEOS_SCHEMA, read_results
 from dfbatch.io.storage import Storage
-
-
-def _summary_json(stdout: str) -> dict:
-    """The job summary `--json` prints: the first JSON object on stdout (Ray may log a line after it)."""
-    return json.JSONDecoder().raw_decode(stdout[stdout.index("{"):])[0]
 
 
 pytestmark = pytest.mark.slow
@@ -170,7 +165,7 @@ def test_ray_job_entry_point_runs_the_same_job(mlflow_uri, tiny_model, clip_dir,
     out = tmp_path / "o"
     res = subprocess.run([sys.executable, str(REPO / "jobs" / "score.py"), str(clip_dir / "carphone.mp4"), "-o", str(out), "--json"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    summary = _summary_json(res.stdout)
+    summary = Summary.from_printed(res.stdout)
     assert summary["counts"]["ok"] == 1 and summary["scored"] == 1
     assert list(read_results(str(out)).status) == ["ok"]
 

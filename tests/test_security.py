@@ -23,11 +23,7 @@ from dfbatch.corpora import hostile
 from dfbatch.cli import main as cli_main
 from dfbatch.io.results import ResultStore
 from dfbatch.io.storage import Storage
-
-
-def _summary_json(stdout: str) -> dict:
-    """The job summary `--json` prints: the first JSON object on stdout (Ray may log a line after it)."""
-    return json.JSONDecoder().raw_decode(stdout[stdout.index("{"):])[0]
+from dfbatch.pipeline import Summary
 
 
 SECRET = "PLANTEDs3cr3t" + uuid.uuid4().hex[:12]
@@ -84,7 +80,7 @@ def test_planted_secrets_appear_nowhere(planted, s3_endpoint, mlflow_uri, tiny_m
         assert len(list(ray_tmp.glob("ray/session_*/logs/*"))) > 5, "Ray logs were not where they were scanned"
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
-    summary = _summary_json(proc.stdout)
+    summary = Summary.from_printed(proc.stdout)
     # the job itself worked: the URI with credentials is scored under its clean name
     tables = {sub: pq.read_table(out / sub) for sub in ("videos", "faces")}
     rows = {r["video_uri"]: r for r in tables["videos"].to_pylist()}

@@ -7,7 +7,8 @@
 1. `labelled_set`: the labels (DFDC, FF++, Celeb-DF, CSV; optionally one split) and their identity as an MLflow
    dataset (name, digest of the relative paths, labels and methods).
 2. With a model: `pipeline.run_score` scores the labelled videos into OUT (it resumes: rows OUT already holds for
-   that version are reused; `reused_scoring`: when every labelled video is a local file with its row, no job starts). Without: the rows OUT holds (one model version; several is an error).
+   that version are reused; `reused_scoring`: when every labelled video is a local file with its row, no job
+   starts). Without: the rows OUT holds (one model version; several is an error).
 3. `version_rows`: the videos rows of that version for the labelled videos (the latest per video; a labelled video
    without a row is `not_scored`) and their faces rows (same scoring run).
 4. `compute_metrics` (pure, from those rows): video level over `ok` videos (ROC AUC, average precision, EER, log
