@@ -547,8 +547,12 @@ def run_score(cfg: ScoreConfig) -> Summary:
         raise UserError(f"cannot write to output {redact(cfg.output)}: {one_line(exc)}") from None
     from dfbatch.io.listing import first_video
 
-    # every SOURCE is checked (its first video found) before Ray starts: a bad SOURCE is a one-line error at once
+    from dfbatch.models.registry import precheck
+
+    # every SOURCE (its first video found) and what can be told of the model without MLflow are checked before Ray
+    # starts: a bad SOURCE or a missing model file is a one-line error at once
     firsts = [first_video(src, storage) for src in cfg.sources]
+    precheck(cfg.model_uri, cfg.tracking_uri)
     ray_start = RayStart(cfg.ray_address, clock)
     ray_start.start()  # Ray's processes come up while this one imports MLflow, reads the model, opens the run
     try:

@@ -386,7 +386,8 @@ def test_calibration_is_stored_and_scoring_labels_with_it(first, labelled, versi
     assert "calibration:  eer on labelled0" in shown and "tracks=max,frames=confident" in shown
 
     clips = [str(labelled / "real_000.mp4"), str(labelled / "fake_000.mp4")]
-    assert main(["score", *clips, "-o", str(tmp_path / "o1"), "--model", versions["v1"], "--precision", "fp32"]) == 0
+    assert main(["score", *clips, "-o", str(tmp_path / "o1"), "--model", versions["v1"], "--precision", "fp32",
+                 "--face-workers", "1"]) == 0
     summary = capsys.readouterr().out
     assert (f"threshold {entry['threshold']:g} (temperature {entry['temperature']:g}): calibrated for "
             "tracks=max,frames=mean: eer on labelled0") in summary and "note:" not in summary
@@ -401,7 +402,7 @@ def test_calibration_is_stored_and_scoring_labels_with_it(first, labelled, versi
 
     conf = rec["aggregations"]["tracks=max,frames=confident"]
     assert main(["score", *clips, "-o", str(tmp_path / "o2"), "--model", versions["v1"], "--precision", "fp32",
-                 "--frame-aggregation", "confident", "--detect-every", "2"]) == 0
+                 "--frame-aggregation", "confident", "--detect-every", "2", "--face-workers", "1"]) == 0
     summary = capsys.readouterr().out
     assert "note: this job's settings differ from the calibration's: detect_every 4 -> 2" in summary
     assert (read_results(str(tmp_path / "o2")).threshold == conf["threshold"]).all()

@@ -57,15 +57,28 @@ def test_models_list_and_show_without_torch(tiny_model):
     assert info["parameters"] == sum(int(v.numel()) for v in build_model(spec).state_dict().values())
 
 
+def script(path: Path, *argv: str) -> str:
+    """`python PATH ARGV` (a plain script, as `ray job submit -- python PATH` runs it) inside the fresh interpreter."""
+    return (f"import runpy, sys\nsys.argv = [{str(path)!r}, *{list(argv)!r}]\n"
+            f"try:\n    runpy.run_path({str(path)!r}, run_name='__main__')\n"
+            "except SystemExit as exc:\n    assert exc.code in (0, None), exc.code\n")
+
+
 @pytest.mark.slow
 def test_scoring_driver_never_imports_torch(tiny_model, clip_dir, tmp_path):
-    """The driver of `dfbatch score` with a registered model hands the weights to the actors as stored (checked
+    """The job's entry point for `ray job submit` (`jobs/score.py`, run here as a plain script with the default
+    model, the registered champion): it scores, and its driver hands the weights to the actors as stored (checked
     against their sha256): only the actors import torch, so the driver's start-up is not spent on it."""
     out = tmp_path / "out"
-    heavy, printed = heavy_modules_after(cli("score", str(clip_dir / "carphone.mp4"), "-o", str(out), "--model", tiny_model["uri"], "--json"))
+    heavy, printed = heavy_modules_after(script(ROOT / "jobs" / "score.py", str(clip_dir / "carphone.mp4"), "-o", str(out),
+                                                "--face-workers", "1", "--json"))
     assert heavy == ["ray"], heavy
     summary = json.loads(printed[printed.index("{"):])
-    assert summary["counts"]["ok"] == 1
+    assert summary["counts"]["ok"] == 1 and summary["scored"] == 1
+    assert summary["model_uri"].startswith("models:/dfbatch-detector/")  # the default: the registered champion
     steps = summary["startup"]["steps"]
     assert {"python_and_cli", "model", "ray_start", "run"} <= set(steps) and steps["model"]["s"] > 0
     assert steps["ray_start"]["at_s"] <= steps["model"]["at_s"]  # Ray comes up while the model is read
+    from dfbatch.io.results import read_results
+
+    assert list(read_results(str(out)).status) == ["ok"]

@@ -244,32 +244,26 @@ def test_train_one_worker_registers_challenger_then_resumes(ray_local, shards, t
 
 
 @pytest.mark.slow
-def test_train_two_workers(ray_local, shards, tmp_path):
+def test_train_two_workers_read_shards_from_s3_and_checkpoint_to_s3(ray_local, s3_endpoint, tmp_path):
+    """Two Ray Train workers share the epoch (each its half of the tracks), read the shards from S3 and write the
+    checkpoints there."""
     from mlflow import MlflowClient
 
-    from dfbatch.training.trainer import train
-
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    r = train(TrainConfig(data=shards, output=str(tmp_path / "ckpt"), name="two", epochs=1, num_workers=2,
-                          sbi="only", tracking_uri=uri, register=False, **TINY))
-    assert r.last_epoch == 1 and os.path.isfile(r.model_file) and r.model_version is None
-    h = r.history[0]
-    assert h["train_sequences"] == 8 and h["train_steps"] == 2  # 4 tracks per worker, batch 4
-    assert h["train_sbi_fraction"] > 0 and h["val_videos"] == 4
-    assert MlflowClient(uri).get_run(r.run_id).data.metrics["train_sequences"] == 8
-
-
-@pytest.mark.slow
-def test_train_reads_shards_from_s3_and_checkpoints_to_s3(ray_local, s3_endpoint, tmp_path):
     from dfbatch.models.checkpoints import read_checkpoint
     from dfbatch.io.storage import Storage
     from dfbatch.training.trainer import train
 
     fs = Storage(s3_endpoint).fs("s3://dfbatch-train/")
     fs.mkdir("dfbatch-train")
-    make_shards("s3://dfbatch-train/shards", n_train=4, n_val=2)
+    make_shards("s3://dfbatch-train/shards")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
     r = train(TrainConfig(data="s3://dfbatch-train/shards", output="s3://dfbatch-train/ckpt", name="s3", epochs=1,
-                          tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", register=False, **TINY))
+                          num_workers=2, sbi="only", tracking_uri=uri, register=False, **TINY))
+    assert r.last_epoch == 1 and r.model_version is None
+    h = r.history[0]
+    assert h["train_sequences"] == 8 and h["train_steps"] == 2  # 4 tracks per worker, batch 4
+    assert h["train_sbi_fraction"] > 0 and h["val_videos"] == 4
+    assert MlflowClient(uri).get_run(r.run_id).data.metrics["train_sequences"] == 8
     assert r.model_file == "s3://dfbatch-train/ckpt/s3/best_model.pt" and r.best_checkpoint.startswith("s3://dfbatch-train/ckpt/s3/")
     local = tmp_path / "best.pt"
     fs.get_file("dfbatch-train/ckpt/s3/best_model.pt", str(local))

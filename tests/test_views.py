@@ -175,7 +175,8 @@ def scored(ray_local, clip_dir, tmp_path_factory):
         for version, seed in (("1", 0), ("2", 1)):
             torch.manual_seed(seed)
             assert registry.register(build_model(spec), spec, NAME, alias="champion" if version == "1" else None, threshold=0.5, tracking_uri=uri) == version
-            cfg = ScoreConfig(sources=[str(clips)], output=str(out), model_uri=f"models:/{NAME}/{version}", tracking_uri=uri, save_crops=version == "1")
+            cfg = ScoreConfig(sources=[str(clips)], output=str(out), model_uri=f"models:/{NAME}/{version}", tracking_uri=uri, save_crops=version == "1",
+                              face_workers=1)
             summaries.append(run_score(cfg))
     videos = read_results(str(out))
     assert sorted(videos.status) == ["failed", "failed", "no_face", "no_face", "ok", "ok", "ok", "ok"]

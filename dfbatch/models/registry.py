@@ -608,17 +608,32 @@ def _checked_spec(d: Mapping[str, Any], uri: str) -> ModelSpec:
         raise CheckpointError(f"{uri}: bad model spec: {exc}") from None
 
 
+def _is_file(model_uri: str) -> bool:
+    return not (model_uri.startswith(("models:/", "runs:/")) or "://" in model_uri)
+
+
+def precheck(model_uri: str, tracking_uri: str | None = None) -> None:
+    """What `fetch` refuses without MLflow or torch (no model given, a checkpoint file or a sqlite store that is not
+    there): a scoring job asks before it starts Ray, so such a mistake is a one-line error at once."""
+    if not model_uri:
+        raise ModelNotFound(f"no model given; {HOW_TO_GET_A_MODEL}")
+    if _is_file(model_uri):
+        if not Path(model_uri).expanduser().exists():
+            raise ModelNotFound(f"no such model file: {model_uri}; {HOW_TO_GET_A_MODEL}")
+        return
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri and model_uri.startswith(("models:/", "runs:/")) and (missing := _sqlite_missing(_registry_uri(uri))) is not None:
+        raise _not_found(model_uri, uri, f"no database at {missing}")
+
+
 def fetch(model_uri: str, tracking_uri: str | None = None, *, tensors: bool = True) -> ModelBundle:
     """Resolve `models:/NAME@ALIAS`, `models:/NAME/VERSION`, `runs:/RUN/PATH` or a checkpoint file into a
     ModelBundle (spec + CPU state dict + registry metadata). Raises ModelNotFound / CheckpointError.
     `tensors=False`: a logged model's weights come as `StoredWeights` (sha256-checked bytes, torch not imported;
     the scoring job's actors load them); a checkpoint file is read with torch as ever."""
-    if not model_uri:
-        raise ModelNotFound(f"no model given; {HOW_TO_GET_A_MODEL}")
-    if not (model_uri.startswith(("models:/", "runs:/")) or "://" in model_uri):
+    precheck(model_uri, tracking_uri)
+    if _is_file(model_uri):
         p = Path(model_uri).expanduser()
-        if not p.exists():
-            raise ModelNotFound(f"no such model file: {model_uri}; {HOW_TO_GET_A_MODEL}")
         from dfbatch.models.checkpoints import read_checkpoint
 
         spec, sd, meta = read_checkpoint(p)
