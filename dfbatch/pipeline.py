@@ -5,6 +5,7 @@ This is the only module that knows the whole flow; each stage's logic lives in i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -60,9 +61,8 @@ class Summary:
 
     @staticmethod
     def from_printed(stdout: str) -> dict:
-        """The summary `dfbatch score --json` printed: the first JSON object on its stdout (a Ray worker's log line
-        may follow it)."""
-        return json.JSONDecoder().raw_decode(stdout[stdout.index("{"):])[0]
+        """The summary `dfbatch score --json` printed: its whole stdout (Ray's output goes to stderr)."""
+        return json.loads(stdout)
 
 
 def model_identity(bundle) -> tuple[str, str]:
@@ -547,16 +547,18 @@ def run_score(cfg: ScoreConfig) -> Summary:
         raise UserError(f"cannot write to output {redact(cfg.output)}: {one_line(exc)}") from None
     from dfbatch.io.listing import first_video
 
-    from dfbatch.models.registry import precheck
+    from dfbatch.models import registry
 
     # every SOURCE (its first video found) and what can be told of the model without MLflow are checked before Ray
     # starts: a bad SOURCE or a missing model file is a one-line error at once
     firsts = [first_video(src, storage) for src in cfg.sources]
-    precheck(cfg.model_uri, cfg.tracking_uri)
+    registry.precheck(cfg.model_uri, cfg.tracking_uri)
     ray_start = RayStart(cfg.ray_address, clock)
     ray_start.start()  # Ray's processes come up while this one imports MLflow, reads the model, opens the run
     try:
-        return _score(cfg, clock, ray_start, storage, store, started, firsts)
+        # the job's MLflow store for its own calls only: the caller's MLflow (a notebook's, say) is left as it was
+        with registry.using_tracking_uri(cfg.tracking_uri) if cfg.tracking_uri else contextlib.nullcontext():
+            return _score(cfg, clock, ray_start, storage, store, started, firsts)
     finally:
         # returned or raised, no start is left in flight: Ray is up or was never started (a caller that goes on,
         # a notebook or a test calling ray.init, never meets a half-started Ray)
@@ -573,8 +575,6 @@ def _score(cfg: ScoreConfig, clock, ray_start: RayStart, storage: Storage, store
     from dfbatch.models import registry
 
     clock.record("imports", clock.created)  # the result store, MLflow, the registry
-    if cfg.tracking_uri:
-        mlflow.set_tracking_uri(cfg.tracking_uri)
     try:
         with clock.step("model"):  # MLflow store, registry lookup, weights (not loaded: the actors load them)
             bundle = registry.fetch(cfg.model_uri, cfg.tracking_uri, tensors=False)

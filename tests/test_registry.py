@@ -85,7 +85,7 @@ def test_pyfunc_loads_from_code_without_pickle(store):
     files = {os.path.relpath(os.path.join(d, f), local) for d, _, fs in os.walk(local) for f in fs}
     assert {"MLmodel", "mlflow_model.py", "artifacts/weights.pt", "artifacts/spec.json", "input_example.json"} <= files
     assert not any(f.endswith((".pkl", ".pickle", ".cloudpickle")) for f in files)
-    with registry._using(store["uri"]):  # MLflow's models:/ resolution uses the global tracking/registry URI
+    with registry.using_tracking_uri(store["uri"]):  # MLflow's models:/ resolution uses the global tracking/registry URI
         pyfunc = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
     np.testing.assert_allclose(pyfunc.predict(_crops()), _probs(store["models"][store["v1"]]), atol=1e-6)
     assert pyfunc.metadata.metadata["dfbatch_spec"] == SPEC.to_dict()
@@ -192,7 +192,7 @@ def test_cli_register_file_and_run(store, monkeypatch, capsys, tmp_path):
     # a model logged inside a (training) run, registered afterwards by its runs:/ URI
     client = mlflow.MlflowClient(uri)
     run = client.create_run(client.get_experiment_by_name(registry.DEFAULT_EXPERIMENT).experiment_id)
-    with registry._using(uri), mlflow.start_run(run_id=run.info.run_id):
+    with registry.using_tracking_uri(uri), mlflow.start_run(run_id=run.info.run_id):
         registry.log_model(model, SPEC, threshold=0.6)
     rc, out, _ = _cli(monkeypatch, capsys, "models", "register", f"runs:/{run.info.run_id}/model", "--name",
                       "from-run", "--alias", "challenger", "--tracking-uri", uri)

@@ -120,6 +120,9 @@ def test_credentials_in_uris_stay_out_of_errors(planted, s3_endpoint, tiny_model
         (["score", str(empty), "-o", f"s3://user:{SECRET}@no-such-bucket/out", "--model", tiny_model["uri"]], "cannot write to output"),
         (["score", str(empty), "-o", str(tmp_path / "o3"), "--model", "models:/dfbatch-detector@champion", "--tracking-uri", f"http://user:{SECRET}@127.0.0.1:9/"], "127.0.0.1"),
     ]
+    import mlflow
+
+    before = (mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI"))
     try:
         for argv, want in cases:
             assert cli_main(["-v", *argv]) == 2, argv
@@ -131,6 +134,9 @@ def test_credentials_in_uris_stay_out_of_errors(planted, s3_endpoint, tiny_model
     finally:
         logging.getLogger().removeHandler(handler)
     assert SECRET not in logs.getvalue()
+    # the job's --tracking-uri was the job's only: this process's MLflow still points where it did (tests after
+    # this one, and a notebook's later calls, would otherwise meet the dead server)
+    assert (mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")) == before
 
 
 def test_output_names_cannot_escape_out(tmp_path):

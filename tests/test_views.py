@@ -170,7 +170,7 @@ def scored(ray_local, clip_dir, tmp_path_factory):
         shutil.copy(clip_dir / src, clips / dst)
     out = root / "out"
     spec = ModelSpec(backbone="tiny", hidden_dim=32, input_size=64, seq_len=8, head="mean")
-    with registry._using(uri):  # run_score points MLflow at its tracking URI; the session's store is restored after
+    with registry.using_tracking_uri(uri):  # register() writes through MLflow's global URI; the session's is restored after
         summaries = []
         for version, seed in (("1", 0), ("2", 1)):
             torch.manual_seed(seed)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
+import sys
 
 from dfbatch.cli.options import add_job_arguments, add_preset, config_from_args
 from dfbatch.config import REFERENCE_PRESET, ScoreConfig
@@ -66,6 +68,15 @@ def failed_lines(failed: dict) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from dfbatch.pipeline import run_score
 
-    summary = run_score(config_from_args(args))
-    print(json.dumps(summary.to_dict(), indent=2) if args.json else format_summary(summary))
+    if not args.json:
+        print(format_summary(run_score(config_from_args(args))))
+        return 0
+    # --json: stdout holds the JSON alone (`dfbatch score ... --json | jq` reads it whole). Ray prints its workers'
+    # output and its own notices ("(raylet) A worker died ...") on this process's stdout: on stderr while the job
+    # runs, and Ray is stopped before the JSON is printed.
+    with contextlib.redirect_stdout(sys.stderr):
+        summary = run_score(config_from_args(args))
+        if "ray" in sys.modules:
+            sys.modules["ray"].shutdown()
+    print(json.dumps(summary.to_dict(), indent=2))
     return 0

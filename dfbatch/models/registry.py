@@ -152,7 +152,7 @@ def _sqlite_missing(uri: str) -> Path | None:
 
 
 @contextlib.contextmanager
-def _using(tracking_uri: str) -> Iterator[None]:
+def using_tracking_uri(tracking_uri: str) -> Iterator[None]:
     """Point MLflow's fluent API at `tracking_uri` (and registry) for the block; restore afterwards
     (module state and the MLFLOW_* variables MLflow's setters write)."""
     import mlflow
@@ -309,7 +309,7 @@ def register(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor], spec: 
     uri = resolve_tracking_uri(tracking_uri)
     if not 0.0 <= float(threshold) <= 1.0:
         raise UserError(f"threshold must be in [0, 1], got {threshold}")
-    with _using(uri):
+    with using_tracking_uri(uri):
         active = mlflow.active_run()
         if run_id is not None and active is not None and active.info.run_id == run_id:
             run_ctx = contextlib.nullcontext(active)  # the caller's own run (e.g. training): leave it open
@@ -364,7 +364,7 @@ def register_uri(source: str, name: str = DEFAULT_MODEL_NAME, *, alias: str | No
     if source.startswith("runs:/"):
         bundle = fetch(source, tracking_uri=uri)  # validates it is a dfbatch model
         thr = bundle.threshold if threshold is None else float(threshold)
-        with _using(uri):
+        with using_tracking_uri(uri):
             mv = mlflow.register_model(source, name)
         version = str(mv.version)
         _tag_version(name, version, bundle.spec, thr, lineage=bundle.meta.get("lineage"),
