@@ -278,7 +278,8 @@ def test_the_checks_catch_stale_docs():
     assert "monitor.py" in _undocumented(architecture.replace("| `monitor.py` |", "| monitor |"))
     section = _readme_score_section()
     stale = (section.replace("| `--batch-size N` | `16` |", "| `--batch-size N` | `8` |")
-             .replace("| `--json` | – | print the summary as JSON |\n", "| `--gpus N` | `1` | |\n")
+             .replace("| `--json` | – | print the summary as JSON: stdout then holds the JSON alone (Ray's own output goes to "
+                      "stderr), for `jq` or a script |\n", "| `--gpus N` | `1` | |\n")
              .replace("`--device auto\\|cpu\\|cuda`", "`--device auto\\|cpu\\|tpu`"))
     problems = _score_flag_problems(stale)
     assert problems == ["--device auto|cpu|tpu: the choices are auto|cpu|cuda", "--gpus: not a `dfbatch score` flag",
