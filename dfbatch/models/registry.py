@@ -511,9 +511,14 @@ class _Logged:
     version: Any = None  # MLflow ModelVersion for models:/ URIs
 
 
-def _locate(model_uri: str, tracking_uri: str) -> _Logged:
+def _check_store(model_uri: str, tracking_uri: str) -> None:
+    """A sqlite registry whose file is not there: ModelNotFound (a lookup would create an empty database)."""
     if (missing := _sqlite_missing(_registry_uri(tracking_uri))) is not None:
         raise _not_found(model_uri, tracking_uri, f"no database at {missing}")
+
+
+def _locate(model_uri: str, tracking_uri: str) -> _Logged:
+    _check_store(model_uri, tracking_uri)
     if model_uri.startswith("runs:/"):
         rest = model_uri[len("runs:/"):].strip("/")
         run_id, _, path = rest.partition("/")
@@ -621,9 +626,9 @@ def precheck(model_uri: str, tracking_uri: str | None = None) -> None:
         if not Path(model_uri).expanduser().exists():
             raise ModelNotFound(f"no such model file: {model_uri}; {HOW_TO_GET_A_MODEL}")
         return
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri and model_uri.startswith(("models:/", "runs:/")) and (missing := _sqlite_missing(_registry_uri(uri))) is not None:
-        raise _not_found(model_uri, uri, f"no database at {missing}")
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")  # MLflow's own default needs MLflow: left to fetch
+    if uri and model_uri.startswith(("models:/", "runs:/")):
+        _check_store(model_uri, uri)
 
 
 def fetch(model_uri: str, tracking_uri: str | None = None, *, tensors: bool = True) -> ModelBundle:
