@@ -29,8 +29,9 @@ sysdeps:
 demo: install
 	$(VENV)/bin/dfbatch demo
 
+# two xdist workers (this 2-core machine: its CPUs are idle a quarter of the time under one), a test file each
 test: install
-	$(VENV)/bin/pytest -q --timeout=900
+	$(VENV)/bin/pytest -q --timeout=900 -n 2 --dist loadfile
 
 test-fast: install
 	$(VENV)/bin/pytest -q -m "not slow"

@@ -116,3 +116,14 @@ def clip_dir(tmp_path_factory) -> Path:
     (root / "dir_named.mp4").mkdir()
     root.joinpath("expected.json").write_text(__import__("json").dumps(expected))
     return root
+
+
+# `make test` runs two xdist workers, one test file each at a time (--dist loadfile); the slowest files go first so
+# both workers end together (measured: docs in README "Tests")
+SLOWEST_FIRST = ("test_demo.py", "test_faults.py", "test_cluster.py", "test_listing_scale.py", "test_train.py",
+                 "test_lomo.py", "test_bench.py", "test_pipeline.py", "test_evaluate.py", "test_views.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order otherwise kept

@@ -140,10 +140,11 @@ def test_fetch_reads_a_local_store_in_place_and_downloads_a_remote_one(tmp_path,
     version = registry.register(model, SPEC, "remote", experiment="remote", tracking_uri=remote_uri)
     location = mlflow.MlflowClient(remote_uri, remote_uri).get_model_version_download_uri("remote", version)
     assert location.startswith("s3://") and registry._local_dir(location) is None
-    before = set(os.listdir(tempfile.gettempdir()))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # this test's own: other tests run alongside (xdist)
     bundle = registry.fetch(f"models:/remote/{version}", tracking_uri=remote_uri)
     np.testing.assert_array_equal(_probs(bundle.build()), _probs(model))
-    assert not [d for d in set(os.listdir(tempfile.gettempdir())) - before if d.startswith("dfbatch-fetch-")]
+    assert os.listdir(tmp_path / "tmp") == []  # the download folder is gone
 
 
 def test_redact():
