@@ -17,7 +17,7 @@ from dfbatch.errors import UserError
 from dfbatch.training.prepare import ShardStore, decode_jpeg, encode_jpeg, read_shards
 from dfbatch.evaluation.metrics import youden_threshold
 from dfbatch.training.loop import aggregate_videos, val_metrics
-from dfbatch.training.sampler import BalancedSampler, Item, SequenceBuilder, collate, frame_positions
+from dfbatch.training.sampler import BalancedSampler, Item, SequenceBuilder, collate, frame_positions, shuffle_window
 from dfbatch.training.trainer import TrainConfig
 
 DATA = Path(__file__).parent / "data"
@@ -111,6 +111,23 @@ def test_sampler_self_blended_modes():
     plain = BalancedSampler(rng, balance=False, sbi="off")
     rows = _rows(5, 5)
     assert [plain.feed(r).row for r in rows] == rows
+
+
+def test_shuffle_window_order_depends_on_the_rows_and_the_seed_not_on_their_arrival():
+    """A fresh `dfbatch prepare` writes the same rows into other parts: within a window the epoch's order (and so
+    the model) must not change; another seed or epoch gives another order."""
+    rows = [{"video_id": f"id-of-path-{i}", "label": "REAL" if i % 3 else "FAKE", "track": i % 2,
+             "frames": [bytes([i, j]) for j in range(3)]} for i in range(40)]
+    arrival = [rows[i] for i in np.random.default_rng(7).permutation(len(rows))]
+    renamed = [dict(r, video_id=f"other-path-{n}") for n, r in enumerate(arrival)]  # another path, another mtime
+    order = lambda rs, seed, window=64: [r["frames"][0] for r in shuffle_window(rs, window, np.random.default_rng(seed))]  # noqa: E731
+    assert order(rows, 1) == order(arrival, 1) == order(renamed, 1)
+    assert sorted(order(rows, 1)) == sorted(r["frames"][0] for r in rows)  # every row once
+    assert order(rows, 1) != order(rows, 2)
+    # windows of 16: each window is permuted in itself, nothing crosses a window
+    win = order(arrival, 1, window=16)
+    assert [sorted(win[k:k + 16]) for k in range(0, 40, 16)] == [sorted(r["frames"][0] for r in arrival[k:k + 16]) for k in range(0, 40, 16)]
+    assert order(arrival, 1, window=0) == [r["frames"][0] for r in arrival]
 
 
 def test_frame_positions_and_collate():

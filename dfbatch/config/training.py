@@ -126,8 +126,9 @@ class TrainConfig(UsesS3, JobConfig):
                                        "default {default})", ge=0, le=1)] = 0.5
     augment: Annotated[bool, opt("--no-augment", help="no augmentation (flip, colour, JPEG, blur)")] = True
     pool_size: Annotated[int, opt(help="per-class pool of the balanced sampler", ge=1)] = 256
-    shuffle_buffer: Annotated[int, opt(help="train rows shuffled locally per epoch (prepared parts are label-ordered); "
-                                       "0: off", ge=0)] = 256
+    shuffle_buffer: Annotated[int, opt(help="train rows shuffled per epoch in windows of this many, in an order that "
+                                       "depends on the rows and the seed, not on how prepare wrote its parts (prepared "
+                                       "parts are label-ordered); 0: off", ge=0)] = 256
     loader_threads: Annotated[int | None, opt(help="threads building sequences per worker (default: cpus_per_worker)",
                                               ge=1)] = None
     val_sbi: Annotated[Literal["auto", "on", "off"], opt("--val-sbi", help="self-blended val fakes (auto: when val has "

@@ -43,7 +43,7 @@ from dfbatch.errors import redact
 from dfbatch.evaluation.metrics import label_metrics
 from dfbatch.stages.aggregate import FRAME_AGGREGATION, TRACK_AGGREGATION, track_score, video_score
 from dfbatch.training.prepare import SHARD_COLUMNS
-from dfbatch.training.sampler import BalancedSampler, Item, SequenceBuilder, collate
+from dfbatch.training.sampler import BalancedSampler, Item, SequenceBuilder, collate, shuffle_window
 from dfbatch.config import MONITORS, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -71,10 +71,8 @@ def _lr_at(cfg: TrainConfig, epoch: int) -> float:
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / span))
 
 
-def _iter_rows(it, batch_size: int = 16, columns: list[str] | None = None, shuffle_buffer: int = 0,
-               seed: int | None = None) -> Iterator[dict]:
-    shuffle = dict(local_shuffle_buffer_size=shuffle_buffer, local_shuffle_seed=seed) if shuffle_buffer else {}
-    for batch in it.iter_batches(batch_size=batch_size, batch_format="pyarrow", prefetch_batches=2, **shuffle):
+def _iter_rows(it, batch_size: int = 16, columns: list[str] | None = None) -> Iterator[dict]:
+    for batch in it.iter_batches(batch_size=batch_size, batch_format="pyarrow", prefetch_batches=2):
         if columns:
             batch = batch.select([c for c in columns if c in batch.column_names])
         yield from batch.to_pylist()
@@ -254,9 +252,11 @@ def _train_epoch(w: _Worker, train_it, epoch: int) -> tuple[float, tuple[float, 
                               pool_size=cfg.pool_size)
     loss_sum, steps, seen = 0.0, 0, 0
     pending: list[Item] = []
-    # the sampler's pools fill from this stream: shuffled, an epoch does not start with one label only
-    for row in _iter_rows(train_it, columns=SHARD_COLUMNS, shuffle_buffer=cfg.shuffle_buffer,
-                          seed=int(rng.integers(2**31))):
+    # the sampler's pools fill from this stream: shuffled, an epoch does not start with one label only; in windows of
+    # shuffle_buffer rows whose order depends on their content and the seed, not on the shard parts' layout
+    rows = shuffle_window(_iter_rows(train_it, columns=SHARD_COLUMNS), cfg.shuffle_buffer,
+                          np.random.default_rng([cfg.seed, epoch, w.rank, 1]))
+    for row in rows:
         pending.append(sampler.feed(row))
         seen += 1
         if len(pending) == cfg.batch_size:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -83,6 +83,36 @@ class BalancedSampler:
         return item
 
 
+def row_key(row: dict) -> bytes:
+    """A shard row's content (label, track, crops), not its name: the same for every preparation of an archive
+    (a video's id holds its path and mtime; which part file a row lands in depends on Ray's scheduling)."""
+    h = hashlib.sha1(f"{row['label']}\0{row.get('track')}".encode())
+    for frame in row["frames"]:
+        h.update(frame)
+    return h.digest()
+
+
+def shuffle_window(rows: Iterable[dict], window: int, rng: np.random.Generator) -> Iterator[dict]:
+    """Shuffle a row stream in windows of ``window`` rows: each window is put in content order (`row_key`) and then
+    permuted by ``rng``. Within a window the order depends on the rows and the seed alone, so a training set that
+    fits in one window (the demo's) is read in one order however its parts were written; ``window=0``: as they come."""
+    if window <= 0:
+        yield from rows
+        return
+    buf: list[dict] = []
+    for row in rows:
+        buf.append(row)
+        if len(buf) == window:
+            yield from _permuted(buf, rng)
+            buf = []
+    yield from _permuted(buf, rng)
+
+
+def _permuted(buf: list[dict], rng: np.random.Generator) -> list[dict]:
+    buf = sorted(buf, key=row_key)
+    return [buf[i] for i in rng.permutation(len(buf))]
+
+
 def frame_positions(n: int, seq_len: int, rng: np.random.Generator | None) -> np.ndarray:
     """Which of a track's n frames form one sequence: all when n <= seq_len; else an even stride over the track
     (``n // seq_len``) with a random phase (training) or evenly spread (``rng=None``, like scoring)."""
@@ -134,4 +164,4 @@ def collate(seqs: list[np.ndarray], seq_len: int) -> tuple[np.ndarray, np.ndarra
     return out, lengths
 
 
-__all__ = ["BalancedSampler", "Item", "SequenceBuilder", "collate", "frame_positions"]
+__all__ = ["BalancedSampler", "Item", "SequenceBuilder", "collate", "frame_positions", "row_key", "shuffle_window"]

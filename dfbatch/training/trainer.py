@@ -258,9 +258,11 @@ def _use_gpu(cfg: TrainConfig) -> bool:
 
 
 def _ingest_options(data_config_cls):
-    """Ray Train's ingest options with the block order preserved: with the seeded block shuffle, every run of the
-    same training reads its rows in the same order (what seeds can fix: the sampler, augmentation and
-    initialisation are seeded too; float reductions in threads may still differ)."""
+    """Ray Train's ingest options with the block order preserved: with the seeded block shuffle, every run on the
+    same shard parts reads its rows in the same order; the worker's shuffle windows (`sampler.shuffle_window`) make
+    a window's order independent of the parts too, so a training set within one window gives one model per seed
+    on any preparation (the sampler, augmentation and initialisation are seeded; float reductions in threads may
+    still differ)."""
     import warnings
 
     with warnings.catch_warnings():  # Ray's own defaults set a field it deprecates (exclude_resources)
