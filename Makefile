@@ -34,7 +34,7 @@ test: install
 	$(VENV)/bin/pytest -q --timeout=900 -n 2 --dist loadfile
 
 test-fast: install
-	$(VENV)/bin/pytest -q -m "not slow"
+	$(VENV)/bin/pytest -q -m "not slow" -n 2 --dist loadfile
 
 bench: install
 	$(VENV)/bin/dfbatch bench
