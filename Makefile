@@ -31,10 +31,10 @@ demo: install
 
 # two xdist workers (this 2-core machine: its CPUs are idle a quarter of the time under one), a test file each
 test: install
-	$(VENV)/bin/pytest -q --timeout=900 -n 2 --dist loadfile
+	$(VENV)/bin/pytest -q --timeout=900 -n 2 --dist loadfile --no-loadscope-reorder
 
 test-fast: install
-	$(VENV)/bin/pytest -q -m "not slow" -n 2 --dist loadfile
+	$(VENV)/bin/pytest -q -m "not slow" -n 2 --dist loadfile --no-loadscope-reorder
 
 bench: install
 	$(VENV)/bin/dfbatch bench

@@ -118,10 +118,12 @@ def clip_dir(tmp_path_factory) -> Path:
     return root
 
 
-# `make test` runs two xdist workers, one test file each at a time (--dist loadfile); the slowest files go first so
-# both workers end together (measured: docs in README "Tests")
-SLOWEST_FIRST = ("test_demo.py", "test_faults.py", "test_cluster.py", "test_listing_scale.py", "test_train.py",
-                 "test_lomo.py", "test_bench.py", "test_pipeline.py", "test_evaluate.py", "test_views.py")
+# `make test` runs two xdist workers, one test file each at a time (--dist loadfile, --no-loadscope-reorder: xdist
+# would otherwise start with the files holding the most tests); the slowest files go first so both workers end
+# together (measured: docs in README "Tests")
+SLOWEST_FIRST = ("test_demo.py", "test_faults.py", "test_train.py", "test_cluster.py", "test_listing_scale.py",
+                 "test_lomo.py", "test_pipeline.py", "test_bench.py", "test_evaluate.py", "test_resume.py",
+                 "test_views.py", "test_security.py", "test_hostile.py", "test_fast_path.py", "test_imports.py")
 
 
 def pytest_collection_modifyitems(session, config, items):
