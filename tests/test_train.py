@@ -255,9 +255,13 @@ def test_train_one_worker_registers_challenger_then_resumes(ray_local, shards, t
     assert [s for s, _ in _history(client, r1.run_id, "epoch_time_s")] == [1, 2]
     assert [h["epoch"] for h in r2.history] == [1.0, 2.0]
     assert int(r2.model_version) >= int(r1.model_version)
-    # nothing left to do: no new epoch, no duplicate registration
+    # nothing left to do: no new epoch, no duplicate registration, and no Ray Train started (when it starts, it
+    # validates the run folder by writing its `.validate_storage_marker` there)
+    marker = tmp_path / "ckpt" / "one" / ".validate_storage_marker"
+    before = marker.stat().st_mtime_ns
     r3 = train(TrainConfig(**{**cfg.to_dict(), "epochs": 2}))
     assert r3.start_epoch == 3 and r3.last_epoch == 2 and r3.model_version == r2.model_version
+    assert marker.stat().st_mtime_ns == before
 
 
 @pytest.mark.slow

@@ -61,8 +61,9 @@ def run_train(args: argparse.Namespace) -> int:
         print(json.dumps(r.to_dict(), indent=2, default=str))
         return 0
     m = r.best_metrics
-    print(f"\ndfbatch train — MLflow run {r.run_id} — epochs {r.start_epoch}..{r.last_epoch}"
-          + (" (stopped early)" if r.stopped_early else ""))
+    done = (f"nothing left to do: all {r.last_epoch} epochs were trained (raise --epochs to continue)"
+            if r.start_epoch > r.last_epoch else f"epochs {r.start_epoch}..{r.last_epoch}")
+    print(f"\ndfbatch train — MLflow run {r.run_id} — {done}" + (" (stopped early)" if r.stopped_early else ""))
     print(f"  best epoch {r.best_epoch}: val AUC {m.get('val_auc', float('nan')):.4f}   log loss "
           f"{m.get('val_log_loss', float('nan')):.4f}   threshold {r.threshold:.4f} ({threshold_source(cfg, r.data)})")
     print(f"  checkpoint {r.model_file}")

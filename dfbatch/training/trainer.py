@@ -322,6 +322,27 @@ def _torch_trainer(cfg: TrainConfig, loop_config: dict, datasets: dict, storage_
     )
 
 
+def _finished_run(cfg: TrainConfig, run_dir: str, pa_fs):
+    """The Ray Train result kept in run_dir when its latest checkpoint already has ``epochs`` epochs (a rerun of a
+    finished training), else None. Such a rerun registers what is there without starting Ray Train."""
+    if not cfg.resume:
+        return None
+    from ray.train import Result
+
+    quiet = logging.getLogger("ray.train")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # its "a run snapshot was found" notice
+    try:
+        result = Result.from_path(run_dir, storage_filesystem=pa_fs)
+    except Exception:  # no snapshot: a new run (or one that never reported); Ray Train starts it
+        return None
+    finally:
+        quiet.setLevel(level)
+    if result.checkpoint is None or int(_final_state(result, None)["epoch"]) < cfg.epochs:
+        return None
+    return result
+
+
 def _fit(trainer, client, run_id: str):
     """`trainer.fit()`; a failure marks the MLflow run FAILED and becomes a one-line UserError."""
     try:
@@ -406,26 +427,28 @@ def train(cfg: TrainConfig) -> TrainResult:
     _check_resumable(cfg, run_dir, pa_fs)
     run_id, exp_id, client = _open_run(cfg, spec, tracking_uri, prep, desc)
 
-    init_ray(quiet=True)  # Ray's own processes log errors only (the controller polls a dashboard we do not start)
-    use_gpu = _use_gpu(cfg)
-    data_ctx = DataContext.get_current()
-    saved_bars = data_ctx.enable_progress_bars
-    data_ctx.enable_progress_bars = False  # the datasets carry it to the workers: epoch lines instead of bars
-    datasets = {"train": _read_shards_ds(store.shard_files("train"), storage, excluded).randomize_block_order(
-                    seed=RandomSeedConfig(seed=cfg.seed, reseed_after_execution=True)),  # another order each epoch
-                "val": _read_shards_ds(store.shard_files("val"), storage, excluded)}
     lineage = {"data": redact(cfg.data), "split_file": redact(store.uri("split.parquet")),
                "train_videos": desc["train_videos"], "train_fake_videos": desc["train_fake_videos"],
                "val_videos": desc["val_videos"], "sbi": cfg.sbi, "training_run": run_id}
     session = uuid.uuid4().hex
-    loop_config = {"session": session, "cfg": cfg.to_dict(), "spec": spec.to_dict(),
-                   "margin": spec.crop_margin, "val_has_fakes": desc["val_fake_videos"] > 0,
-                   "val_too_small": desc["val_too_small"],
-                   "run_id": run_id, "tracking_uri": tracking_uri, "lineage": lineage}
-    try:
-        result = _fit(_torch_trainer(cfg, loop_config, datasets, storage_path, pa_fs, use_gpu), client, run_id)
-    finally:
-        data_ctx.enable_progress_bars = saved_bars
+    result = _finished_run(cfg, run_dir, pa_fs)
+    if result is None:
+        init_ray(quiet=True)  # Ray's own processes log errors only (the controller polls a dashboard we do not start)
+        use_gpu = _use_gpu(cfg)
+        data_ctx = DataContext.get_current()
+        saved_bars = data_ctx.enable_progress_bars
+        data_ctx.enable_progress_bars = False  # the datasets carry it to the workers: epoch lines instead of bars
+        datasets = {"train": _read_shards_ds(store.shard_files("train"), storage, excluded).randomize_block_order(
+                        seed=RandomSeedConfig(seed=cfg.seed, reseed_after_execution=True)),  # another order each epoch
+                    "val": _read_shards_ds(store.shard_files("val"), storage, excluded)}
+        loop_config = {"session": session, "cfg": cfg.to_dict(), "spec": spec.to_dict(),
+                       "margin": spec.crop_margin, "val_has_fakes": desc["val_fake_videos"] > 0,
+                       "val_too_small": desc["val_too_small"],
+                       "run_id": run_id, "tracking_uri": tracking_uri, "lineage": lineage}
+        try:
+            result = _fit(_torch_trainer(cfg, loop_config, datasets, storage_path, pa_fs, use_gpu), client, run_id)
+        finally:
+            data_ctx.enable_progress_bars = saved_bars
 
     best = _best_checkpoint(result)
     if best is None:
