@@ -207,13 +207,23 @@ class _Steps:
                  f"(best epoch {result.best_epoch}: val AUC {best.get('val_auc', float('nan')):.3f})")
         return result, tcfg
 
-    def calibrate(self, train_dir: str, model_uri: str):
+    def calibrate(self, train_dir: str, model_uri: str, tcfg, threshold: float):
         """Choose the version's thresholds on the val clips scored by the scoring job (the crops and settings
-        `dfbatch score` uses, unlike the training shards); returns the Evaluation."""
+        `dfbatch score` uses, unlike the training shards); returns the Evaluation, or None when the val split is
+        too small to choose a threshold from (training's own rule, `min_val_videos`): the version keeps its own."""
+        import pandas as pd
+
         from dfbatch.config import EvaluateConfig
         from dfbatch.evaluation.evaluate import run_evaluate
 
         cfg, t = self.cfg, time.time()
+        labels = pd.read_csv(os.path.join(train_dir, "labels.csv"), keep_default_na=False)
+        n = labels.loc[labels["split"] == "val", "label"].value_counts()
+        if min(n.get("REAL", 0), n.get("FAKE", 0)) < tcfg.min_val_videos:
+            self.say(f"    threshold {threshold:.3f} kept: the val split has {n.get('REAL', 0)} REAL and {n.get('FAKE', 0)} "
+                     f"FAKE clips, fewer than min_val_videos={tcfg.min_val_videos} of each: too few to calibrate on")
+            self.timings["calibrate_s"] = time.time() - t
+            return None
         with quiet_ray(cfg.quiet):
             ev = run_evaluate(EvaluateConfig(model_uri=model_uri, labels=[os.path.join(train_dir, "labels.csv")],
                                              split="val", calibrate="eer", output=os.path.join(cfg.root, "val-results"),
@@ -271,7 +281,7 @@ def _print_results(steps: _Steps, heldout_dir: str, ev, result, tcfg) -> None:
     print()
     fig = heldout_figures(ev, cfg.left_out)
     if m["video/n"]:
-        print(f"at its calibrated threshold ({m['video/threshold']:.3f}), all held-out videos: accuracy "
+        print(f"at its threshold ({m['video/threshold']:.3f}), all held-out videos: accuracy "
               f"{m['video/accuracy']:.3f}   balanced accuracy {m['video/balanced_accuracy']:.3f}   precision "
               f"{m['video/precision']:.3f}   recall {m['video/recall']:.3f}")
     print(f"held-out video AUC of {version} (people never seen in training; the recipes it trained on): "
@@ -301,10 +311,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     shards, cpus = steps.prepare(train_dir)
     result, tcfg = steps.train(shards, cpus)
     version_uri = result.model_uri or f"models:/{cfg.model_name}@{cfg.alias}"
-    val = steps.calibrate(train_dir, version_uri)
+    val = steps.calibrate(train_dir, version_uri, tcfg, result.threshold)
     ev = steps.score(heldout_dir, version_uri)
     steps.timings["total_s"] = time.time() - steps.t0
     _print_results(steps, heldout_dir, ev, result, tcfg)
     return {"metrics": ev.metrics, "figures": heldout_figures(ev, cfg.left_out), "timings": steps.timings, "model_uri": ev.model["uri"], "results": ev.output,
             "tracking_uri": steps.tracking_uri, "train": result.to_dict(), "evaluation_run": ev.run_id,
-            "calibration": val.calibration}
+            "calibration": val.calibration if val is not None else None}
