@@ -207,21 +207,20 @@ class _Steps:
                  f"(best epoch {result.best_epoch}: val AUC {best.get('val_auc', float('nan')):.3f})")
         return result, tcfg
 
-    def calibrate(self, train_dir: str, model_uri: str, tcfg, threshold: float):
+    def calibrate(self, train_dir: str, model_uri: str, tcfg, result):
         """Choose the version's thresholds on the val clips scored by the scoring job (the crops and settings
-        `dfbatch score` uses, unlike the training shards); returns the Evaluation, or None when the val split is
-        too small to choose a threshold from (training's own rule, `min_val_videos`): the version keeps its own."""
-        import pandas as pd
-
+        `dfbatch score` uses, unlike the training shards); returns the Evaluation, or None when the val split that
+        training described (`result.data`) holds fewer than `min_val_videos` labelled REAL or FAKE videos: too
+        few to choose a threshold from, the version keeps its own."""
         from dfbatch.config import EvaluateConfig
         from dfbatch.evaluation.evaluate import run_evaluate
 
         cfg, t = self.cfg, time.time()
-        labels = pd.read_csv(os.path.join(train_dir, "labels.csv"), keep_default_na=False)
-        n = labels.loc[labels["split"] == "val", "label"].value_counts()
-        if min(n.get("REAL", 0), n.get("FAKE", 0)) < tcfg.min_val_videos:
-            self.say(f"    threshold {threshold:.3f} kept: the val split has {n.get('REAL', 0)} REAL and {n.get('FAKE', 0)} "
-                     f"FAKE clips, fewer than min_val_videos={tcfg.min_val_videos} of each: too few to calibrate on")
+        fake = result.data["val_fake_videos"]
+        real = result.data["val_videos"] - fake
+        if min(real, fake) < tcfg.min_val_videos:
+            self.say(f"    threshold {result.threshold:.3f} kept: the val split has {real} REAL and {fake} FAKE videos, "
+                     f"fewer than min_val_videos={tcfg.min_val_videos} of each: too few to calibrate on")
             self.timings["calibrate_s"] = time.time() - t
             return None
         with quiet_ray(cfg.quiet):
@@ -311,7 +310,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     shards, cpus = steps.prepare(train_dir)
     result, tcfg = steps.train(shards, cpus)
     version_uri = result.model_uri or f"models:/{cfg.model_name}@{cfg.alias}"
-    val = steps.calibrate(train_dir, version_uri, tcfg, result.threshold)
+    val = steps.calibrate(train_dir, version_uri, tcfg, result)
     ev = steps.score(heldout_dir, version_uri)
     steps.timings["total_s"] = time.time() - steps.t0
     _print_results(steps, heldout_dir, ev, result, tcfg)
