@@ -403,6 +403,11 @@ def plan_resources(cfg: ScoreConfig, view: dict | None = None) -> dict:
     }
 
 
+def listing_concurrency(plan: dict, shards: list) -> int:
+    """Listing read tasks at once: one per shard, at most the plan's."""
+    return max(1, min(plan["listing_tasks"], len(shards)))
+
+
 def _pool(plan: dict, stage: str, **kwargs):
     """The Ray Data actor pool of a stage: fixed, or autoscaling from its initial size within (min, max)."""
     import ray
@@ -437,7 +442,7 @@ def build_dataset(cfg: ScoreConfig, source, storage: Storage, bundle, plan: dict
     saved = ctx.target_max_block_size
     ctx.target_max_block_size = max(1, cfg.rows_per_block) * (source.row_bytes or LISTING_ROW_BYTES)  # read_datasource seals a copy
     try:
-        ds = ray.data.read_datasource(source, concurrency=max(1, min(plan["listing_tasks"], len(source.shards))),
+        ds = ray.data.read_datasource(source, concurrency=listing_concurrency(plan, source.shards),
                                       override_num_blocks=len(source.shards), num_cpus=plan["listing_cpus"])
     finally:
         ctx.target_max_block_size = saved
@@ -646,7 +651,9 @@ def _score(cfg: ScoreConfig, clock, ray_start: RayStart, storage: Storage, store
             _log_plan(summary.resources)
             here = dict(num_cpus=0, scheduling_strategy=_here())
             ledger = ray.remote(ListingLedger).options(**here).remote()
-            claims = [ray.remote(IdClaims).options(**here).remote() for _ in range(N_CLAIMS)] if may_repeat(cfg.sources) else []
+            # id-claim partitions: one per listing task running at once (more only add actors), at most N_CLAIMS
+            n_claims = min(N_CLAIMS, listing_concurrency(summary.resources, shards)) if may_repeat(cfg.sources) else 0
+            claims = [ray.remote(IdClaims).options(**here).remote() for _ in range(n_claims)]
             resume = None if cfg.rescore else ray.remote(_resume_index).options(**here).remote(cfg.output, storage, name, version,
                                                                                                cfg.resume_retry())
             source = VideoDatasource(shards, storage, ledger=ledger, resume=resume, claims=claims, lead=max(cfg.listing_lead, 4 * cfg.rows_per_part),

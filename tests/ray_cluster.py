@@ -26,7 +26,8 @@ def _free_port() -> int:
 
 
 class LocalCluster:
-    def __init__(self, *, dashboard: bool = True, object_store_mb: int = 150):
+    def __init__(self, *, dashboard: bool = True, object_store_mb: int = 150, env: dict | None = None):
+        """`env`: more environment for the nodes' processes and the drivers (e.g. tests/worker_hooks.hook_env)."""
         self.tmp = tempfile.mkdtemp(prefix="dfbc-", dir="/tmp")  # short: Ray's unix socket paths must fit in 107 bytes
         token = os.path.join(self.tmp, "token")
         with open(token, "w") as f:
@@ -35,6 +36,7 @@ class LocalCluster:
         path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
         self.base_env = dict(os.environ, PATH=path, RAY_TMPDIR=self.tmp, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token,
                              RAY_DATA_DISABLE_PROGRESS_BARS="1", RAY_USAGE_STATS_ENABLED="0")
+        self.base_env.update(env or {})
         for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN"):
             self.base_env.pop(key, None)
         self.dashboard_port = _free_port() if dashboard else None

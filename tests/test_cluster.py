@@ -24,18 +24,20 @@ import pytest
 from dfbatch.config import SamplingConfig, ScoreConfig
 from dfbatch.io.results import read_results
 from ray_cluster import LocalCluster  # tests/ is on sys.path (pytest's rootdir-relative import)
+from worker_hooks import hook_env
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 CARPHONE = REPO / "tests" / "data" / "carphone_pristine.mp4"
 
 
-def _copies(root: Path, n: int) -> list[Path]:
+def _copies(root: Path, n: int, tag: str = "") -> list[Path]:
     """The real carphone clip under n names (hard links: distinct URIs, so distinct video ids)."""
     root.mkdir(parents=True, exist_ok=True)
-    shutil.copy(CARPHONE, root / "clip000.mp4")
+    first = root / f"clip000{tag}.mp4"
+    shutil.copy(CARPHONE, first)
     for i in range(1, n):
-        os.link(root / "clip000.mp4", root / f"clip{i:03d}.mp4")
+        os.link(first, root / f"clip{i:03d}{tag}.mp4")
     return sorted(root.glob("*.mp4"))
 
 
@@ -100,9 +102,17 @@ def _one_row_each(out: Path, videos: list[Path]) -> pd.DataFrame:
     return df
 
 
+# videos named *SLOW* take SLOW_S seconds each in the decoder, sleeping (tests/worker_hooks.py), until the file
+# RELEASE exists: a job that lasts while nodes join and leave, at no CPU cost
+SLOW_S = 2.5
+
+
 @pytest.fixture(scope="module")
-def cluster(mlflow_uri, tiny_model):
-    c = LocalCluster()  # the driver subprocesses inherit MLFLOW_TRACKING_URI (the tiny model) through env()
+def cluster(mlflow_uri, tiny_model, tmp_path_factory):
+    hooks = tmp_path_factory.mktemp("hooks")
+    # the driver subprocesses inherit MLFLOW_TRACKING_URI (the tiny model) through env()
+    c = LocalCluster(env=hook_env(hooks, base={}, DFBATCH_TEST_SLOW_S=str(SLOW_S), DFBATCH_TEST_RELEASE=str(hooks / "release")))
+    c.release = hooks / "release"
     yield c
     c.shutdown()
 
@@ -112,10 +122,11 @@ def test_head_without_cpus_then_a_node_joins_mid_job_and_one_is_killed(cluster, 
     2-CPU worker that joins mid-job gets actors of the autoscaling pool, which run tasks there; that worker is then
     killed (all its processes, SIGKILL) while it works: the job ends (Ray runs the lost work again elsewhere) or
     fails, and the same command run again leaves exactly one row per video."""
-    # 240 videos: about a minute of work for one core. Measured here (400 videos): node A's first tasks 7 s after
-    # it was added, node C's 15 s after it was added, 37 s into the job with ~110 videos done, then ~4 videos/s
-    videos = _copies(tmp_path / "src", 240)
-    job = _score(cluster, tmp_path / "src", "-o", tmp_path / "out", frames=16)
+    # 64 slow videos: 160 s for one actor (2 videos a call), several times what the node changes take (measured
+    # here with real work: node A's first tasks 7 s after it was added, node C's 15 s after it was added); once C
+    # is gone the rest are released and take their real time (a few seconds)
+    videos = _copies(tmp_path / "src", 64, tag="_SLOW")
+    job = _score(cluster, tmp_path / "src", "-o", tmp_path / "out")
     _wait(lambda: any("the job waits" in line for line in job.err) or job.poll() is not None, 300, "the job's plan")
     time.sleep(5)
     assert job.poll() is None, "".join(job.err)[-3000:]
@@ -129,11 +140,12 @@ def test_head_without_cpus_then_a_node_joins_mid_job_and_one_is_killed(cluster, 
           "tasks on the node that joined mid-job")
     assert job.poll() is None, "the job ended before the node could be killed"
     cluster.remove("C")
+    cluster.release.touch()
     out = _finish(job)
     first = _json_block(out) if job.returncode == 0 else None
     if first:
         assert first["resources"]["cluster_cpus"] == 0 and first["resources"]["face_pool"] == [1, None]
-    again = _summary(_score(cluster, tmp_path / "src", "-o", tmp_path / "out", frames=16))
+    again = _summary(_score(cluster, tmp_path / "src", "-o", tmp_path / "out"))
     df = _one_row_each(tmp_path / "out", videos)
     assert set(df.status) == {"ok"}
     assert again["scored"] + again["skipped"] == len(videos) and (first is None or (first["scored"] == len(videos) and again["scored"] == 0))

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from collections import Counter
@@ -25,10 +24,10 @@ from dfbatch.config import SamplingConfig, ScoreConfig
 from dfbatch.errors import UserError
 from dfbatch.io.results import read_results
 from dfbatch.pipeline import Summary
+from worker_hooks import hook_env as _hook_env  # tests/ is on sys.path
 
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
 FRAMES = 4
 
 
@@ -200,69 +199,6 @@ def _session_pids(sid: int) -> list[int]:
 
 
 # ------------------------------------------------------------------------------------------ poison video
-_CRASH_HOOK = textwrap.dedent(
-    """
-    # test-only: a decoder that segfaults on every file named *POISON*, never returns on *HANG* and takes
-    # DFBATCH_TEST_SLOW_S seconds on *SLOW*; a model that segfaults on a batch holding *MODELCRASH*; all off with
-    # DFBATCH_TEST_CRASH_OFF=1 (sitecustomize: loaded by the driver and every Ray worker)
-    import importlib.abc, importlib.util, os, signal, sys, time
-
-    def _crash(name):
-        with open(os.environ["DFBATCH_TEST_CRASH_LOG"], "a") as f:
-            f.write(f"{name}:{os.getpid()}\\n")
-        if "HANG" not in name:
-            os.kill(os.getpid(), signal.SIGSEGV)
-        time.sleep(3600)
-
-    def _patch_decode(module):
-        probe = module.probe
-
-        def crashing_probe(p):
-            name = os.path.basename(p)
-            if os.environ.get("DFBATCH_TEST_CRASH_OFF") != "1":
-                if "SLOW" in name:
-                    time.sleep(float(os.environ["DFBATCH_TEST_SLOW_S"]))
-                if "POISON" in name or "HANG" in name:
-                    _crash(name)
-            return probe(p)
-
-        module.probe = crashing_probe
-
-    def _patch_score(module):
-        score_rows = module.score_rows
-
-        def crashing_score_rows(rows, *args, **kwargs):
-            crash = [os.path.basename(r["video_uri"]) for r in rows if "MODELCRASH" in r["video_uri"] and r["status"] == "ok"]
-            if crash and os.environ.get("DFBATCH_TEST_CRASH_OFF") != "1":
-                _crash(crash[0])
-            return score_rows(rows, *args, **kwargs)
-
-        module.score_rows = crashing_score_rows
-
-    class _Poison(importlib.abc.MetaPathFinder):
-        patches = {"dfbatch.stages.decode": _patch_decode, "dfbatch.stages.score": _patch_score}
-
-        def find_spec(self, name, path, target=None):
-            patch = self.patches.pop(name, None)
-            if patch is None:
-                return None
-            if not self.patches:
-                sys.meta_path.remove(self)
-            spec = importlib.util.find_spec(name)
-            run = spec.loader.exec_module
-
-            def exec_module(module):
-                run(module)
-                patch(module)
-
-            spec.loader.exec_module = exec_module
-            return spec
-
-    sys.meta_path.insert(0, _Poison())
-    """
-)
-
-
 def test_videos_that_crash_or_hang_their_worker_every_time_get_failed_rows(mlflow_uri, tiny_model, tmp_path):
     """Ray restarts a dead actor and retries its task forever. A segfault on every attempt, in the decoder or in the
     model of the fused CPU actor, or a native call that never returns (the watchdog exits the actor after 2 x
@@ -385,14 +321,6 @@ def _rules(method, bucket, key, query, n):
     if key.endswith("flaky.mp4") and n <= 3:
         return 503  # transient: the first three requests
     return None
-
-
-def _hook_env(tmp_path: Path, **env) -> dict:
-    """Environment for a `dfbatch score` subprocess whose Ray workers load _CRASH_HOOK."""
-    hook = tmp_path / "hook"
-    hook.mkdir(exist_ok=True)
-    (hook / "sitecustomize.py").write_text(_CRASH_HOOK)
-    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(hook), str(REPO)]), **env)
 
 
 @pytest.fixture()

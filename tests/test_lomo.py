@@ -1,6 +1,7 @@
 """Generalisation: the identity-disjoint archive, the training threshold that does not depend on the fakes at hand,
 leaving a recipe out of training, the protocol's figures (fast), and a reduced leave-one-manipulation-out run through
-the CLI with a floor on the left-out recipe's AUC (slow)."""
+the CLI (slow: the protocol's machinery, its records and resume; one epoch learns too little for a floor on the
+left-out AUC, which the reduced demo's held-out AUC floor in tests/test_demo.py stands for)."""
 
 from __future__ import annotations
 

@@ -111,14 +111,20 @@ def test_s3_key_ranges_partition_the_prefix(s3_endpoint):
         s3.put_object(Bucket="ranges", Key=k, Body=b"v")
     storage = Storage(s3_endpoint)
     for prefix, expect_shards in (("flat/", 4), ("dated/", 4)):
-        shards = source_shards(0, f"s3://ranges/{prefix}", storage, max_shards=4)
+        shards = source_shards(0, f"s3://ranges/{prefix}", storage, max_shards=4, page=0)  # page=0: split even so few
         assert len(shards) == expect_shards and shards[0].start is None and shards[-1].stop is None
         assert all(a.stop == b.start for a, b in zip(shards, shards[1:]))
         per_shard = [[r.video_uri for page in list_shard(sh, storage) for r, _ in page] for sh in shards]
         flat = [u for uris in per_shard for u in uris]
         assert len(flat) == len(set(flat)) and sorted(flat) == sorted(r.video_uri for r in iter_videos([f"s3://ranges/{prefix}"], storage))
         assert sum(1 for uris in per_shard if uris) >= 2, per_shard  # the listing is really split
-    glob_shards = source_shards(0, "s3://ranges/dated/2026-11-0*/*.mp4", storage, max_shards=3)
+    # a prefix whose first LIST page holds every key and no folder is one shard (one read task, not 16)
+    one = source_shards(0, "s3://ranges/flat/", storage)
+    assert len(one) == 1 and (one[0].start, one[0].stop) == (None, None)
+    assert sorted(r.video_uri for page in list_shard(one[0], storage) for r, _ in page) == sorted(
+        r.video_uri for r in iter_videos(["s3://ranges/flat/"], storage))
+    assert len(source_shards(0, "s3://ranges/flat/", storage, page=len(keys) // 10)) > 1  # more keys than a page
+    glob_shards = source_shards(0, "s3://ranges/dated/2026-11-0*/*.mp4", storage, max_shards=3, page=0)
     assert sorted(r.video_uri for sh in glob_shards for page in list_shard(sh, storage) for r, _ in page) == sorted(
         f"s3://ranges/dated/2026-11-{d:02d}/{i}.mp4" for d in range(1, 8) for i in range(2))
 
@@ -127,11 +133,16 @@ def test_directory_and_manifest_shards(tmp_path):
     from dfbatch.io.listing import list_shard, may_repeat, source_shards
 
     root = _tree(tmp_path / "src")
-    shards = source_shards(0, str(root), Storage(), max_shards=3)
+    shards = source_shards(0, str(root), Storage(), max_shards=3, page=0)  # page=0: split even so few
     # the root's own files, then its subdirectories in groups (the hidden .cache is not one; dir.mp4 is a directory)
     assert [(s.kind, s.paths) for s in shards] == [("dirfiles", (str(root),)), ("tree", (str(root / "a"),)), ("tree", (str(root / "dir.mp4"),))]
     listed = [r.video_uri for sh in shards for page in list_shard(sh, Storage()) for r, _ in page]
     assert listed == [r.video_uri for r in iter_videos([str(root)], Storage())]
+    # a tree of at most a page of entries is one shard, listing the same (a larger one is split as above)
+    one = source_shards(0, str(root), Storage(), max_shards=3)
+    assert [(s.kind, s.paths) for s in one] == [("tree", (str(root),))]
+    assert [r.video_uri for page in list_shard(one[0], Storage()) for r, _ in page] == listed
+    assert len(source_shards(0, str(root), Storage(), max_shards=3, page=3)) == 3
     pd.DataFrame({"uri": [f"v{i}.mp4" for i in range(10)] + ["v0.mp4"]}).to_parquet(tmp_path / "m.parquet", row_group_size=3)
     mshards = source_shards(0, str(tmp_path / "m.parquet"), Storage(), max_shards=2)
     assert [s.row_groups for s in mshards] == [(0, 1), (2, 3)] and [s.first_row for s in mshards] == [0, 6]
@@ -177,7 +188,7 @@ def test_datasource_dedups_resumes_and_counts_once_per_page(ray_local, tmp_path)
     sources = [str(root), str(root / "a"), str(tmp_path / "m.txt")]
     assert may_repeat(sources)
     storage = Storage()
-    shards = [sh for i, s in enumerate(sources) for sh in source_shards(i, s, storage, max_shards=2)]
+    shards = [sh for i, s in enumerate(sources) for sh in source_shards(i, s, storage, max_shards=2, page=0)]
     ledger = ray.remote(ListingLedger).options(num_cpus=0).remote()
     claims = [ray.remote(IdClaims).options(num_cpus=0).remote() for _ in range(2)]
     done = next(iter_videos([str(root / "x.mp4")], storage)).video_id

@@ -236,9 +236,10 @@ def _groups(items: list, n: int) -> list[list]:
     return [items[len(items) * i // n : len(items) * (i + 1) // n] for i in range(n)]
 
 
-def _s3_shards(i: int, uri: str, storage: Storage, max_shards: int) -> list[Shard]:
-    """Key ranges of one S3 SOURCE: its first-level "folders" when one LIST page shows them all, else ranges
-    by the first character after the prefix. Ranges (start, stop] partition the key space: each key is in one."""
+def _s3_shards(i: int, uri: str, storage: Storage, max_shards: int, page: int = SHARD_PAGE) -> list[Shard]:
+    """Key ranges of one S3 SOURCE: one shard when the first LIST page holds every key (no "folders", at most `page`), its first-level
+    "folders" when one page shows them all, else ranges by the first character after the prefix. Ranges
+    (start, stop] partition the key space: each key is in one."""
     bucket, key = _s3_split(uri)
     if not bucket:
         raise UserError(f"bad S3 URI {uri!r} (expected s3://bucket/prefix)")
@@ -263,6 +264,8 @@ def _s3_shards(i: int, uri: str, storage: Storage, max_shards: int) -> list[Shar
     folders = sorted(p["Prefix"] for p in probe.get("CommonPrefixes", []))
     if not folders and not probe.get("Contents"):
         raise UserError(f"{redact(uri)} matched no videos" if pattern else f"{redact(uri)}: no such S3 prefix or object (or it is empty)")
+    if not folders and not probe.get("IsTruncated") and len(probe.get("Contents", [])) <= page:  # the probe saw every key
+        return [Shard(i, "s3", uri, prefix=prefix, pattern=pattern, paths=(bucket,))]
     if len(folders) > 1 and not probe.get("IsTruncated"):
         bounds = [g[0] for g in _groups(folders, max_shards)[1:]]
     else:
@@ -271,9 +274,21 @@ def _s3_shards(i: int, uri: str, storage: Storage, max_shards: int) -> list[Shar
     return [Shard(i, "s3", uri, prefix=prefix, pattern=pattern, start=a, stop=b, paths=(bucket,)) for a, b in zip(edges, edges[1:])]
 
 
-def _dir_shards(i: int, root: str, max_shards: int) -> list[Shard]:
-    """A directory: its own files, then its subdirectories in groups (one walk each); a root with more than
-    MAX_ROOT_ENTRIES entries is one shard (the driver never reads a huge directory)."""
+def _small_tree(root: str, limit: int) -> bool:
+    """Whether the tree the listing walks under `root` holds at most `limit` entries (stops counting beyond)."""
+    n = 0
+    for _, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        n += len(dirnames) + len(filenames)
+        if n > limit:
+            return False
+    return True
+
+
+def _dir_shards(i: int, root: str, max_shards: int, page: int = SHARD_PAGE) -> list[Shard]:
+    """A directory: its own files, then its subdirectories in groups (one walk each). One shard for a root with more
+    than MAX_ROOT_ENTRIES entries (the driver never reads a huge directory) and for a tree of at most `page` entries
+    (one listing page: more read tasks would only add processes)."""
     names = []
     with os.scandir(root) as it:
         for entry in it:
@@ -281,6 +296,8 @@ def _dir_shards(i: int, root: str, max_shards: int) -> list[Shard]:
                 return [Shard(i, "tree", root, paths=(root,))]
             names.append((entry.name, entry.is_dir(follow_symlinks=False)))  # a link loop must not raise
     subdirs = sorted(os.path.join(root, n) for n, is_dir in names if is_dir and not n.startswith("."))
+    if subdirs and _small_tree(root, page):
+        return [Shard(i, "tree", root, paths=(root,))]
     return [Shard(i, "dirfiles", root, paths=(root,))] + [Shard(i, "tree", root, paths=tuple(g)) for g in _groups(subdirs, max_shards - 1) if g]
 
 
@@ -299,18 +316,19 @@ def _manifest_shards(i: int, uri: str, storage: Storage, max_shards: int) -> lis
     return shards or [Shard(i, "manifest", uri)]
 
 
-def source_shards(i: int, src: str, storage: Storage, max_shards: int = 16) -> list[Shard]:
-    """The shards of SOURCE number i. Raises UserError for a SOURCE that does not exist or cannot be listed."""
+def source_shards(i: int, src: str, storage: Storage, max_shards: int = 16, page: int = SHARD_PAGE) -> list[Shard]:
+    """The shards of SOURCE number i; a folder or S3 prefix whose listing fits in `page` entries is one shard. Raises
+    UserError for a SOURCE that does not exist or cannot be listed."""
     src = strip_userinfo(str(src))  # credentials come from the environment, never from a URI
     if is_s3(src):
         if src.lower().endswith(MANIFEST_EXTENSIONS) and not _has_magic(src):
             return _manifest_shards(i, src, storage, max_shards)
-        return _s3_shards(i, src, storage, max_shards)
+        return _s3_shards(i, src, storage, max_shards, page)
     path = os.path.expanduser(src)
     if _has_magic(path) and not os.path.exists(path):
         return [Shard(i, "glob", src, pattern=path)]
     if os.path.isdir(path):
-        return _dir_shards(i, os.path.abspath(path), max_shards)
+        return _dir_shards(i, os.path.abspath(path), max_shards, page)
     if os.path.isfile(path):
         if path.lower().endswith(MANIFEST_EXTENSIONS):
             return _manifest_shards(i, os.path.abspath(path), storage, max_shards)
