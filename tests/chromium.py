@@ -28,23 +28,22 @@ def chromium_path() -> str | None:
 class Chromium:
     """One headless browser with one page. Use as a context manager."""
 
-    def __init__(self, width: int = 1280, height: int = 1000, timeout: float = 60.0):
+    def __init__(self, width: int = 1280, height: int = 1000, timeout: float = 60.0, attempts: int = 2):
+        """`attempts`: browsers started (each with a fresh profile) before giving up: once in a full suite run on
+        this loaded 2-core machine, a browser never wrote its DevTools port within 60 s."""
         import websocket
 
         path = chromium_path()
         if path is None:
             raise RuntimeError("chromium is not installed (make sysdeps installs Debian's chromium)")
-        self.profile = tempfile.mkdtemp(prefix="dfbatch-chromium-")
-        self.proc = subprocess.Popen([path, *FLAGS, f"--user-data-dir={self.profile}", f"--window-size={width},{height}", "about:blank"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        port_file = os.path.join(self.profile, "DevToolsActivePort")
-        deadline = time.monotonic() + timeout
-        while not os.path.exists(port_file) or not open(port_file).read().strip():
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.close()
-                raise RuntimeError("chromium did not start")
-            time.sleep(0.1)
-        port = int(open(port_file).read().split()[0])
+        failures = []
+        for _ in range(attempts):
+            port = self._start(path, width, height, timeout)
+            if isinstance(port, int):
+                break
+            failures.append(port)
+        else:
+            raise RuntimeError("chromium did not start: " + " | ".join(failures))
         targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10))
         page = next(t for t in targets if t["type"] == "page")
         self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=timeout, suppress_origin=True)
@@ -54,6 +53,25 @@ class Chromium:
         self.send("Page.enable")
         self.send("Runtime.enable")
         self.send("Network.enable")
+
+    def _start(self, path: str, width: int, height: int, timeout: float) -> int | str:
+        """Start one browser: its DevTools port, or why it did not start (it is stopped then)."""
+        self.profile = tempfile.mkdtemp(prefix="dfbatch-chromium-")
+        log = os.path.join(self.profile, "stderr.log")
+        with open(log, "wb") as err:
+            self.proc = subprocess.Popen([path, *FLAGS, f"--user-data-dir={self.profile}", f"--window-size={width},{height}", "about:blank"],
+                                         stdout=subprocess.DEVNULL, stderr=err)
+        port_file = os.path.join(self.profile, "DevToolsActivePort")
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(port_file) or not open(port_file).read().strip():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                why = f"exit code {self.proc.poll()}" if self.proc.poll() is not None else f"no DevTools port after {timeout:.0f} s"
+                tail = open(log, errors="replace").read()[-500:].replace("\n", " ")
+                self.ws = None
+                self.close()
+                return f"{why}; stderr: {tail}"
+            time.sleep(0.1)
+        return int(open(port_file).read().split()[0])
 
     def __enter__(self):
         return self
