@@ -237,9 +237,9 @@ def _groups(items: list, n: int) -> list[list]:
 
 
 def _s3_shards(i: int, uri: str, storage: Storage, max_shards: int, page: int = SHARD_PAGE) -> list[Shard]:
-    """Key ranges of one S3 SOURCE: one shard when the first LIST page holds every key (no "folders", at most `page`), its first-level
-    "folders" when one page shows them all, else ranges by the first character after the prefix. Ranges
-    (start, stop] partition the key space: each key is in one."""
+    """Key ranges of one S3 SOURCE: one shard when the first LIST page holds every key (no "folders", at most
+    `page` keys), its first-level "folders" when one page shows them all, else ranges by the first character
+    after the prefix. Ranges (start, stop] partition the key space: each key is in one."""
     bucket, key = _s3_split(uri)
     if not bucket:
         raise UserError(f"bad S3 URI {uri!r} (expected s3://bucket/prefix)")
