@@ -67,7 +67,6 @@ class Chromium:
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 why = f"exit code {self.proc.poll()}" if self.proc.poll() is not None else f"no DevTools port after {timeout:.0f} s"
                 tail = open(log, errors="replace").read()[-500:].replace("\n", " ")
-                self.ws = None
                 self.close()
                 return f"{why}; stderr: {tail}"
             time.sleep(0.1)

@@ -175,10 +175,16 @@ def _dir_files(dirpath: str, names, real_root: str) -> Iterator[VideoRef]:
         yield _local_ref(path, real)
 
 
-def _walk_local(root: str, source_root: str | None = None) -> Iterator[VideoRef]:
-    real_root = os.path.realpath(source_root or root)
+def _walk(root: str) -> Iterator[tuple[str, list[str], list[str]]]:
+    """os.walk as the listing walks a tree: links to folders not followed, hidden folders skipped, in name order."""
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        yield dirpath, dirnames, filenames
+
+
+def _walk_local(root: str, source_root: str | None = None) -> Iterator[VideoRef]:
+    real_root = os.path.realpath(source_root or root)
+    for dirpath, _, filenames in _walk(root):
         yield from _dir_files(dirpath, filenames, real_root)
 
 
@@ -277,8 +283,7 @@ def _s3_shards(i: int, uri: str, storage: Storage, max_shards: int, page: int = 
 def _small_tree(root: str, limit: int) -> bool:
     """Whether the tree the listing walks under `root` holds at most `limit` entries (stops counting beyond)."""
     n = 0
-    for _, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    for _, dirnames, filenames in _walk(root):
         n += len(dirnames) + len(filenames)
         if n > limit:
             return False

@@ -323,8 +323,8 @@ def _torch_trainer(cfg: TrainConfig, loop_config: dict, datasets: dict, storage_
 
 
 def _finished_run(cfg: TrainConfig, run_dir: str, pa_fs):
-    """The Ray Train result kept in run_dir when its latest checkpoint already has ``epochs`` epochs (a rerun of a
-    finished training), else None. Such a rerun registers what is there without starting Ray Train."""
+    """(Ray Train result, its train state) kept in run_dir when its latest checkpoint already has ``epochs`` epochs
+    (a rerun of a finished training), else None. Such a rerun registers what is there without starting Ray Train."""
     if not cfg.resume:
         return None
     from ray.train import Result
@@ -338,9 +338,10 @@ def _finished_run(cfg: TrainConfig, run_dir: str, pa_fs):
         return None
     finally:
         quiet.setLevel(level)
-    if result.checkpoint is None or int(_final_state(result, None)["epoch"]) < cfg.epochs:
+    if result.checkpoint is None:
         return None
-    return result
+    state = _final_state(result, None)
+    return (result, state) if int(state["epoch"]) >= cfg.epochs else None
 
 
 def _fit(trainer, client, run_id: str):
@@ -431,8 +432,9 @@ def train(cfg: TrainConfig) -> TrainResult:
                "train_videos": desc["train_videos"], "train_fake_videos": desc["train_fake_videos"],
                "val_videos": desc["val_videos"], "sbi": cfg.sbi, "training_run": run_id}
     session = uuid.uuid4().hex
-    result = _finished_run(cfg, run_dir, pa_fs)
-    if result is None:
+    finished = _finished_run(cfg, run_dir, pa_fs)
+    result, state = finished or (None, None)
+    if finished is None:
         init_ray(quiet=True)  # Ray's own processes log errors only (the controller polls a dashboard we do not start)
         use_gpu = _use_gpu(cfg)
         data_ctx = DataContext.get_current()
@@ -457,7 +459,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     with best.as_directory() as d:
         best_spec, sd, meta = read_checkpoint(os.path.join(d, "model.pt"))
         model_file = _copy_best(d, cfg)
-    state = _final_state(result, best)
+    if state is None:  # (a finished run's was read already)
+        state = _final_state(result, best)
     history = state["history"]
     last = state.get("sessions", [{}])[-1]
     start_epoch = int(last.get("start_epoch", 1)) if last.get("id") == session else int(state["epoch"]) + 1
