@@ -320,14 +320,27 @@ def _pool_max(fixed: int | None, capacity: float | None, per_actor: float, initi
     return max(initial, int(capacity // per_actor))
 
 
-def plan_resources(cfg: ScoreConfig, view: dict | None = None) -> dict:
+# a job whose size the listing counted while planning starts at most one actor per this many videos in a pool: on
+# CPU an actor's start (torch, torchvision, facenet, the model) costs ~8.4 CPU s, what 8 videos cost on the fast
+# path (1.07 CPU s each), and 8 videos fill one model call on a GPU (`videos_per_score_batch`)
+VIDEOS_PER_ACTOR = 8
+
+
+def _small_job_cap(videos: int | None, fixed: int | None) -> int | None:
+    """The most actors a pool needs for a job of `videos` (None: not counted, or the pool's size was given)."""
+    return None if videos is None or fixed else max(1, math.ceil(videos / VIDEOS_PER_ACTOR))
+
+
+def plan_resources(cfg: ScoreConfig, view: dict | None = None, videos: int | None = None) -> dict:
     """Actor pools (initial, min, max) and per-actor resources from what the cluster has and can have.
 
     GPU when the cluster has GPUs or its autoscaler has GPU node types (a pending model actor makes it add one);
     the model actors take one GPU each (and `model_resource`, a custom resource naming the node type that holds
     the model), the face actors and listing the CPUs. CPU only: one actor per core runs decode + faces + model.
     Pools start at what fits now, leaving LISTING_CPUS per actor free for the listing read tasks, and grow
-    (Ray Data autoscaling) up to what the autoscaler's node types hold, or without bound when those are unknown."""
+    (Ray Data autoscaling) up to what the autoscaler's node types hold, or without bound when those are unknown.
+    `videos`: the job's size when the listing counted it while planning; a pool then holds at most one actor per
+    VIDEOS_PER_ACTOR videos (a few videos never start an actor per core of a large cluster)."""
     from dfbatch.io.datasource import LISTING_CPUS
 
     view = view or cluster_view()
@@ -377,6 +390,10 @@ def plan_resources(cfg: ScoreConfig, view: dict | None = None) -> dict:
             if n_cpu:
                 face_share = min(face_share, max(LISTING_CPUS, free - score_init * score_cpus) / face_init)
     face_max = _pool_max(cfg.face_workers, cpu_cap, face_share, face_init)
+    if (cap := _small_job_cap(videos, cfg.face_workers)) is not None:
+        face_init, face_max = min(face_init, cap), min(face_max or cap, cap)
+    if score_init and (cap := _small_job_cap(videos, cfg.score_workers)) is not None:
+        score_init, score_max = min(score_init, cap), min(score_max or cap, cap)
     return {
         "cluster_cpus": n_cpu,
         "cluster_gpus": n_gpu,
@@ -397,6 +414,7 @@ def plan_resources(cfg: ScoreConfig, view: dict | None = None) -> dict:
         "score_threads": score_threads,
         "score_gpus": score_gpus,
         "score_resources": score_resources,
+        "videos": videos,  # counted while planning (None: not counted): caps the pools for a small job
         "listing_cpus": LISTING_CPUS,
         "listing_tasks": 4,  # read tasks listing at once (each streams its shard; more buys nothing)
         "compile": os.environ.get("DFBATCH_TORCH_COMPILE", "") == "1",
@@ -647,7 +665,8 @@ def _score(cfg: ScoreConfig, clock, ray_start: RayStart, storage: Storage, store
 
             with clock.step("ray_wait"):
                 ray_start.wait()
-            summary.resources = plan_resources(cfg)
+            counted = None if any(sh.videos is None for sh in shards) else sum(sh.videos for sh in shards)
+            summary.resources = plan_resources(cfg, videos=counted)
             _log_plan(summary.resources)
             here = dict(num_cpus=0, scheduling_strategy=_here())
             ledger = ray.remote(ListingLedger).options(**here).remote()
@@ -709,6 +728,8 @@ def _log_plan(plan: dict) -> None:
     pools = (f"{plan['face_workers']} fused actor(s) (pool {plan['face_pool']}) x {plan['face_cpus']} CPU" if plan["fused"] else
              f"face actors {plan['face_workers']} (pool {plan['face_pool']}) x {plan['face_cpus']} CPU; model actors {plan['score_workers']} "
              f"(pool {plan['score_pool']}) x {plan['score_cpus']} CPU, {plan['score_gpus']} GPU{', ' + str(plan['score_resources']) if plan['score_resources'] else ''} on {plan['device']}")
+    if plan.get("videos") is not None:
+        pools += f" for {plan['videos']} video(s) (at most one actor per {VIDEOS_PER_ACTOR})"
     log.info("plan: %s; cluster now %s CPU / %s GPU, can grow to %s CPU / %s GPU", pools, plan["cluster_cpus"], plan["cluster_gpus"],
              plan["possible_cpus"] if plan["possible_cpus"] is not None else "?", plan["possible_gpus"] if plan["possible_gpus"] is not None else "?")
     if not plan["cluster_cpus"] or (plan["device"] == "cuda" and not plan["cluster_gpus"]):

@@ -144,7 +144,8 @@ def test_head_without_cpus_then_a_node_joins_mid_job_and_one_is_killed(cluster, 
     out = _finish(job)
     first = _json_block(out) if job.returncode == 0 else None
     if first:
-        assert first["resources"]["cluster_cpus"] == 0 and first["resources"]["face_pool"] == [1, None]
+        # 64 videos counted while planning: at most 8 actors, whatever joins
+        assert first["resources"]["cluster_cpus"] == 0 and first["resources"]["face_pool"] == [1, 8]
     again = _summary(_score(cluster, tmp_path / "src", "-o", tmp_path / "out"))
     df = _one_row_each(tmp_path / "out", videos)
     assert set(df.status) == {"ok"}

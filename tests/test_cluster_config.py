@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import gzip
 import json
+import math
 import re
 import subprocess
 import sys
@@ -125,6 +126,27 @@ def test_plan_from_the_node_types_before_any_worker_is_up(monkeypatch):
         assert plan["face_workers"] == 1 and plan["face_pool"][0] == 1 and plan["face_pool"][1] == int((16 * 32 + 8 * 16) // plan["face_cpus"])
     cpu = plan_resources(ScoreConfig(sources=["x"], output="y", device="cpu"), head_only)
     assert cpu["fused"] and cpu["face_pool"][1] == int((16 * 32 + 8 * 16) // cpu["face_cpus"])
+
+
+def test_a_counted_small_job_starts_one_actor_per_eight_videos():
+    """A job whose videos the listing counted while planning never starts an actor per core of a large cluster:
+    each pool holds at most one actor per 8 videos; an uncounted job, or a pool whose size was given, is as before."""
+    from dfbatch.pipeline import VIDEOS_PER_ACTOR, plan_resources
+
+    assert VIDEOS_PER_ACTOR == 8
+    cfg = ScoreConfig(sources=["x"], output="y")
+    big = _view({"CPU": 64.0})
+    per_core = plan_resources(cfg, big)["face_workers"]  # one per core (less the listing's share)
+    assert per_core > 60 and plan_resources(cfg, big)["face_pool"] == [1, None]
+    for videos, actors in ((1, 1), (8, 1), (9, 2), (100, 13), (10_000, per_core)):
+        plan = plan_resources(cfg, big, videos=videos)
+        assert plan["face_workers"] == actors and plan["face_pool"] == [1, max(actors, math.ceil(videos / 8))], (videos, plan)
+    fixed = plan_resources(ScoreConfig(sources=["x"], output="y", face_workers=6), big, videos=4)
+    assert fixed["face_workers"] == 6 and fixed["face_pool"] == [6, 6]
+    gpus = plan_resources(cfg, _view({"CPU": 64.0, "GPU": 4.0}), videos=12)
+    assert gpus["device"] == "cuda" and (gpus["score_workers"], gpus["score_pool"]) == (2, [1, 2])
+    assert (gpus["face_workers"], gpus["face_pool"]) == (2, [1, 2])
+    assert plan_resources(cfg, _view({"CPU": 64.0, "GPU": 4.0}))["score_workers"] == 4
 
 
 def test_device_cuda_refused_only_where_no_gpu_can_come():

@@ -123,6 +123,9 @@ def test_s3_key_ranges_partition_the_prefix(s3_endpoint):
     assert len(one) == 1 and (one[0].start, one[0].stop) == (None, None)
     assert sorted(r.video_uri for page in list_shard(one[0], storage) for r, _ in page) == sorted(
         r.video_uri for r in iter_videos(["s3://ranges/flat/"], storage))
+    # its videos are counted while planning (they size the job's actor pools); a split listing is not counted
+    assert one[0].videos == len(list(iter_videos(["s3://ranges/flat/"], storage))) == 25
+    assert all(sh.videos is None for sh in shards)
     assert len(source_shards(0, "s3://ranges/flat/", storage, page=len(keys) // 10)) > 1  # more keys than a page
     glob_shards = source_shards(0, "s3://ranges/dated/2026-11-0*/*.mp4", storage, max_shards=3, page=0)
     assert sorted(r.video_uri for sh in glob_shards for page in list_shard(sh, storage) for r, _ in page) == sorted(
@@ -142,10 +145,15 @@ def test_directory_and_manifest_shards(tmp_path):
     one = source_shards(0, str(root), Storage(), max_shards=3)
     assert [(s.kind, s.paths) for s in one] == [("tree", (str(root),))]
     assert [r.video_uri for page in list_shard(one[0], Storage()) for r, _ in page] == listed
+    assert all(s.videos is None for s in shards) and one[0].videos >= len(listed) > 0  # an upper bound
+    flat = source_shards(0, str(root / "a" / "b"), Storage())
+    assert [s.kind for s in flat] == ["dirfiles"] and flat[0].videos == len(list(iter_videos([str(root / "a" / "b")], Storage()))) == 2
+    assert [s.videos for s in source_shards(0, listed[0], Storage())] == [1]
     assert len(source_shards(0, str(root), Storage(), max_shards=3, page=3)) == 3
     pd.DataFrame({"uri": [f"v{i}.mp4" for i in range(10)] + ["v0.mp4"]}).to_parquet(tmp_path / "m.parquet", row_group_size=3)
     mshards = source_shards(0, str(tmp_path / "m.parquet"), Storage(), max_shards=2)
     assert [s.row_groups for s in mshards] == [(0, 1), (2, 3)] and [s.first_row for s in mshards] == [0, 6]
+    assert [s.videos for s in mshards] == [6, 5]
     rows = [(os.path.basename(r.video_uri), n) for sh in mshards for page in list_shard(sh, Storage()) for r, n in page]
     assert rows == [(f"v{i}.mp4", i) for i in range(10)] + [("v0.mp4", 10)]  # a repeated URI keeps its own row number
     assert may_repeat([str(tmp_path / "m.parquet")]) and may_repeat([str(root), str(root / "a")]) and may_repeat([str(root), str(root / "*.mp4")])

@@ -234,6 +234,7 @@ class Shard:
     paths: tuple[str, ...] = ()
     row_groups: tuple[int, ...] = ()
     first_row: int = 0  # manifest: row number of the shard's first row (dedup owner of each row)
+    videos: int | None = None  # at most this many videos, counted while planning (a small source); None: not counted
 
 
 def _groups(items: list, n: int) -> list[list]:
@@ -257,7 +258,7 @@ def _s3_shards(i: int, uri: str, storage: Storage, max_shards: int, page: int = 
         elif key and not key.endswith("/") and is_video_name(key):
             try:
                 client.head_object(Bucket=bucket, Key=key)
-                return [Shard(i, "s3obj", uri)]
+                return [Shard(i, "s3obj", uri, videos=1)]
             except client.exceptions.ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
                     raise
@@ -271,7 +272,8 @@ def _s3_shards(i: int, uri: str, storage: Storage, max_shards: int, page: int = 
     if not folders and not probe.get("Contents"):
         raise UserError(f"{redact(uri)} matched no videos" if pattern else f"{redact(uri)}: no such S3 prefix or object (or it is empty)")
     if not folders and not probe.get("IsTruncated") and len(probe.get("Contents", [])) <= page:  # the probe saw every key
-        return [Shard(i, "s3", uri, prefix=prefix, pattern=pattern, paths=(bucket,))]
+        videos = sum(is_video_name(o["Key"]) for o in probe.get("Contents", []))
+        return [Shard(i, "s3", uri, prefix=prefix, pattern=pattern, paths=(bucket,), videos=videos)]
     if len(folders) > 1 and not probe.get("IsTruncated"):
         bounds = [g[0] for g in _groups(folders, max_shards)[1:]]
     else:
@@ -280,14 +282,16 @@ def _s3_shards(i: int, uri: str, storage: Storage, max_shards: int, page: int = 
     return [Shard(i, "s3", uri, prefix=prefix, pattern=pattern, start=a, stop=b, paths=(bucket,)) for a, b in zip(edges, edges[1:])]
 
 
-def _small_tree(root: str, limit: int) -> bool:
-    """Whether the tree the listing walks under `root` holds at most `limit` entries (stops counting beyond)."""
-    n = 0
+def _tree_videos(root: str, limit: int) -> int | None:
+    """The video names in the tree the listing walks under `root`, or None when it holds more than `limit` entries
+    (stops counting there)."""
+    n = videos = 0
     for _, dirnames, filenames in _walk(root):
         n += len(dirnames) + len(filenames)
         if n > limit:
-            return False
-    return True
+            return None
+        videos += sum(map(is_video_name, filenames))
+    return videos
 
 
 def _dir_shards(i: int, root: str, max_shards: int, page: int = SHARD_PAGE) -> list[Shard]:
@@ -301,8 +305,11 @@ def _dir_shards(i: int, root: str, max_shards: int, page: int = SHARD_PAGE) -> l
                 return [Shard(i, "tree", root, paths=(root,))]
             names.append((entry.name, entry.is_dir(follow_symlinks=False)))  # a link loop must not raise
     subdirs = sorted(os.path.join(root, n) for n, is_dir in names if is_dir and not n.startswith("."))
-    if subdirs and _small_tree(root, page):
-        return [Shard(i, "tree", root, paths=(root,))]
+    if not subdirs:
+        return [Shard(i, "dirfiles", root, paths=(root,), videos=sum(is_video_name(n) for n, is_dir in names if not is_dir))]
+    videos = _tree_videos(root, page)
+    if videos is not None:
+        return [Shard(i, "tree", root, paths=(root,), videos=videos)]
     return [Shard(i, "dirfiles", root, paths=(root,))] + [Shard(i, "tree", root, paths=tuple(g)) for g in _groups(subdirs, max_shards - 1) if g]
 
 
@@ -316,8 +323,9 @@ def _manifest_shards(i: int, uri: str, storage: Storage, max_shards: int) -> lis
     rows = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
     shards, first = [], 0
     for group in _groups(list(range(len(rows))), max_shards):
-        shards.append(Shard(i, "manifest", uri, row_groups=tuple(group), first_row=first))
-        first += sum(rows[g] for g in group)
+        n = sum(rows[g] for g in group)
+        shards.append(Shard(i, "manifest", uri, row_groups=tuple(group), first_row=first, videos=n))
+        first += n
     return shards or [Shard(i, "manifest", uri)]
 
 
@@ -337,7 +345,7 @@ def source_shards(i: int, src: str, storage: Storage, max_shards: int = 16, page
     if os.path.isfile(path):
         if path.lower().endswith(MANIFEST_EXTENSIONS):
             return _manifest_shards(i, os.path.abspath(path), storage, max_shards)
-        return [Shard(i, "file", src, paths=(os.path.abspath(path),))]  # scored whatever its extension
+        return [Shard(i, "file", src, paths=(os.path.abspath(path),), videos=1)]  # scored whatever its extension
     if os.path.lexists(path):
         raise UserError(f"{src}: broken symbolic link")
     raise UserError(f"{src}: no such file or directory")
