@@ -326,7 +326,7 @@ def _pool_max(fixed: int | None, capacity: float | None, per_actor: float, initi
 VIDEOS_PER_ACTOR = 8
 
 
-def _small_job_cap(videos: int | None, fixed: int | None) -> int | None:
+def small_job_cap(videos: int | None, fixed: int | None) -> int | None:
     """The most actors a pool needs for a job of `videos` (None: not counted, or the pool's size was given)."""
     return None if videos is None or fixed else max(1, math.ceil(videos / VIDEOS_PER_ACTOR))
 
@@ -390,9 +390,9 @@ def plan_resources(cfg: ScoreConfig, view: dict | None = None, videos: int | Non
             if n_cpu:
                 face_share = min(face_share, max(LISTING_CPUS, free - score_init * score_cpus) / face_init)
     face_max = _pool_max(cfg.face_workers, cpu_cap, face_share, face_init)
-    if (cap := _small_job_cap(videos, cfg.face_workers)) is not None:
+    if (cap := small_job_cap(videos, cfg.face_workers)) is not None:
         face_init, face_max = min(face_init, cap), min(face_max or cap, cap)
-    if score_init and (cap := _small_job_cap(videos, cfg.score_workers)) is not None:
+    if score_init and (cap := small_job_cap(videos, cfg.score_workers)) is not None:
         score_init, score_max = min(score_init, cap), min(score_max or cap, cap)
     return {
         "cluster_cpus": n_cpu,

@@ -106,9 +106,10 @@ def test_prepare_real_clips_then_resume(ray_local, tmp_path):
     arch = tmp_path / "arch"
     synth.demo_archive(arch, n_real=2, n_fake=2, size=(320, 180), seconds=1.0, fps=15, faceless=True, broken=True)
     cfg = PrepareConfig(sources=[str(arch / "labels.csv")], output=str(tmp_path / "shards"), frames=6, crop_size=48,
-                        fractions=(0.5, 0.5, 0.0), face_workers=1)
+                        fractions=(0.5, 0.5, 0.0))
     s = run_prepare(cfg)
     assert s.labelled == 6 and s.processed == 6 and s.skipped == 0
+    assert s.actors == 1  # 6 videos on 2 CPUs: one actor (at most one per 8 videos), not one per core
     assert s.counts == {"ok": 4, "no_face": 1, "failed": 1}
     store = ShardStore(cfg.output)
     videos = store.videos()
@@ -129,6 +130,6 @@ def test_prepare_real_clips_then_resume(ray_local, tmp_path):
     # rerun: everything is skipped, nothing is written twice; --retry-failed retries the broken file only
     again = run_prepare(cfg)
     assert again.skipped == 6 and again.processed == 0
-    retry = run_prepare(PrepareConfig(**{**cfg.__dict__, "retry_failed": True}))
-    assert retry.processed == 1 and retry.counts["failed"] == 1
+    retry = run_prepare(PrepareConfig(**{**cfg.__dict__, "retry_failed": True, "face_workers": 2}))
+    assert retry.processed == 1 and retry.counts["failed"] == 1 and retry.actors == 2  # a given count is kept
     assert len(read_shards(cfg.output)) == len(shards)

@@ -94,6 +94,7 @@ class PrepareSummary:
     counts: dict = field(default_factory=dict)  # ok / no_face / failed
     tracks: dict = field(default_factory=dict)  # shard rows per split written by this run
     split_counts: dict = field(default_factory=dict)  # videos per split x label (whole table)
+    actors: int = 0  # face actors this run started (one per core, at most one per 8 videos; 0: nothing to prepare)
     elapsed_s: float = 0.0
 
     def to_dict(self) -> dict:
@@ -384,7 +385,7 @@ def run_prepare(cfg: PrepareConfig) -> PrepareSummary:
     import ray
 
     from dfbatch.training.labels import save_split, split_summary
-    from dfbatch.pipeline import init_ray
+    from dfbatch.pipeline import init_ray, small_job_cap
 
     started = time.time()
     storage = Storage(cfg.endpoint_url)
@@ -418,8 +419,10 @@ def run_prepare(cfg: PrepareConfig) -> PrepareSummary:
         totals: Counter = Counter()
         if counts["to_prepare"]:
             n_cpu = int(ray.cluster_resources().get("CPU", 1))
-            workers = cfg.face_workers or max(1, int(n_cpu // cfg.cpus_per_face_worker))
             n = counts["to_prepare"]
+            # one actor per core, at most one per VIDEOS_PER_ACTOR videos (as the scoring job's pools)
+            workers = cfg.face_workers or min(max(1, int(n_cpu // cfg.cpus_per_face_worker)), small_job_cap(n, None))
+            summary.actors = workers
             per_block = max(1, min(16, math.ceil(n / (2 * workers))))  # small blocks: videos are slow
             refs = [ray.put(t.slice(i, per_block)) for t in tables for i in range(0, t.num_rows, per_block)]
             del tables
