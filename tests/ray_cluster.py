@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 
 
 def _free_port() -> int:
@@ -97,29 +96,9 @@ class LocalCluster:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def _patient(get_node, wait_s: float = 180.0):
-    """Ray's `get_node`, retried for up to `wait_s`: a node that starts waits a fixed 30 s for its raylet to register,
-    which a loaded 2-core machine can exceed ("The current node timed out during startup", seen 2026-12-02)."""
-
-    def get(gcs_address, node_id):
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                return get_node(gcs_address, node_id)
-            except RuntimeError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-
-    return get
-
-
 def _serve() -> None:  # the helper process
     import ray
-    import ray._private.services
     from ray.cluster_utils import Cluster
-
-    ray._private.services.get_node = _patient(ray._private.services.get_node)
 
     cluster, nodes, dash = None, {}, None
     for line in sys.stdin:
