@@ -9,6 +9,7 @@ shut down. Drivers (`dfbatch score` subprocesses) run with `env()`: the same tok
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import secrets
@@ -96,6 +97,41 @@ class LocalCluster:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def _log_tails(lines: int = 12) -> str:
+    """The last lines of the newest raylet and agent logs of this cluster's session: why a node did not start."""
+    logs = os.path.join(os.environ.get("RAY_TMPDIR", tempfile.gettempdir()), "session_2*", "logs")  # this cluster's
+    out = []
+    for pattern in ("raylet*.out", "raylet*.err", "dashboard_agent*.log", "runtime_env_agent*.log", "gcs_server*.out"):
+        files = sorted(glob.glob(os.path.join(logs, pattern)), key=os.path.getmtime)
+        if files:
+            with open(files[-1], errors="replace") as f:
+                tail = [line for line in f.read().splitlines() if not line.startswith("[state-dump]")][-lines:]
+            out.append(f"--- {os.path.basename(files[-1])}\n" + "\n".join(tail))
+    return ("\n" + "\n".join(out)) if out else ""
+
+
+def _add_node(cluster, msg: dict, tries: int = 2):
+    """`cluster.add_node`, tried once more with a fresh node where Ray gave up waiting for the first one's raylet to
+    register ("The current node timed out during startup", seen on a loaded 2-core machine). What the failed node
+    logged goes to the helper's log; its processes are killed, so it cannot join later as an extra node."""
+    import psutil
+
+    for attempt in range(tries):
+        before = {p.pid for p in psutil.Process().children(recursive=True)}
+        try:
+            # each node its own runtime-env folder, as on separate machines: in the shared session folder, a
+            # node that sets up a job's working_dir replaces the folder the job's driver runs in on the head
+            return cluster.add_node(num_cpus=msg["num_cpus"], resources=msg["resources"], runtime_env_dir_name=f"runtime_resources_{msg['name']}",
+                                    object_store_memory=cluster.head_node._ray_params.object_store_memory)
+        except Exception as exc:
+            if attempt + 1 == tries or "timed out during startup" not in str(exc):
+                raise
+            print(f"adding node {msg['name']} failed, trying again: {exc}{_log_tails()}", file=sys.stderr, flush=True)
+            for p in psutil.Process().children(recursive=True):
+                if p.pid not in before:
+                    p.kill()
+
+
 def _serve() -> None:  # the helper process
     import ray
     from ray.cluster_utils import Cluster
@@ -113,11 +149,7 @@ def _serve() -> None:  # the helper process
                 cluster = Cluster(initialize_head=True, head_node_args=args)
                 reply = {"address": cluster.address, "node_id": cluster.head_node.node_id}
             elif msg["cmd"] == "add":
-                # each node its own runtime-env folder, as on separate machines: in the shared session folder, a
-                # node that sets up a job's working_dir replaces the folder the job's driver runs in on the head
-                node = cluster.add_node(num_cpus=msg["num_cpus"], resources=msg["resources"], object_store_memory=cluster.head_node._ray_params.object_store_memory,
-                                        runtime_env_dir_name=f"runtime_resources_{msg['name']}")
-                nodes[msg["name"]] = node
+                nodes[msg["name"]] = node = _add_node(cluster, msg)
                 reply = {"node_id": node.node_id}
             elif msg["cmd"] == "remove":
                 cluster.remove_node(nodes.pop(msg["name"]), allow_graceful=False)
@@ -135,8 +167,8 @@ def _serve() -> None:  # the helper process
                 return
             else:
                 reply = {"error": f"unknown command {msg['cmd']}"}
-        except Exception as exc:  # reported to the test, which fails with it
-            reply = {"error": f"{type(exc).__name__}: {exc}"}
+        except Exception as exc:  # reported to the test, which fails with it, with what the node's processes logged
+            reply = {"error": f"{type(exc).__name__}: {exc}{_log_tails()}"}
         print(json.dumps(reply), flush=True)
     if cluster is not None:
         cluster.shutdown()
