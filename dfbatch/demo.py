@@ -305,6 +305,7 @@ def _print_results(steps: _Steps, heldout_dir: str, ev, result, tcfg) -> None:
 
 def run_demo(cfg: DemoConfig) -> dict:
     """Run every step; returns the held-out evaluation metrics of the new version (plus paths and timings)."""
+    cfg = cfg.with_absolute_paths()
     steps = _Steps(cfg)
     train_dir, heldout_dir = steps.archives()
     shards, cpus = steps.prepare(train_dir)

@@ -555,6 +555,7 @@ def run_score(cfg: ScoreConfig) -> Summary:
     """Score every listed video that has no row yet for the model version (with `rescore`: every listed video;
     with `retry_failed`: also those whose row failed with an error of `retry_errors`), then remove the rows the new
     ones replace; returns the job summary."""
+    cfg = cfg.with_absolute_paths()  # the caller's folder, also for Ray's workers when joining a running Ray
     from dfbatch.monitor import StartupClock
 
     clock = StartupClock()  # from the process start: interpreter, imports and config until here

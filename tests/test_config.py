@@ -233,3 +233,16 @@ def test_the_readme_config_file_is_a_valid_score_config(tmp_path):
     assert cfg.sources == ["demo/archive/heldout/"] and cfg.model_uri == "models:/dfbatch-detector@champion"
     assert (cfg.sampling.frames, cfg.faces.detect_every, cfg.faces.min_face_px, cfg.limits.time_budget_s) == (16, 2, 32, 300)
     assert parse("score", "--config", str(tmp_path / "score.yaml"), "-o", "out2/", "--frames", "32").sampling.frames == 32
+
+
+def test_a_job_resolves_its_local_paths_against_the_callers_folder(tmp_path, monkeypatch):
+    """Every job's driver starts with `with_absolute_paths`: local paths (defaults included) become absolute against
+    its folder, URIs and other strings stay; the config as given keeps its text (YAML, --print-config)."""
+    monkeypatch.chdir(tmp_path)
+    cfg = ScoreConfig(sources=["in/", "s3://b/p/", "~/v.mp4", "clips/*.mp4"], output="out", model_uri="m.pt")
+    done = cfg.with_absolute_paths()
+    assert done.sources == [f"{tmp_path}/in/", "s3://b/p/", os.path.expanduser("~/v.mp4"), f"{tmp_path}/clips/*.mp4"]
+    assert (done.output, done.model_uri, cfg.output) == (f"{tmp_path}/out", "m.pt", "out")
+    assert TrainConfig(data="s3://b/shards", output="ckpt").with_absolute_paths().output == f"{tmp_path}/ckpt"
+    assert DemoConfig().with_absolute_paths().root == f"{tmp_path}/demo"  # a default
+    assert done.with_absolute_paths() == done

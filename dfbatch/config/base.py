@@ -94,7 +94,31 @@ def _parse_numbers(value: Any) -> Any:
     return value
 
 
-PathStr = Annotated[str, BeforeValidator(_fspath)]  # a local path or URI; os.PathLike accepted
+def absolute_local(value: str) -> str:
+    """A local path made absolute (`~` expanded); a URI as it is."""
+    if not value or "://" in value:
+        return value
+    path = os.path.abspath(os.path.expanduser(value))
+    return path + os.sep if value.endswith(os.sep) and not path.endswith(os.sep) else path
+
+
+class _LocalPath:
+    """Marks the path fields (`PathStr`, `Paths`) that `JobConfig.with_absolute_paths` resolves."""
+
+
+_LOCAL_PATH = _LocalPath()
+
+
+def _is_path_field(info: FieldInfo) -> bool:
+    def marked(annotation: Any) -> bool:
+        if get_origin(annotation) is Annotated:
+            return any(m is _LOCAL_PATH for m in get_args(annotation)[1:]) or marked(get_args(annotation)[0])
+        return any(marked(a) for a in get_args(annotation))
+
+    return any(m is _LOCAL_PATH for m in info.metadata) or marked(info.annotation)
+
+
+PathStr = Annotated[str, BeforeValidator(_fspath), _LOCAL_PATH]  # a local path or URI; os.PathLike accepted
 Paths = Annotated[list[PathStr], BeforeValidator(_as_list)]  # one or more (a single string is a list of one)
 Size = Annotated[tuple[int, int], BeforeValidator(_parse_size)]  # (width, height); "1280x720" accepted
 Numbers = Annotated[tuple[float, ...], BeforeValidator(_parse_numbers)]  # "0.8,0.1,0.1" accepted
@@ -132,6 +156,20 @@ class JobConfig:
     def replace(self: C, **changes: Any) -> C:
         """A validated copy with `changes` (a mapping for a section changes only the keys it names)."""
         return build(type(self), (self.to_dict(), None), (changes, None))
+
+    def with_absolute_paths(self: C) -> C:
+        """This config with its local paths (`PathStr`, `Paths` fields) absolute, against this process's folder: each
+        job's driver starts with it. Ray's workers resolve a relative path against their own working folder, which
+        is the driver's only when the driver started the local Ray itself, not when it joins a running one."""
+        changes: dict[str, Any] = {}
+        for name, info in self.__pydantic_fields__.items():  # type: ignore[attr-defined]
+            value = getattr(self, name)
+            if not _is_path_field(info) or not isinstance(value, (str, list)):
+                continue
+            new = absolute_local(value) if isinstance(value, str) else [absolute_local(v) for v in value]
+            if new != value:
+                changes[name] = new
+        return self.replace(**changes) if changes else self
 
     def to_yaml(self, path: str | os.PathLike | None = None, *, exclude: tuple[str, ...] = (),
                 header: str | None = None) -> str:

@@ -73,6 +73,7 @@ class Comparison:
 
 
 def run_compare(cfg: CompareConfig) -> Comparison:
+    cfg = cfg.with_absolute_paths()
     from dfbatch.evaluation.evaluate import run_evaluate
     from dfbatch.models import registry
 

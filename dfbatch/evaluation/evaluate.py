@@ -306,6 +306,7 @@ def frame_scores(videos: pd.DataFrame, faces: pd.DataFrame) -> tuple[np.ndarray,
 # ---------------------------------------------------------------------------------------------- the job
 def run_evaluate(cfg: EvaluateConfig) -> Evaluation:
     """Score (with `cfg.model_uri`) and evaluate one model version on the labelled videos; log and calibrate."""
+    cfg = cfg.with_absolute_paths()
     from dfbatch.io.storage import Storage
     from dfbatch.stages.aggregate import parse
 

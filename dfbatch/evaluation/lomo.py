@@ -232,6 +232,7 @@ def _done(path: str) -> list[dict]:
 
 def run_lomo(cfg: LomoConfig, say=print) -> LomoResult:
     """Run the protocol (see the module doc); `say` gets one line per step and fold."""
+    cfg = cfg.with_absolute_paths()
     from mlflow import MlflowClient
     from mlflow.entities import Param
 

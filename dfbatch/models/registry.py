@@ -125,9 +125,16 @@ class ModelBundle:
 
 # ------------------------------------------------------------------------------------------- helpers
 def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
+    """The MLflow store a job uses; a relative sqlite file made absolute here, in the driver (Ray Train's workers
+    log to it from their own working folder)."""
     import mlflow
 
-    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+    from dfbatch.config.base import absolute_local
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + absolute_local(uri[len("sqlite:///"):])
+    return uri
 
 
 def _registry_uri(tracking_uri: str) -> str:

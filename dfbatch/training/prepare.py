@@ -382,6 +382,7 @@ def _listing(labels, store: ShardStore, storage: Storage, work: str, skip: set[s
 
 def run_prepare(cfg: PrepareConfig) -> PrepareSummary:
     """Prepare (or resume preparing) face-sequence shards for every labelled video."""
+    cfg = cfg.with_absolute_paths()
     import ray
 
     from dfbatch.training.labels import save_split, split_summary

@@ -407,6 +407,7 @@ def threshold_source(cfg: TrainConfig, data: dict) -> str:
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Train (or resume) on Ray Train, log to MLflow, register the best checkpoint. See the module doc."""
+    cfg = cfg.with_absolute_paths()
     from ray.data import DataContext, RandomSeedConfig
 
     from dfbatch.models import registry
