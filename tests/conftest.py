@@ -56,6 +56,13 @@ def ray_local():
 
 
 @pytest.fixture(scope="session")
+def ray_address(ray_local) -> str:
+    """`ray_local`'s address, for a driver subprocess to join (RAY_ADDRESS) instead of starting a local Ray of its
+    own (~25 CPU s of daemons and helper actors here). Its workers have this process's environment."""
+    return ray_local.get_runtime_context().gcs_address
+
+
+@pytest.fixture(scope="session")
 def s3_endpoint():
     """moto's S3 server over real HTTP on 127.0.0.1 (a subprocess), as AWS_ENDPOINT_URL."""
     port = _free_port()

@@ -77,12 +77,15 @@ def prescore(out: Path, ids: list[str], model: str, version: str, every: int = E
 
 
 def measure(endpoint: str, n: int, root: Path, model_uri: str, version: str, lead: int = 256, every: int = EVERY,
-            part: int = 128) -> dict:
-    """One job over n keys (a driver subprocess with its own local Ray): its summary and peak RSS."""
+            part: int = 128, ray_address: str | None = None) -> dict:
+    """One job over n keys (a driver subprocess joining the Ray at `ray_address`, else starting its own local
+    Ray): its summary and peak RSS."""
     ids = fill(endpoint, f"n{n}", n)
     out = root / f"out-{n}"
     prescore(out, ids, "dfbatch-detector", version, every)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    if ray_address:
+        env["RAY_ADDRESS"] = ray_address
     t0 = time.time()
     res = subprocess.run([sys.executable, "-c", DRIVER, f"s3://{BUCKET}/n{n}/", str(out), model_uri, endpoint, str(lead),
                           str(part)],
@@ -93,13 +96,14 @@ def measure(endpoint: str, n: int, root: Path, model_uri: str, version: str, lea
     return report
 
 
-def test_listing_streams_resumes_and_keeps_the_driver_small(mlflow_uri, tiny_model, tmp_path):
+def test_listing_streams_resumes_and_keeps_the_driver_small(mlflow_uri, tiny_model, ray_address, tmp_path):
     server, endpoint = moto_server()
     try:
         # parts of 32 rows: the listing lead (256 videos, about 5,000 keys) holds the listing back until results
-        # commit, as it does with the default parts of 128 rows at 20,000 keys and more
-        small = measure(endpoint, 1_000, tmp_path, tiny_model["uri"], tiny_model["version"], part=32)
-        big = measure(endpoint, 10_000, tmp_path, tiny_model["uri"], tiny_model["version"], part=32)
+        # commit, as it does with the default parts of 128 rows at 20,000 keys and more; both drivers join the
+        # session's Ray (the same for both: only the driver's own memory is compared)
+        small = measure(endpoint, 1_000, tmp_path, tiny_model["uri"], tiny_model["version"], part=32, ray_address=ray_address)
+        big = measure(endpoint, 10_000, tmp_path, tiny_model["uri"], tiny_model["version"], part=32, ray_address=ray_address)
     finally:
         server.stop()
     for n, r in ((1_000, small), (10_000, big)):

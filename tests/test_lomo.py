@@ -129,10 +129,12 @@ REDUCED_YAML = "train_clips: [10, 2]\nval_clips: [4, 2]\ntest_clips: [12, 6]\npr
 
 
 @pytest.mark.slow
-def test_reduced_lomo_through_the_cli(tmp_path):
+def test_reduced_lomo_through_the_cli(ray_address, tmp_path):
+    """Both runs join the session's Ray (`dfbatch lomo` on a cluster; the demo test covers a CLI's own local Ray)."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["RAY_ADDRESS"] = ray_address
     (tmp_path / "reduced.yaml").write_text(REDUCED_YAML)
     cmd = [sys.executable, "-m", "dfbatch", "lomo", "--root", "l", "--tracking-uri", uri, *REDUCED,
            "--config", "reduced.yaml"]
