@@ -163,13 +163,15 @@ def test_user_mistakes_are_one_line_errors(args, pattern, mlflow_uri, tiny_model
 def test_relative_paths_on_a_joined_ray_are_the_callers(ray_address, mlflow_uri, tiny_model, clip_dir, tmp_path):
     """`dfbatch score` joining a running Ray (RAY_ADDRESS) whose workers work in another folder (the session's Ray:
     the repository): a relative SOURCE and OUT still mean the caller's folder, made absolute in the driver. Before,
-    the listing looked for the SOURCE in the workers' folder ("no such file or directory")."""
+    the workers wrote the rows under their own folder (a FileNotFoundError in the write)."""
     (tmp_path / "in").mkdir()
     os.link(clip_dir / "carphone.mp4", tmp_path / "in" / "a.mp4")
+    stray = Path.cwd() / "out"  # the workers' folder: nothing may be written there (a user's own out/ may exist)
+    before = sorted(stray.rglob("*")) if stray.exists() else None
     res = subprocess.run([sys.executable, "-m", "dfbatch", "score", "in/", "-o", "out", "--frames", "4", "--json"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": ray_address})
     assert res.returncode == 0, res.stderr[-3000:]
-    assert os.getcwd() != str(tmp_path) and not Path("out").exists()
+    assert Path.cwd() != tmp_path and (sorted(stray.rglob("*")) if stray.exists() else None) == before
     df = read_results(str(tmp_path / "out"))
     assert list(df.video_uri) == [str(tmp_path / "in" / "a.mp4")] and list(df.status) == ["ok"]
 
